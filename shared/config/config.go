@@ -1,0 +1,253 @@
+// Package config holds relay's configuration: one struct per tier, read from
+// RELAY_* environment variables with github.com/kelseyhightower/envconfig,
+// validated once at start with every problem reported together.
+//
+// Each field's `default` and `desc` tags are the documentation: `relay config`
+// prints them and README.md's configuration table is generated from them
+// (see Markdown), so the docs cannot drift from the code.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+
+	"github.com/relaydev/relay/shared/subjects"
+)
+
+// Prefix is the environment variable prefix: RELAY_NATS_URL and so on.
+const Prefix = "RELAY"
+
+// Common settings are read by every role.
+type Common struct {
+	NATSURL        string        `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222" desc:"comma-separated NATS server URLs (ignored by 'relay all', which embeds its own server)"`
+	NATSRetry      time.Duration `envconfig:"NATS_RETRY_WINDOW" default:"30s" desc:"how long to keep retrying the first NATS connection before exiting non-zero"`
+	SubjectPrefix  string        `envconfig:"SUBJECT_PREFIX" default:"relay" desc:"channel C travels on NATS subject <prefix>.ch.C"`
+	LogLevel       string        `envconfig:"LOG_LEVEL" default:"info" desc:"log level: debug, info, warn, error"`
+	LogFormat      string        `envconfig:"LOG_FORMAT" default:"text" desc:"log format: text or json"`
+	ShutdownGrace  time.Duration `envconfig:"SHUTDOWN_GRACE" default:"20s" desc:"on SIGTERM, the longest relay takes to drain senders, close receivers and flush NATS before it exits (keep below the orchestrator's kill timeout)"`
+	EmbeddedListen string        `envconfig:"NATS_LISTEN" default:"" desc:"'relay all' only: also serve the embedded NATS server on this host:port (e.g. 127.0.0.1:4222) so other NATS clients can publish; empty = in-process only"`
+}
+
+// Ingest settings are read by 'relay ingest' and 'relay all'.
+type Ingest struct {
+	Listeners        string        `envconfig:"INGEST_LISTENERS" default:":7070=default/line,:7071=*/line" desc:"comma-separated ADDR=CHANNEL/FRAMING; CHANNEL * = handshake listener; FRAMING line, raw or len32"`
+	HTTPAddr         string        `envconfig:"INGEST_HTTP_ADDR" default:":8081" desc:"ingest /healthz, /readyz and /metrics (in 'relay all' these are also on the fanout address)"`
+	MaxMessage       int           `envconfig:"INGEST_MAX_MESSAGE" default:"65536" desc:"largest message in bytes; at most the NATS server's max payload. A larger line or len32 frame gets -ERR and the connection is closed; raw framing splits at this size"`
+	HandshakeTimeout time.Duration `envconfig:"INGEST_HANDSHAKE_TIMEOUT" default:"10s" desc:"a handshake listener's sender must send its CHANNEL line within this time"`
+	KeepAlive        time.Duration `envconfig:"INGEST_TCP_KEEPALIVE" default:"30s" desc:"TCP keepalive period for sender connections (0 disables), so dead peers are noticed"`
+	MaxConnections   int           `envconfig:"INGEST_MAX_CONNECTIONS" default:"10000" desc:"most concurrent sender connections per process; more get -ERR and are closed"`
+	ReadBuffer       int           `envconfig:"INGEST_READ_BUFFER" default:"32768" desc:"bytes buffered per sender connection while framing"`
+}
+
+// Fanout settings are read by 'relay fanout' and 'relay all'.
+type Fanout struct {
+	Addr              string        `envconfig:"FANOUT_ADDR" default:":8080" desc:"HTTP address: /ws/{channel}, the demo page /, /healthz, /readyz, /metrics"`
+	ClientQueue       int           `envconfig:"FANOUT_CLIENT_QUEUE" default:"1024" desc:"messages a WebSocket client may fall behind by; past it the client is closed with 1008 'slow consumer'"`
+	ClientQueueBytes  int           `envconfig:"FANOUT_CLIENT_QUEUE_BYTES" default:"8388608" desc:"bytes a WebSocket client may fall behind by (messages are shared, so this bounds each client's share); past it: 1008 'slow consumer'"`
+	AllowedOrigins    []string      `envconfig:"FANOUT_ALLOWED_ORIGINS" default:"" desc:"comma-separated Origin host patterns (path.Match, e.g. *.example.com) allowed to open WebSockets; empty = same origin only; * = any"`
+	PingInterval      time.Duration `envconfig:"FANOUT_PING_INTERVAL" default:"30s" desc:"WebSocket ping period; a client that does not answer within the write timeout is closed (0 disables pings)"`
+	WriteTimeout      time.Duration `envconfig:"FANOUT_WRITE_TIMEOUT" default:"10s" desc:"deadline for one write (or ping) to a WebSocket client; past it the client is closed"`
+	MaxConnections    int           `envconfig:"FANOUT_MAX_CONNECTIONS" default:"100000" desc:"most concurrent WebSocket clients per process; more get HTTP 503"`
+	SubPendingMsgs    int           `envconfig:"FANOUT_SUB_PENDING_MSGS" default:"65536" desc:"messages the fanout's NATS subscription may buffer before NATS reports a slow consumer (the channel's clients are then closed)"`
+	SubPendingBytes   int           `envconfig:"FANOUT_SUB_PENDING_BYTES" default:"67108864" desc:"bytes the fanout's NATS subscription may buffer before NATS reports a slow consumer"`
+	PublicIngestAddr  string        `envconfig:"FANOUT_PUBLIC_INGEST_ADDR" default:"" desc:"host:port of the ingest handshake listener as users reach it, shown on the demo page (empty: this host, first handshake listener's port)"`
+}
+
+// Config is everything relay reads. Each role uses the parts it needs.
+type Config struct {
+	Common
+	Ingest
+	Fanout
+}
+
+// Load reads the environment. Unparseable values are all reported (joined),
+// and the rest of the config is still filled in from defaults so that
+// Validate can report its problems in the same run.
+func Load() (Config, error) {
+	var c Config
+	var errs []error
+	// envconfig stops at the first unparseable value. To report them all at
+	// once, note the bad variable, hide it for the next pass and try again;
+	// everything is restored before returning.
+	hidden := map[string]string{}
+	defer func() {
+		for k, v := range hidden {
+			os.Setenv(k, v)
+		}
+	}()
+	for range 64 {
+		c = Config{}
+		err := envconfig.Process(Prefix, &c)
+		if err == nil {
+			break
+		}
+		var pe *envconfig.ParseError
+		if !errors.As(err, &pe) {
+			errs = append(errs, err)
+			break
+		}
+		errs = append(errs, fmt.Errorf("%s=%q: not a valid %s", pe.KeyName, pe.Value, pe.TypeName))
+		hidden[pe.KeyName] = os.Getenv(pe.KeyName)
+		os.Unsetenv(pe.KeyName)
+	}
+	return c, errors.Join(errs...)
+}
+
+// Role names which parts of the config a subcommand uses.
+type Role string
+
+// Roles.
+const (
+	RoleAll    Role = "all"
+	RoleIngest Role = "ingest"
+	RoleFanout Role = "fanout"
+)
+
+// Validate checks the values role uses and returns every problem joined.
+func (c Config) Validate(role Role) error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if role != RoleAll {
+		if _, err := c.NATSURLs(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.NATSRetry < 0 {
+		add("RELAY_NATS_RETRY_WINDOW=%s: must not be negative", c.NATSRetry)
+	}
+	if err := subjects.ValidatePrefix(c.SubjectPrefix); err != nil {
+		add("RELAY_SUBJECT_PREFIX=%q: %v", c.SubjectPrefix, err)
+	}
+	if _, err := c.SlogLevel(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		add("RELAY_LOG_FORMAT=%q: must be text or json", c.LogFormat)
+	}
+	if c.ShutdownGrace <= 0 {
+		add("RELAY_SHUTDOWN_GRACE=%s: must be positive", c.ShutdownGrace)
+	}
+	if role == RoleAll && c.EmbeddedListen != "" {
+		if err := checkAddr(c.EmbeddedListen); err != nil {
+			add("RELAY_NATS_LISTEN=%q: %v", c.EmbeddedListen, err)
+		}
+	}
+
+	if role == RoleAll || role == RoleIngest {
+		if _, err := c.ParseListeners(); err != nil {
+			errs = append(errs, err)
+		}
+		if err := checkAddr(c.Ingest.HTTPAddr); err != nil {
+			add("RELAY_INGEST_HTTP_ADDR=%q: %v", c.Ingest.HTTPAddr, err)
+		}
+		if c.MaxMessage < 1 || c.MaxMessage > 64<<20 {
+			add("RELAY_INGEST_MAX_MESSAGE=%d: must be between 1 and %d", c.MaxMessage, 64<<20)
+		}
+		if c.HandshakeTimeout <= 0 {
+			add("RELAY_INGEST_HANDSHAKE_TIMEOUT=%s: must be positive", c.HandshakeTimeout)
+		}
+		if c.KeepAlive < 0 {
+			add("RELAY_INGEST_TCP_KEEPALIVE=%s: must not be negative", c.KeepAlive)
+		}
+		if c.Ingest.MaxConnections < 1 {
+			add("RELAY_INGEST_MAX_CONNECTIONS=%d: must be at least 1", c.Ingest.MaxConnections)
+		}
+		if c.ReadBuffer < 512 || c.ReadBuffer > 16<<20 {
+			add("RELAY_INGEST_READ_BUFFER=%d: must be between 512 and %d", c.ReadBuffer, 16<<20)
+		}
+	}
+
+	if role == RoleAll || role == RoleFanout {
+		if err := checkAddr(c.Fanout.Addr); err != nil {
+			add("RELAY_FANOUT_ADDR=%q: %v", c.Fanout.Addr, err)
+		}
+		if c.ClientQueue < 1 {
+			add("RELAY_FANOUT_CLIENT_QUEUE=%d: must be at least 1", c.ClientQueue)
+		}
+		if c.ClientQueueBytes < 1024 {
+			add("RELAY_FANOUT_CLIENT_QUEUE_BYTES=%d: must be at least 1024", c.ClientQueueBytes)
+		}
+		if c.PingInterval < 0 {
+			add("RELAY_FANOUT_PING_INTERVAL=%s: must not be negative", c.PingInterval)
+		}
+		if c.WriteTimeout <= 0 {
+			add("RELAY_FANOUT_WRITE_TIMEOUT=%s: must be positive", c.WriteTimeout)
+		}
+		if c.Fanout.MaxConnections < 1 {
+			add("RELAY_FANOUT_MAX_CONNECTIONS=%d: must be at least 1", c.Fanout.MaxConnections)
+		}
+		if c.SubPendingMsgs < 1 {
+			add("RELAY_FANOUT_SUB_PENDING_MSGS=%d: must be at least 1", c.SubPendingMsgs)
+		}
+		if c.SubPendingBytes < 1024 {
+			add("RELAY_FANOUT_SUB_PENDING_BYTES=%d: must be at least 1024", c.SubPendingBytes)
+		}
+		for _, o := range c.AllowedOrigins {
+			if strings.TrimSpace(o) == "" {
+				add("RELAY_FANOUT_ALLOWED_ORIGINS: empty pattern")
+			}
+		}
+		if c.PublicIngestAddr != "" {
+			if _, _, err := net.SplitHostPort(c.PublicIngestAddr); err != nil {
+				add("RELAY_FANOUT_PUBLIC_INGEST_ADDR=%q: %v", c.PublicIngestAddr, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// NATSURLs splits and checks RELAY_NATS_URL.
+func (c Config) NATSURLs() ([]string, error) {
+	var out []string
+	for _, u := range strings.Split(c.NATSURL, ",") {
+		u = strings.TrimSpace(u)
+		if u == "" {
+			continue
+		}
+		p, err := url.Parse(u)
+		if err != nil || p.Host == "" {
+			return nil, fmt.Errorf("RELAY_NATS_URL: %q is not a URL like nats://host:4222", u)
+		}
+		switch p.Scheme {
+		case "nats", "tls", "ws", "wss":
+		default:
+			return nil, fmt.Errorf("RELAY_NATS_URL: %q: scheme must be nats, tls, ws or wss", u)
+		}
+		out = append(out, u)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("RELAY_NATS_URL: empty")
+	}
+	return out, nil
+}
+
+// SlogLevel parses RELAY_LOG_LEVEL.
+func (c Config) SlogLevel() (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return 0, fmt.Errorf("RELAY_LOG_LEVEL=%q: must be debug, info, warn or error", c.LogLevel)
+	}
+	return l, nil
+}
+
+func checkAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
+	}
+	return nil
+}

@@ -1,0 +1,124 @@
+// Package natsconn connects relay's tiers to NATS: a first connection retried
+// within a window (so a pod starting before NATS does not crash-loop, yet a
+// wrong URL still fails the start), unlimited reconnects afterwards, and the
+// embedded server that `relay all` and the tests run in-process.
+package natsconn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// ErrUnreachable is returned when no server answered within the retry window.
+var ErrUnreachable = errors.New("natsconn: NATS unreachable")
+
+// Options configure Connect.
+type Options struct {
+	// URLs to try; ignored when InProcess is set.
+	URLs []string
+	// InProcess connects to an embedded server without a socket.
+	InProcess nats.InProcessConnProvider
+	// Name identifies the connection in the NATS server's monitoring.
+	Name string
+	// RetryWindow bounds how long the first connection is retried. Defaults to 30s.
+	RetryWindow time.Duration
+	// Logger receives connection events. Defaults to slog.Default().
+	Logger *slog.Logger
+	// OnEvent, when set, is called with "disconnect", "reconnect" or "closed".
+	OnEvent func(event string)
+	// Extra options appended last (tests, tuning).
+	Extra []nats.Option
+}
+
+// Connect dials NATS, retrying with jittered backoff until ctx ends or the
+// retry window passes. Once connected, the connection reconnects forever:
+// losing NATS later makes the tier unready, never exit.
+func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if o.RetryWindow <= 0 {
+		o.RetryWindow = 30 * time.Second
+	}
+	event := func(e string) {
+		if o.OnEvent != nil {
+			o.OnEvent(e)
+		}
+	}
+	opts := []nats.Option{
+		nats.Name(o.Name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(500 * time.Millisecond),
+		nats.ReconnectJitter(250*time.Millisecond, time.Second),
+		nats.Timeout(5 * time.Second),
+		nats.PingInterval(20 * time.Second),
+		nats.MaxPingsOutstanding(3),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn("nats disconnected", "err", err)
+			event("disconnect")
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			log.Info("nats reconnected", "url", c.ConnectedUrlRedacted())
+			event("reconnect")
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { event("closed") }),
+	}
+	if o.InProcess != nil {
+		opts = append(opts, nats.InProcessServer(o.InProcess))
+	}
+	opts = append(opts, o.Extra...)
+
+	url := nats.DefaultURL
+	if len(o.URLs) > 0 {
+		url = joinURLs(o.URLs)
+	}
+	deadline := time.Now().Add(o.RetryWindow)
+	wait := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		nc, err := nats.Connect(url, opts...)
+		if err == nil {
+			log.Info("nats connected", "url", nc.ConnectedUrlRedacted(), "name", o.Name)
+			return nc, nil
+		}
+		if time.Now().Add(wait).After(deadline) {
+			return nil, fmt.Errorf("%w: %s after %d attempts in %s: %v", ErrUnreachable, redact(o.URLs), attempt, o.RetryWindow, err)
+		}
+		log.Warn("nats connect failed; retrying", "attempt", attempt, "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("natsconn: connect: %w", ctx.Err())
+		case <-time.After(wait + rand.N(wait/4+1)):
+		}
+		wait = min(wait*2, 2*time.Second)
+	}
+}
+
+func joinURLs(urls []string) string {
+	out := urls[0]
+	for _, u := range urls[1:] {
+		out += "," + u
+	}
+	return out
+}
+
+// redact hides passwords in URLs for error messages.
+func redact(urls []string) string {
+	var out string
+	for i, u := range urls {
+		if i > 0 {
+			out += ","
+		}
+		out += redactURL(u)
+	}
+	if out == "" {
+		out = nats.DefaultURL
+	}
+	return out
+}

@@ -1,0 +1,101 @@
+// Package subjects maps relay channel names to NATS subjects and back, and
+// validates both. It is the single place that knows the subject layout
+// `<prefix>.ch.<channel>`, so ingest, fanout and external publishers agree.
+package subjects
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// MaxChannelLen is the longest channel name accepted, in bytes.
+const MaxChannelLen = 128
+
+// ErrInvalidChannel is returned (wrapped with the reason) for a channel name
+// that is not dot-joined [A-Za-z0-9_-]+ tokens of at most MaxChannelLen bytes.
+var ErrInvalidChannel = errors.New("invalid channel name")
+
+// ErrInvalidPrefix is returned for a subject prefix that is not dot-joined
+// [A-Za-z0-9_-]+ tokens.
+var ErrInvalidPrefix = errors.New("invalid subject prefix")
+
+// ValidateChannel reports whether name is a valid channel name. The error
+// says what is wrong in words a sender can act on.
+func ValidateChannel(name string) error {
+	if name == "" {
+		return fmt.Errorf("%w: empty", ErrInvalidChannel)
+	}
+	if len(name) > MaxChannelLen {
+		return fmt.Errorf("%w: longer than %d bytes", ErrInvalidChannel, MaxChannelLen)
+	}
+	if err := validTokens(name); err != "" {
+		return fmt.Errorf("%w: %s", ErrInvalidChannel, err)
+	}
+	return nil
+}
+
+// ValidatePrefix reports whether prefix can start a subject.
+func ValidatePrefix(prefix string) error {
+	if prefix == "" {
+		return fmt.Errorf("%w: empty", ErrInvalidPrefix)
+	}
+	if err := validTokens(prefix); err != "" {
+		return fmt.Errorf("%w: %s", ErrInvalidPrefix, err)
+	}
+	return nil
+}
+
+// validTokens checks dot-joined non-empty tokens of [A-Za-z0-9_-]. NATS
+// wildcards (*, >), spaces and control bytes are therefore impossible, so a
+// channel can never subscribe to or publish on someone else's subjects.
+func validTokens(s string) string {
+	tokenLen := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '.':
+			if tokenLen == 0 {
+				return "empty token (leading, trailing or double dot)"
+			}
+			tokenLen = 0
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-':
+			tokenLen++
+		default:
+			return fmt.Sprintf("character %q at byte %d not allowed (use A-Z a-z 0-9 _ - and . between tokens)", c, i)
+		}
+	}
+	if tokenLen == 0 {
+		return "empty token (leading, trailing or double dot)"
+	}
+	return ""
+}
+
+// Mapper turns channels into subjects for one prefix.
+type Mapper struct {
+	prefix string // "<prefix>.ch."
+}
+
+// NewMapper returns a Mapper for prefix, which must pass ValidatePrefix.
+func NewMapper(prefix string) (Mapper, error) {
+	if err := ValidatePrefix(prefix); err != nil {
+		return Mapper{}, err
+	}
+	return Mapper{prefix: prefix + ".ch."}, nil
+}
+
+// Subject returns the subject for a channel already validated.
+func (m Mapper) Subject(channel string) string { return m.prefix + channel }
+
+// Channel returns the channel a subject carries, and false when the subject
+// is not one of this prefix's valid channel subjects.
+func (m Mapper) Channel(subject string) (string, bool) {
+	ch, ok := strings.CutPrefix(subject, m.prefix)
+	if !ok || ValidateChannel(ch) != nil {
+		return "", false
+	}
+	return ch, true
+}
+
+// Wildcard returns the subject that matches every channel of this prefix.
+func (m Mapper) Wildcard() string { return m.prefix + ">" }

@@ -1,0 +1,90 @@
+package subjects
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestValidateChannel(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		ok   bool
+	}{
+		{"default", true},
+		{"a", true},
+		{"sensors.room-1.temp_c", true},
+		{"A.B.C", true},
+		{strings.Repeat("x", MaxChannelLen), true},
+		{strings.Repeat("x", MaxChannelLen+1), false},
+		{"", false},
+		{".a", false},
+		{"a.", false},
+		{"a..b", false},
+		{"bad channel!", false},
+		{"a*", false},
+		{"a.>", false},
+		{"a b", false},
+		{"a\x00", false},
+		{"é", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := ValidateChannel(tt.name)
+			if (err == nil) != tt.ok {
+				t.Fatalf("ValidateChannel(%q) = %v, want ok=%v", tt.name, err, tt.ok)
+			}
+			if err != nil && !errors.Is(err, ErrInvalidChannel) {
+				t.Fatalf("error %v does not wrap ErrInvalidChannel", err)
+			}
+		})
+	}
+}
+
+func TestMapperRoundTrip(t *testing.T) {
+	t.Parallel()
+	m, err := NewMapper("relay")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Subject("a.b"); got != "relay.ch.a.b" {
+		t.Fatalf("Subject = %q", got)
+	}
+	if ch, ok := m.Channel("relay.ch.a.b"); !ok || ch != "a.b" {
+		t.Fatalf("Channel = %q, %v", ch, ok)
+	}
+	for _, s := range []string{"relay.ch.", "relay.x.a", "other.ch.a", "relay.ch.a..b"} {
+		if _, ok := m.Channel(s); ok {
+			t.Errorf("Channel(%q) accepted", s)
+		}
+	}
+	if m.Wildcard() != "relay.ch.>" {
+		t.Fatalf("Wildcard = %q", m.Wildcard())
+	}
+	for _, p := range []string{"", "a b", "a.", "x.*"} {
+		if _, err := NewMapper(p); err == nil {
+			t.Errorf("NewMapper(%q) accepted", p)
+		}
+	}
+}
+
+func FuzzChannel(f *testing.F) {
+	for _, s := range []string{"default", "a.b.c", "bad channel!", "a..b", "x.>", ""} {
+		f.Add(s)
+	}
+	m, _ := NewMapper("relay")
+	f.Fuzz(func(t *testing.T, name string) {
+		err := ValidateChannel(name)
+		if err != nil {
+			return
+		}
+		if strings.ContainsAny(name, " *>\t\r\n\x00") || len(name) > MaxChannelLen {
+			t.Fatalf("accepted %q", name)
+		}
+		ch, ok := m.Channel(m.Subject(name))
+		if !ok || ch != name {
+			t.Fatalf("round trip of %q gave %q, %v", name, ch, ok)
+		}
+	})
+}
