@@ -162,8 +162,8 @@ func (c Config) Validate(role Role) error {
 		if c.Ingest.MaxConnections < 1 {
 			add("RELAY_INGEST_MAX_CONNECTIONS=%d: must be at least 1", c.Ingest.MaxConnections)
 		}
-		if c.ReadBuffer < 512 || c.ReadBuffer > 16<<20 {
-			add("RELAY_INGEST_READ_BUFFER=%d: must be between 512 and %d", c.ReadBuffer, 16<<20)
+		if c.ReadBuffer < 4096 || c.ReadBuffer > 16<<20 {
+			add("RELAY_INGEST_READ_BUFFER=%d: must be between 4096 and %d", c.ReadBuffer, 16<<20)
 		}
 	}
 

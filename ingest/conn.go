@@ -1,0 +1,227 @@
+package ingest
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"golang.org/x/time/rate"
+
+	"github.com/relaydev/relay/shared/config"
+)
+
+// Refusal reasons: the values of relay_ingest_refused_total{reason}.
+const (
+	reasonBadHandshake       = "bad_handshake"
+	reasonHandshakeTimeout   = "handshake_timeout"
+	reasonTooLarge           = "too_large"
+	reasonTruncated          = "truncated"
+	reasonTooManyConnections = "too_many_connections"
+	reasonPublishFailed      = "publish_failed"
+	reasonShutdown           = "shutdown"
+)
+
+// Format header values (DESIGN.md's NATS contract).
+var (
+	textHeader   = nats.Header{"Relay-Format": []string{"text"}}
+	binaryHeader = nats.Header{"Relay-Format": []string{"binary"}}
+)
+
+// senderConn is one TCP sender.
+type senderConn struct {
+	s    *Server
+	conn net.Conn
+	spec config.Listener
+	br   *bufio.Reader
+
+	mu       sync.Mutex
+	stopping bool // shutdown set a read deadline: a timeout is the end
+
+	msgs, bytes int
+}
+
+func newSenderConn(s *Server, conn net.Conn, spec config.Listener) *senderConn {
+	return &senderConn{s: s, conn: conn, spec: spec}
+}
+
+// stopReading makes reads end at deadline (shutdown).
+func (c *senderConn) stopReading(deadline time.Time) {
+	c.mu.Lock()
+	c.stopping = true
+	c.mu.Unlock()
+	c.conn.SetReadDeadline(deadline)
+}
+
+func (c *senderConn) isStopping() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stopping
+}
+
+// serve runs the connection: handshake (on * listeners), then frame and
+// publish until EOF, an error, or shutdown. It logs once, when it ends.
+func (c *senderConn) serve() {
+	s := c.s
+	s.m.Connections.Inc()
+	defer s.m.Connections.Dec()
+	defer c.conn.Close()
+	remote := c.conn.RemoteAddr().String()
+	c.br = bufio.NewReaderSize(c.conn, s.cfg.ReadBuffer)
+
+	channel := c.spec.Channel
+	if c.spec.Handshake() {
+		var err error
+		if channel, err = c.handshake(); err != nil {
+			return
+		}
+	}
+	log := s.log.With("remote", remote, "channel", channel, "listener", c.spec.Addr)
+	log.Debug("sender connected")
+
+	err := c.pump(channel)
+	switch {
+	case err == nil:
+		log.Debug("sender disconnected", "messages", c.msgs, "bytes", c.bytes)
+	case errors.Is(err, ErrTooLarge):
+		c.fail(reasonTooLarge, err, fmt.Sprintf("message too large (max %d bytes)", s.cfg.MaxMessage))
+	case errors.Is(err, ErrTruncated) && c.isStopping():
+		c.fail(reasonShutdown, err, "server shutting down")
+	case errors.Is(err, ErrTruncated):
+		c.fail(reasonTruncated, err, "truncated frame")
+	case errors.Is(err, errPublish):
+		c.fail(reasonPublishFailed, err, "publish failed; message not delivered")
+	case c.isStopping() && isTimeout(err):
+		c.errLine("server shutting down")
+		log.Info("sender closed at shutdown", "messages", c.msgs, "bytes", c.bytes)
+	default:
+		log.Info("sender connection ended", "err", err, "messages", c.msgs, "bytes", c.bytes)
+	}
+}
+
+// handshake reads `CHANNEL [TOKEN]\n` within the timeout and answers +OK.
+func (c *senderConn) handshake() (string, error) {
+	s := c.s
+	c.conn.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	h, err := readHandshake(c.br)
+	if err != nil {
+		switch {
+		case errors.Is(err, ErrBadHandshake):
+			c.fail(reasonBadHandshake, err, strings.TrimPrefix(err.Error(), "ingest: "))
+		case isTimeout(err):
+			c.fail(reasonHandshakeTimeout, err, fmt.Sprintf("handshake timeout: send CHANNEL [TOKEN] within %s", s.cfg.HandshakeTimeout))
+		default: // the sender went away before a full line
+			c.fail(reasonBadHandshake, err, "no handshake line")
+		}
+		return "", err
+	}
+	// Only shutdown may set a read deadline from here on.
+	c.mu.Lock()
+	if !c.stopping {
+		c.conn.SetReadDeadline(time.Time{})
+	}
+	c.mu.Unlock()
+	c.conn.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	if _, err := c.conn.Write([]byte("+OK\n")); err != nil {
+		return "", err
+	}
+	c.conn.SetWriteDeadline(time.Time{})
+	return h.Channel, nil
+}
+
+// pump frames the stream and publishes each message in order. Publishing
+// blocks while NATS cannot take more, and so does reading: TCP pushes back.
+func (c *senderConn) pump(channel string) error {
+	s := c.s
+	fr, err := newFramer(c.spec.Framing, c.br, s.cfg.MaxMessage)
+	if err != nil {
+		return err
+	}
+	msg := &nats.Msg{Subject: s.mapper.Subject(channel)}
+	for {
+		data, text, err := fr.Next()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		msg.Data = data
+		msg.Header = binaryHeader
+		if text {
+			msg.Header = textHeader
+		}
+		if err := s.publish(msg); err != nil {
+			return err
+		}
+		c.msgs++
+		c.bytes += len(data)
+		s.m.Messages.Inc()
+		s.m.Bytes.Add(float64(len(data)))
+	}
+}
+
+var errPublish = errors.New("ingest: publish failed")
+
+// publish hands msg to NATS, waiting while NATS cannot take more (the
+// reconnect buffer is full while disconnected). It gives up only when the
+// connection is closed or the shutdown grace runs out.
+func (s *Server) publish(msg *nats.Msg) error {
+	wait := 5 * time.Millisecond
+	for {
+		err := s.nc.PublishMsg(msg)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, nats.ErrReconnectBufExceeded) {
+			return fmt.Errorf("%w: %s: %w", errPublish, msg.Subject, err)
+		}
+		s.m.PublishRetries.Inc()
+		if err := sleepCtx(s.hardCtx, wait); err != nil {
+			return fmt.Errorf("%w: %s: NATS still unavailable at shutdown deadline", errPublish, msg.Subject)
+		}
+		wait = min(2*wait, 500*time.Millisecond)
+	}
+}
+
+// fail tells the sender why it is being closed, counts and logs it.
+func (c *senderConn) fail(reason string, err error, msg string) {
+	c.s.m.Refused.WithLabelValues(reason).Inc()
+	c.s.logRefusal(reason, "ingest: sender closed with error", "remote", c.conn.RemoteAddr().String(),
+		"listener", c.spec.Addr, "reason", reason, "err", err, "messages", c.msgs)
+	c.errLine(msg)
+}
+
+func (c *senderConn) errLine(msg string) {
+	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	c.conn.Write([]byte("-ERR " + msg + "\n"))
+}
+
+// logRefusal rate-limits refusal logs per reason: a misbehaving fleet must
+// not flood the log. The counter still counts every one.
+func (s *Server) logRefusal(reason, msg string, args ...any) {
+	v, _ := refusalLogs.LoadOrStore(reason, &rate.Sometimes{First: 10, Interval: time.Second})
+	v.(*rate.Sometimes).Do(func() { s.log.Warn(msg, args...) })
+}
+
+var refusalLogs sync.Map // reason -> *rate.Sometimes
+
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

@@ -1,0 +1,63 @@
+package ingest
+
+import (
+	"errors"
+	"net"
+	"time"
+
+	"github.com/relaydev/relay/shared/config"
+)
+
+// listener is one bound ADDR=CHANNEL/FRAMING entry.
+type listener struct {
+	net.Listener
+	spec config.Listener
+}
+
+// acceptLoop accepts senders until the listener is closed. Temporary errors
+// (e.g. out of file descriptors) back off from 10 ms doubling to 1 s instead
+// of spinning, like nats-server's acceptError.
+func (s *Server) acceptLoop(ln *listener) error {
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			delay = max(10*time.Millisecond, min(2*delay, time.Second))
+			s.log.Warn("ingest: accept failed; backing off", "addr", ln.Addr().String(), "err", err, "delay", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		s.m.ConnectionsTotal.Inc()
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			s.refuse(nc, reasonTooManyConnections, "too many connections")
+			continue
+		}
+		c := newSenderConn(s, nc, ln.spec)
+		if !s.track(c) {
+			<-s.slots
+			s.refuse(nc, reasonShutdown, "server shutting down")
+			continue
+		}
+		go func() {
+			defer func() { <-s.slots }()
+			defer s.untrack(c)
+			c.serve()
+		}()
+	}
+}
+
+// refuse answers a connection with -ERR and closes it, without a goroutine
+// of its own: the write is small and bounded by a short deadline.
+func (s *Server) refuse(nc net.Conn, reason, msg string) {
+	s.m.Refused.WithLabelValues(reason).Inc()
+	s.logRefusal(reason, "ingest: sender refused", "remote", nc.RemoteAddr().String(), "reason", msg)
+	nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	nc.Write([]byte("-ERR " + msg + "\n"))
+	nc.Close()
+}

@@ -1,0 +1,280 @@
+// Package ingest is relay's TCP ingest tier: it accepts raw TCP senders on the
+// listeners of RELAY_INGEST_LISTENERS, frames each byte stream into messages
+// (line, raw or len32) and publishes them, in order, to the channel's NATS
+// subject. When NATS cannot take more it stops reading, so TCP flow control
+// pushes back on the sender instead of memory growing. See README.md.
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/health"
+	"github.com/relaydev/relay/shared/metrics"
+	"github.com/relaydev/relay/shared/subjects"
+)
+
+// headerRoom is what the Relay-Format header adds to a NATS payload.
+const headerRoom = 64
+
+// Options configure New.
+type Options struct {
+	Config        config.Ingest
+	SubjectPrefix string
+	// ShutdownGrace bounds the whole graceful shutdown.
+	ShutdownGrace time.Duration
+	// NATS is owned by the Server from now on: Run flushes and closes it.
+	NATS           *nats.Conn
+	Logger         *slog.Logger
+	Metrics        *metrics.Ingest
+	MetricsHandler http.Handler // served at GET /metrics; may be nil
+}
+
+// Server is the ingest tier.
+type Server struct {
+	cfg     config.Ingest
+	grace   time.Duration
+	nc      *nats.Conn
+	log     *slog.Logger
+	m       *metrics.Ingest
+	mapper  subjects.Mapper
+	health  *health.Checker
+	lns     []*listener
+	httpLn  net.Listener
+	httpSrv *http.Server
+
+	slots chan struct{} // one per allowed concurrent connection
+
+	mu     sync.Mutex
+	conns  map[*senderConn]struct{}
+	closed bool
+	wg     sync.WaitGroup // connection goroutines
+
+	// hardCtx ends when the shutdown grace runs out; it bounds publish retries.
+	hardCtx    context.Context
+	hardCancel context.CancelFunc
+
+	shutdownOnce sync.Once
+}
+
+// New validates the options and binds every listener, so a port in use
+// fails the start here rather than later.
+func New(o Options) (*Server, error) {
+	if o.NATS == nil {
+		return nil, errors.New("ingest: no NATS connection")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.New().Ingest
+	}
+	if o.ShutdownGrace <= 0 {
+		o.ShutdownGrace = 20 * time.Second
+	}
+	mapper, err := subjects.NewMapper(o.SubjectPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
+	}
+	specs, err := config.ParseListeners(o.Config.Listeners)
+	if err != nil {
+		return nil, err
+	}
+	if mp := o.NATS.MaxPayload(); mp > 0 && int64(o.Config.MaxMessage)+headerRoom > mp {
+		return nil, fmt.Errorf("ingest: RELAY_INGEST_MAX_MESSAGE=%d does not fit the NATS server's max payload of %d bytes (headers need %d)", o.Config.MaxMessage, mp, headerRoom)
+	}
+	if o.Config.ReadBuffer < MaxHandshakeLine+2 {
+		o.Config.ReadBuffer = 4096
+	}
+	hardCtx, hardCancel := context.WithCancel(context.Background())
+	s := &Server{
+		cfg:        o.Config,
+		grace:      o.ShutdownGrace,
+		nc:         o.NATS,
+		log:        o.Logger,
+		m:          o.Metrics,
+		mapper:     mapper,
+		slots:      make(chan struct{}, o.Config.MaxConnections),
+		conns:      map[*senderConn]struct{}{},
+		hardCtx:    hardCtx,
+		hardCancel: hardCancel,
+	}
+	s.health = health.New(func() error {
+		if !s.nc.IsConnected() {
+			return errors.New("ingest: NATS not connected")
+		}
+		return nil
+	})
+	keepAlive := o.Config.KeepAlive
+	if keepAlive == 0 {
+		keepAlive = -1 // net.ListenConfig: negative disables keepalive
+	}
+	lc := net.ListenConfig{KeepAlive: keepAlive}
+	for _, spec := range specs {
+		ln, err := lc.Listen(context.Background(), "tcp", spec.Addr)
+		if err != nil {
+			s.closeListeners()
+			hardCancel()
+			return nil, fmt.Errorf("ingest: listen %s: %w", spec, err)
+		}
+		s.lns = append(s.lns, &listener{Listener: ln, spec: spec})
+	}
+	if o.Config.HTTPAddr != "" {
+		s.httpLn, err = net.Listen("tcp", o.Config.HTTPAddr)
+		if err != nil {
+			s.closeListeners()
+			hardCancel()
+			return nil, fmt.Errorf("ingest: listen http %s: %w", o.Config.HTTPAddr, err)
+		}
+		mux := http.NewServeMux()
+		s.health.Register(mux)
+		if o.MetricsHandler != nil {
+			mux.Handle("GET /metrics", o.MetricsHandler)
+		}
+		s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: 16 << 10}
+	}
+	return s, nil
+}
+
+// Addrs returns the bound sender listeners' addresses, in config order.
+func (s *Server) Addrs() []net.Addr {
+	out := make([]net.Addr, len(s.lns))
+	for i, ln := range s.lns {
+		out[i] = ln.Addr()
+	}
+	return out
+}
+
+// HTTPAddr returns the health/metrics address, or nil when disabled.
+func (s *Server) HTTPAddr() net.Addr {
+	if s.httpLn == nil {
+		return nil
+	}
+	return s.httpLn.Addr()
+}
+
+// Ready returns nil while NATS is connected and the server is not draining.
+func (s *Server) Ready() error { return s.health.Ready() }
+
+// Run accepts senders until ctx ends, then shuts down gracefully: readiness
+// fails, listeners close, what senders already wrote is read and published,
+// NATS is flushed and closed. It returns nil after a clean shutdown.
+func (s *Server) Run(ctx context.Context) error {
+	errc := make(chan error, len(s.lns)+1)
+	var loops sync.WaitGroup
+	for _, ln := range s.lns {
+		s.log.Info("ingest listening", "addr", ln.Addr().String(), "channel", ln.spec.Channel, "framing", string(ln.spec.Framing))
+		loops.Go(func() {
+			if err := s.acceptLoop(ln); err != nil {
+				errc <- err
+			}
+		})
+	}
+	if s.httpSrv != nil {
+		s.log.Info("ingest http listening", "addr", s.httpLn.Addr().String())
+		loops.Go(func() {
+			if err := s.httpSrv.Serve(s.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("ingest: http: %w", err)
+			}
+		})
+	}
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	s.shutdown()
+	loops.Wait()
+	return runErr
+}
+
+// shutdown is ordered and idempotent: readiness 503 -> stop accepting ->
+// read what senders already wrote -> wait for connections -> flush NATS.
+func (s *Server) shutdown() {
+	s.shutdownOnce.Do(func() {
+		deadline := time.Now().Add(s.grace)
+		s.health.SetDraining()
+		s.log.Info("ingest shutting down", "grace", s.grace)
+		s.closeListeners()
+
+		// Bytes a sender already wrote sit in our socket buffer and arrive
+		// within a moment; give each connection a short window to read
+		// them, then stop. A sender still streaming gets -ERR.
+		drainRead := min(time.Second, s.grace/4)
+		s.mu.Lock()
+		s.closed = true
+		for c := range s.conns {
+			c.stopReading(time.Now().Add(drainRead))
+		}
+		s.mu.Unlock()
+
+		// Publishes blocked on backpressure may retry until the hard
+		// deadline, keeping a quarter of the grace for the NATS flush.
+		hardAt := time.Until(deadline) * 3 / 4
+		timer := time.AfterFunc(hardAt, s.hardCancel)
+		waitTimeout(&s.wg, hardAt+time.Second)
+		timer.Stop()
+		s.hardCancel()
+
+		if err := s.nc.FlushTimeout(max(time.Until(deadline), 100*time.Millisecond)); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+			s.log.Warn("ingest: NATS flush at shutdown failed", "err", err)
+		}
+		s.nc.Close()
+		if s.httpSrv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), max(time.Until(deadline), 100*time.Millisecond))
+			s.httpSrv.Shutdown(ctx)
+			cancel()
+		}
+		s.log.Info("ingest stopped")
+	})
+}
+
+func (s *Server) closeListeners() {
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	if s.httpLn != nil && s.httpSrv == nil {
+		s.httpLn.Close()
+	}
+}
+
+// track registers a connection; it fails once shutdown has begun.
+func (s *Server) track(c *senderConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) untrack(c *senderConn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
+}

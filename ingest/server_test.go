@@ -1,0 +1,459 @@
+package ingest
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	ptestutil "github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/metrics"
+	"github.com/relaydev/relay/shared/natsconn"
+	"github.com/relaydev/relay/shared/testutil"
+)
+
+type harness struct {
+	srv  *server.Server
+	ing  *Server
+	m    *metrics.Ingest
+	stop func() error
+}
+
+func defaultConfig(listeners string) config.Ingest {
+	return config.Ingest{
+		Listeners:        listeners,
+		MaxMessage:       65536,
+		HandshakeTimeout: 5 * time.Second,
+		KeepAlive:        30 * time.Second,
+		MaxConnections:   100,
+		ReadBuffer:       32768,
+	}
+}
+
+// startIngest runs an ingest Server against srv (a new real NATS server
+// when nil) and stops it when the test ends.
+func startIngest(t *testing.T, srv *server.Server, cfg config.Ingest, natsOpts ...nats.Option) *harness {
+	t.Helper()
+	if srv == nil {
+		srv = testutil.NATSServer(t)
+	}
+	reg := metrics.New()
+	s, err := New(Options{
+		Config:        cfg,
+		SubjectPrefix: "relay",
+		ShutdownGrace: 5 * time.Second,
+		NATS:          testutil.Connect(t, srv, natsOpts...),
+		Logger:        testutil.Logger(t),
+		Metrics:       reg.Ingest,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case runErr = <-done:
+			case <-time.After(30 * time.Second):
+				runErr = errors.New("Run did not return")
+			}
+		})
+		return runErr
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return &harness{srv: srv, ing: s, m: reg.Ingest, stop: stop}
+}
+
+func (h *harness) addr(i int) string { return h.ing.Addrs()[i].String() }
+
+// subscribe collects every message on subject from a separate NATS client.
+func subscribe(t *testing.T, srv *server.Server, subject string) *nats.Subscription {
+	t.Helper()
+	nc := testutil.Connect(t, srv)
+	sub, err := nc.SubscribeSync(subject)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub.SetPendingLimits(-1, -1)
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return sub
+}
+
+func dial(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// readLine reads one reply line from the server, with a deadline.
+func readLine(t *testing.T, c net.Conn, br *bufio.Reader) string {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := br.ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading reply: %v (got %q)", err, line)
+	}
+	return line
+}
+
+// expectClosed checks that the server closed the connection.
+func expectClosed(t *testing.T, c net.Conn, br *bufio.Reader) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if rest, err := io.ReadAll(br); err != nil {
+		t.Fatalf("connection not closed by server: %v (read %q)", err, rest)
+	}
+}
+
+func TestConcurrentSendersKeepOrder(t *testing.T) {
+	t.Parallel()
+	h := startIngest(t, nil, defaultConfig("127.0.0.1:0=fixed/line,127.0.0.1:0=*/line"))
+	sub := subscribe(t, h.srv, "relay.ch.>")
+
+	const senders, perSender = 8, 500
+	var wg sync.WaitGroup
+	for i := range senders {
+		wg.Go(func() {
+			handshake := i%2 == 1
+			addr := h.addr(0)
+			if handshake {
+				addr = h.addr(1)
+			}
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			w := bufio.NewWriter(c)
+			if handshake {
+				// Pipelined: data follows the handshake without waiting for +OK.
+				fmt.Fprintf(w, "hs%d\n", i)
+			}
+			for j := range perSender {
+				fmt.Fprintf(w, "s%d m%d\n", i, j)
+			}
+			if err := w.Flush(); err != nil {
+				t.Error(err)
+			}
+			if handshake {
+				c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if reply, _ := bufio.NewReader(c).ReadString('\n'); reply != "+OK\n" {
+					t.Errorf("handshake reply %q", reply)
+				}
+			}
+		})
+	}
+	wg.Wait()
+
+	next := make([]int, senders)
+	for n := 0; n < senders*perSender; n++ {
+		msg, err := sub.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatalf("after %d of %d messages: %v", n, senders*perSender, err)
+		}
+		var i, j int
+		if _, err := fmt.Sscanf(string(msg.Data), "s%d m%d", &i, &j); err != nil {
+			t.Fatalf("bad message %q", msg.Data)
+		}
+		want := "relay.ch.fixed"
+		if i%2 == 1 {
+			want = fmt.Sprintf("relay.ch.hs%d", i)
+		}
+		if msg.Subject != want {
+			t.Fatalf("message %q on %s, want %s", msg.Data, msg.Subject, want)
+		}
+		if j != next[i] {
+			t.Fatalf("sender %d: got m%d, want m%d (order broken)", i, j, next[i])
+		}
+		if got := msg.Header.Get("Relay-Format"); got != "text" {
+			t.Fatalf("Relay-Format = %q", got)
+		}
+		next[i]++
+	}
+	if msg, err := sub.NextMsg(200 * time.Millisecond); err == nil {
+		t.Fatalf("unexpected extra message %q", msg.Data)
+	}
+	if got := ptestutil.ToFloat64(h.m.Messages); got != senders*perSender {
+		t.Fatalf("relay_ingest_messages_total = %v", got)
+	}
+}
+
+func TestBadHandshakes(t *testing.T) {
+	t.Parallel()
+	cfg := defaultConfig("127.0.0.1:0=*/line")
+	cfg.HandshakeTimeout = 300 * time.Millisecond
+	h := startIngest(t, nil, cfg)
+	tests := []struct {
+		name   string
+		send   string
+		reason string
+		errHas string
+	}{
+		{"bad channel", "bad channel!\n", reasonBadHandshake, "bad handshake"},
+		{"wildcard channel", "a.>\n", reasonBadHandshake, "invalid channel name"},
+		{"empty line", "\n", reasonBadHandshake, "empty line"},
+		{"2 KiB line", strings.Repeat("a", 2048) + "\n", reasonBadHandshake, "longer than 1024"},
+		{"2 KiB without newline", strings.Repeat("a", 2048), reasonBadHandshake, "longer than 1024"},
+		{"no line before timeout", "", reasonHandshakeTimeout, "handshake timeout"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := dial(t, h.addr(0))
+			if tt.send != "" {
+				if _, err := io.WriteString(c, tt.send); err != nil {
+					t.Fatal(err)
+				}
+			}
+			br := bufio.NewReader(c)
+			reply := readLine(t, c, br)
+			if !strings.HasPrefix(reply, "-ERR ") || !strings.Contains(reply, tt.errHas) {
+				t.Fatalf("reply %q, want -ERR containing %q", reply, tt.errHas)
+			}
+			expectClosed(t, c, br)
+		})
+	}
+	if got := ptestutil.ToFloat64(h.m.Refused.WithLabelValues(reasonBadHandshake)); got != 5 {
+		t.Errorf("refused{bad_handshake} = %v, want 5", got)
+	}
+	if got := ptestutil.ToFloat64(h.m.Refused.WithLabelValues(reasonHandshakeTimeout)); got != 1 {
+		t.Errorf("refused{handshake_timeout} = %v, want 1", got)
+	}
+}
+
+func TestLen32OverMaxIsRefused(t *testing.T) {
+	t.Parallel()
+	cfg := defaultConfig("127.0.0.1:0=bin/len32")
+	cfg.MaxMessage = 1024
+	h := startIngest(t, nil, cfg)
+	sub := subscribe(t, h.srv, "relay.ch.bin")
+
+	c := dial(t, h.addr(0))
+	frame := func(n int) []byte {
+		b := binary.BigEndian.AppendUint32(nil, uint32(n))
+		return append(b, make([]byte, n)...)
+	}
+	c.Write(frame(1024))
+	c.Write(frame(1025))
+	br := bufio.NewReader(c)
+	if reply := readLine(t, c, br); reply != "-ERR message too large (max 1024 bytes)\n" {
+		t.Fatalf("reply %q", reply)
+	}
+	expectClosed(t, c, br)
+
+	msg, err := sub.NextMsg(10 * time.Second)
+	if err != nil || len(msg.Data) != 1024 || msg.Header.Get("Relay-Format") != "binary" {
+		t.Fatalf("the frame within the limit: %v, %d bytes", err, len(msg.Data))
+	}
+	if msg, err := sub.NextMsg(200 * time.Millisecond); err == nil {
+		t.Fatalf("oversized frame was published (%d bytes)", len(msg.Data))
+	}
+	if got := ptestutil.ToFloat64(h.m.Refused.WithLabelValues(reasonTooLarge)); got != 1 {
+		t.Fatalf("refused{too_large} = %v", got)
+	}
+}
+
+func TestLastLineWithoutNewlineAndBinaryLines(t *testing.T) {
+	t.Parallel()
+	h := startIngest(t, nil, defaultConfig("127.0.0.1:0=d/line"))
+	sub := subscribe(t, h.srv, "relay.ch.d")
+	c := dial(t, h.addr(0))
+	io.WriteString(c, "one\r\n\n\xff\xfe\nlast")
+	c.Close()
+	want := []struct{ data, format string }{{"one", "text"}, {"", "text"}, {"\xff\xfe", "binary"}, {"last", "text"}}
+	for _, w := range want {
+		msg, err := sub.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(msg.Data) != w.data || msg.Header.Get("Relay-Format") != w.format {
+			t.Fatalf("got %q/%s, want %q/%s", msg.Data, msg.Header.Get("Relay-Format"), w.data, w.format)
+		}
+	}
+}
+
+func TestTooManyConnections(t *testing.T) {
+	t.Parallel()
+	cfg := defaultConfig("127.0.0.1:0=d/line")
+	cfg.MaxConnections = 1
+	h := startIngest(t, nil, cfg)
+	first := dial(t, h.addr(0))
+	io.WriteString(first, "hello\n")
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if ptestutil.ToFloat64(h.m.Connections) != 1 {
+			return errors.New("first sender not yet served")
+		}
+		return nil
+	})
+	second := dial(t, h.addr(0))
+	br := bufio.NewReader(second)
+	if reply := readLine(t, second, br); reply != "-ERR too many connections\n" {
+		t.Fatalf("reply %q", reply)
+	}
+	expectClosed(t, second, br)
+}
+
+// TestBackpressureBoundsMemory stops the NATS server while a sender keeps
+// writing: ingest must stop reading (the sender's writes block) instead of
+// buffering, and after NATS returns every line the sender wrote arrives, in
+// order.
+func TestBackpressureBoundsMemory(t *testing.T) {
+	t.Parallel()
+	srv := testutil.NATSServer(t)
+	port := srv.Addr().(*net.TCPAddr).Port
+	h := startIngest(t, srv, defaultConfig("127.0.0.1:0=bp/line"),
+		nats.ReconnectWait(time.Hour), nats.ReconnectBufSize(256<<10))
+
+	srv.Shutdown()
+	srv.WaitForShutdown()
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if h.ing.Ready() == nil {
+			return errors.New("ingest still ready with NATS down")
+		}
+		return nil
+	})
+
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+
+	c := dial(t, h.addr(0))
+	line := []byte(strings.Repeat("x", 1000) + "\n")
+	written, lines := 0, 0
+	var partial int
+	for {
+		c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		n, err := c.Write(line)
+		written += n
+		if err != nil {
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatal(err)
+			}
+			partial = n
+			break
+		}
+		lines++
+		if written > 512<<20 {
+			t.Fatalf("sender wrote %d MiB without being pushed back", written>>20)
+		}
+	}
+	var after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	growth := int64(after.HeapInuse) - int64(before.HeapInuse)
+	t.Logf("sender pushed back after %d bytes (%d lines); ingest heap grew %d KiB", written, lines, growth>>10)
+	// Kernel socket buffers plus the 256 KiB reconnect buffer and one read
+	// buffer: tens of MiB at most, whatever the sender does.
+	if written > 64<<20 {
+		t.Fatalf("sender wrote %d MiB before backpressure", written>>20)
+	}
+	if growth > 32<<20 {
+		t.Fatalf("heap grew %d MiB while NATS was down", growth>>20)
+	}
+
+	// NATS comes back on the same port: everything the sender wrote arrives.
+	srv2, err := natsconn.StartEmbedded(natsconn.EmbeddedOptions{Listen: fmt.Sprintf("127.0.0.1:%d", port)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv2.Shutdown(); srv2.WaitForShutdown() })
+	sub := subscribe(t, srv2, "relay.ch.bp")
+	h.ing.nc.ForceReconnect()
+	c.SetWriteDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Write(line[partial:]); err != nil {
+		t.Fatal(err)
+	}
+	lines++
+	c.Close()
+	for i := range lines {
+		msg, err := sub.NextMsg(20 * time.Second)
+		if err != nil {
+			t.Fatalf("after %d of %d lines: %v", i, lines, err)
+		}
+		if len(msg.Data) != len(line)-1 {
+			t.Fatalf("line %d has %d bytes", i, len(msg.Data))
+		}
+	}
+	if got := ptestutil.ToFloat64(h.m.PublishRetries); got == 0 {
+		t.Fatal("no publish was retried: backpressure path not exercised")
+	}
+}
+
+// TestShutdownPublishesWhatWasWritten: on shutdown, lines a sender already
+// wrote are still read and published before NATS is closed.
+func TestShutdownPublishesWhatWasWritten(t *testing.T) {
+	t.Parallel()
+	h := startIngest(t, nil, defaultConfig("127.0.0.1:0=sd/line"))
+	sub := subscribe(t, h.srv, "relay.ch.sd")
+	c := dial(t, h.addr(0))
+	const n = 2000
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "line %d\n", i)
+	}
+	if _, err := io.WriteString(c, b.String()); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.stop(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		msg, err := sub.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatalf("after %d of %d lines: %v", i, n, err)
+		}
+		if want := fmt.Sprintf("line %d", i); string(msg.Data) != want {
+			t.Fatalf("got %q, want %q", msg.Data, want)
+		}
+	}
+	br := bufio.NewReader(c)
+	if reply := readLine(t, c, br); reply != "-ERR server shutting down\n" {
+		t.Fatalf("reply at shutdown %q", reply)
+	}
+	if _, err := net.DialTimeout("tcp", h.addr(0), time.Second); err == nil {
+		t.Fatal("listener still accepting after shutdown")
+	}
+}
+
+func TestNewFailsOnPortInUse(t *testing.T) {
+	t.Parallel()
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	srv := testutil.NATSServer(t)
+	nc := testutil.Connect(t, srv)
+	_, err = New(Options{Config: defaultConfig(busy.Addr().String() + "=d/line"), SubjectPrefix: "relay", NATS: nc, Logger: testutil.Logger(t)})
+	if err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("New = %v, want address in use", err)
+	}
+}
