@@ -75,7 +75,9 @@ func TestReadHandshakeTooLongWithoutNewline(t *testing.T) {
 // blockingReader fails the test if read: the handshake must not wait for it.
 type blockingReader struct{}
 
-func (blockingReader) Read([]byte) (int, error) { return 0, errors.New("read past the refused handshake") }
+func (blockingReader) Read([]byte) (int, error) {
+	return 0, errors.New("read past the refused handshake")
+}
 
 func FuzzHandshake(f *testing.F) {
 	addSplitSeeds(f, "default\nx", "a.b tok\r\ndata", "bad channel!\n", "\n", strings.Repeat("a", 1030)+"\n")

@@ -50,16 +50,16 @@ type Ingest struct {
 
 // Fanout settings are read by 'relay fanout' and 'relay all'.
 type Fanout struct {
-	Addr              string        `envconfig:"FANOUT_ADDR" default:":8080" desc:"HTTP address: /ws/{channel}, the demo page /, /healthz, /readyz, /metrics"`
-	ClientQueue       int           `envconfig:"FANOUT_CLIENT_QUEUE" default:"1024" desc:"messages a WebSocket client may fall behind by; past it the client is closed with 1008 'slow consumer'"`
-	ClientQueueBytes  int           `envconfig:"FANOUT_CLIENT_QUEUE_BYTES" default:"8388608" desc:"bytes a WebSocket client may fall behind by (messages are shared, so this bounds each client's share); past it: 1008 'slow consumer'"`
-	AllowedOrigins    []string      `envconfig:"FANOUT_ALLOWED_ORIGINS" default:"" desc:"comma-separated Origin host patterns (path.Match, e.g. *.example.com) allowed to open WebSockets; empty = same origin only; * = any"`
-	PingInterval      time.Duration `envconfig:"FANOUT_PING_INTERVAL" default:"30s" desc:"WebSocket ping period; a client that does not answer within the write timeout is closed (0 disables pings)"`
-	WriteTimeout      time.Duration `envconfig:"FANOUT_WRITE_TIMEOUT" default:"10s" desc:"deadline for one write (or ping) to a WebSocket client; past it the client is closed"`
-	MaxConnections    int           `envconfig:"FANOUT_MAX_CONNECTIONS" default:"100000" desc:"most concurrent WebSocket clients per process; more get HTTP 503"`
-	SubPendingMsgs    int           `envconfig:"FANOUT_SUB_PENDING_MSGS" default:"65536" desc:"messages the fanout's NATS subscription may buffer before NATS reports a slow consumer (the channel's clients are then closed)"`
-	SubPendingBytes   int           `envconfig:"FANOUT_SUB_PENDING_BYTES" default:"67108864" desc:"bytes the fanout's NATS subscription may buffer before NATS reports a slow consumer"`
-	PublicIngestAddr  string        `envconfig:"FANOUT_PUBLIC_INGEST_ADDR" default:"" desc:"host:port of the ingest handshake listener as users reach it, shown on the demo page (empty: this host, first handshake listener's port)"`
+	Addr             string        `envconfig:"FANOUT_ADDR" default:":8080" desc:"HTTP address: /ws/{channel}, the demo page /, /healthz, /readyz, /metrics"`
+	ClientQueue      int           `envconfig:"FANOUT_CLIENT_QUEUE" default:"1024" desc:"messages a WebSocket client may fall behind by; past it the client is closed with 1008 'slow consumer'"`
+	ClientQueueBytes int           `envconfig:"FANOUT_CLIENT_QUEUE_BYTES" default:"8388608" desc:"bytes a WebSocket client may fall behind by (messages are shared, so this bounds each client's share); past it: 1008 'slow consumer'"`
+	AllowedOrigins   []string      `envconfig:"FANOUT_ALLOWED_ORIGINS" default:"" desc:"comma-separated Origin host patterns (path.Match, e.g. *.example.com) allowed to open WebSockets; empty = same origin only; * = any"`
+	PingInterval     time.Duration `envconfig:"FANOUT_PING_INTERVAL" default:"30s" desc:"WebSocket ping period; a client that does not answer within the write timeout is closed (0 disables pings)"`
+	WriteTimeout     time.Duration `envconfig:"FANOUT_WRITE_TIMEOUT" default:"10s" desc:"deadline for one write (or ping) to a WebSocket client; past it the client is closed"`
+	MaxConnections   int           `envconfig:"FANOUT_MAX_CONNECTIONS" default:"100000" desc:"most concurrent WebSocket clients per process; more get HTTP 503"`
+	SubPendingMsgs   int           `envconfig:"FANOUT_SUB_PENDING_MSGS" default:"65536" desc:"messages the fanout's NATS subscription may buffer before NATS reports a slow consumer (the channel's clients are then closed)"`
+	SubPendingBytes  int           `envconfig:"FANOUT_SUB_PENDING_BYTES" default:"67108864" desc:"bytes the fanout's NATS subscription may buffer before NATS reports a slow consumer"`
+	PublicIngestAddr string        `envconfig:"FANOUT_PUBLIC_INGEST_ADDR" default:"" desc:"host:port of the ingest handshake listener as users reach it, shown on the demo page (empty: this host, first handshake listener's port)"`
 }
 
 // Config is everything relay reads. Each role uses the parts it needs.
