@@ -1,0 +1,308 @@
+#!/usr/bin/env bash
+# Offline end-to-end test of docker-compose.yml.
+#
+# Builds every image with no registry (deploy/build-images.sh), starts the
+# stack with deploy/compose.offline.yml, then checks delivery from TCP
+# senders through the ingest load balancer to WebSocket receivers through
+# the fanout load balancer:
+#   1. before scaling      (2 ingest, 2 fanout), plus the fixed :7070 listener
+#   2. after scaling fanout to 3 (the LB must use the new replica)
+#   3. after SIGKILL of the NATS node holding the most relay connections
+# and tears everything down on exit, whatever happened.
+#
+# Works with `docker compose` (v2) and Debian's docker-compose (v1).
+# Only the load balancers publish ports, on 127.0.0.1 with ports the kernel
+# picks, so parallel runs do not collide. All traffic stays on loopback and
+# the Docker bridge.
+#
+# Needs: go, docker, curl, haproxy and busybox-static (deploy/ci.sh installs them).
+# Environment:
+#   MSGS=1000    messages per check, spread over SENDERS connections
+#   SENDERS=4    sender connections per check
+#   WAIT=60      seconds any single wait may take
+#   RELAY_BIN    use this static relay binary instead of building ./cmd/relay
+#   KEEP_IMAGES=1  keep the built images afterwards
+set -Eeuo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+MSGS=${MSGS:-1000}
+SENDERS=${SENDERS:-4}
+WAIT=${WAIT:-60}
+KEEP_IMAGES=${KEEP_IMAGES:-0}
+
+run_id=$$
+project=relayct$run_id
+export OFFLINE_RELAY_IMAGE=relay-offline/relay:ct$run_id
+export OFFLINE_NATS_IMAGE=relay-offline/nats:ct$run_id
+export OFFLINE_HAPROXY_IMAGE=relay-offline/haproxy:ct$run_id
+# "127.0.0.1:" + ":7070" = loopback only, host port chosen by the kernel.
+export INGEST_PORT=127.0.0.1: HANDSHAKE_PORT=127.0.0.1: FANOUT_PORT=127.0.0.1:
+export RELAY_LOG_LEVEL=${RELAY_LOG_LEVEL:-info}
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/relay-compose-test.XXXXXX")
+start=$SECONDS
+results=()
+passed=0
+failed=0
+watchers=()
+
+log() { printf '%s compose-test: %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() {
+	log "FAIL: $*"
+	failed=$((failed + 1))
+	exit 1
+}
+
+if docker compose version >/dev/null 2>&1; then
+	COMPOSE=(docker compose)
+elif command -v docker-compose >/dev/null 2>&1; then
+	COMPOSE=(docker-compose)
+else
+	die "neither 'docker compose' nor 'docker-compose' is installed"
+fi
+for tool in go docker curl; do
+	command -v "$tool" >/dev/null || die "$tool not found"
+done
+
+# dc runs compose on this run's project, every call bounded in time.
+dc() {
+	timeout "${DC_TIMEOUT:-240}" "${COMPOSE[@]}" -p "$project" \
+		-f docker-compose.yml -f deploy/compose.offline.yml "$@"
+}
+
+stop_watchers() {
+	local p
+	for p in "${watchers[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${watchers[@]}"; do wait "$p" 2>/dev/null || true; done
+	watchers=()
+}
+
+cleanup() {
+	local rc=$?
+	set +e
+	trap - EXIT INT TERM
+	stop_watchers
+	if ((rc != 0)); then
+		log "state at failure:"
+		dc ps
+		dc logs --no-color --tail=40 2>&1 | tail -n 300
+	fi
+	log "tearing down project $project"
+	DC_TIMEOUT=120 dc down -v --remove-orphans -t 10 >"$WORK/down.log" 2>&1 || cat "$WORK/down.log"
+	if [[ $KEEP_IMAGES != 1 ]]; then
+		docker rmi "$OFFLINE_RELAY_IMAGE" "$OFFLINE_NATS_IMAGE" "$OFFLINE_HAPROXY_IMAGE" >/dev/null 2>&1
+	fi
+	rm -rf "$WORK"
+	log "took $((SECONDS - start))s"
+	if ((rc != 0)); then
+		failed=$((failed > 0 ? failed : 1))
+		log "compose test FAILED"
+	fi
+	printf 'compose-test: %d passed, %d failed\n' "$passed" "$failed"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- images
+RELAY=$WORK/relay
+if [[ -n ${RELAY_BIN:-} ]]; then
+	cp "$RELAY_BIN" "$RELAY"
+else
+	log "go build ./cmd/relay"
+	CGO_ENABLED=0 go build -trimpath -o "$RELAY" ./cmd/relay
+fi
+RELAY_BIN=$RELAY RELAY_IMAGE=$OFFLINE_RELAY_IMAGE NATS_IMAGE=$OFFLINE_NATS_IMAGE \
+	HAPROXY_IMAGE=$OFFLINE_HAPROXY_IMAGE deploy/build-images.sh
+
+# ---------------------------------------------------------------- stack
+log "compose: ${COMPOSE[*]} ($("${COMPOSE[@]}" version --short 2>/dev/null || echo '?'))"
+log "starting project $project: 3 NATS, 2 ingest, 2 fanout, 2 load balancers"
+dc up -d --no-build >"$WORK/up.log" 2>&1 || {
+	cat "$WORK/up.log"
+	die "compose up failed"
+}
+
+cid() { dc ps -q "$1" | head -n 1; }
+ip_of() { docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$1"; }
+host_port() { dc port "$1" "$2" | tail -n 1 | sed 's/.*://'; }
+
+# await_healthy SERVICE: Docker's healthcheck status of its first container.
+await_healthy() {
+	local c status deadline=$((SECONDS + WAIT))
+	c=$(cid "$1")
+	while :; do
+		status=$(docker inspect -f '{{.State.Health.Status}}' "$c" 2>/dev/null || echo gone)
+		[[ $status == healthy ]] && return 0
+		((SECONDS < deadline)) || die "$1 is $status after ${WAIT}s"
+		sleep 1
+	done
+}
+await_healthy ingest-lb
+await_healthy fanout-lb
+
+line_port=$(host_port ingest-lb 7070)
+hs_port=$(host_port ingest-lb 7071)
+ws_port=$(host_port fanout-lb 8080)
+fanout_lb_ip=$(ip_of "$(cid fanout-lb)")
+log "load balancers: ingest 127.0.0.1:$line_port (fixed) 127.0.0.1:$hs_port (handshake), fanout 127.0.0.1:$ws_port"
+
+# lb_servers: "name=current_sessions" for each UP server of the fanout
+# backend, from HAProxy's CSV stats on the LB's unpublished monitor port.
+lb_servers() {
+	curl -fsS --max-time 5 "http://$fanout_lb_ip:8404/stats;csv" |
+		awk -F, '$1 == "fanout" && $2 != "BACKEND" && $18 == "UP" {printf "%s=%s ", $2, $5}'
+}
+
+# ---------------------------------------------------------------- checks
+
+# start_watchers CHANNEL COUNT PREFIX: WebSocket receivers through the fanout LB.
+start_watchers() {
+	local i
+	for ((i = 1; i <= $2; i++)); do
+		"$RELAY" watch "ws://127.0.0.1:$ws_port/ws/$1" >"$WORK/$3.w$i" 2>"$WORK/$3.w$i.err" &
+		watchers+=($!)
+	done
+}
+
+# await_probe SEND_CMD FILES...: send "probe K" lines (one connection each)
+# until every receiver has one, so the path is known to work before counting.
+await_probe() {
+	local send=$1 k=0 missing f deadline=$((SECONDS + WAIT))
+	shift
+	while :; do
+		k=$((k + 1))
+		printf 'probe %d\n' "$k" | $send >/dev/null 2>&1 || true
+		missing=0
+		for f in "$@"; do grep -q '^probe ' "$f" || missing=$((missing + 1)); done
+		((missing == 0)) && return 0
+		if ((SECONDS >= deadline)); then
+			for f in "$@"; do [[ -s $f.err ]] && log "$(basename "$f"): $(tail -n 2 "$f.err")"; done
+			die "$missing of $# receivers got no probe within ${WAIT}s"
+		fi
+		sleep 0.5
+	done
+}
+
+send_handshake() { timeout 20 "$RELAY" send "127.0.0.1:$hs_port" "$1"; }
+send_fixed() { timeout 20 bash -c 'cat >"/dev/tcp/127.0.0.1/$0"' "$line_port"; }
+
+# await_batch TAG SENT FILES...: wait until every receiver has SENT messages.
+await_batch() {
+	local tag=$1 sent=$2 all f deadline=$((SECONDS + WAIT))
+	shift 2
+	while :; do
+		all=1
+		for f in "$@"; do
+			(($(grep -c "^msg $tag " "$f" || true) >= sent)) || all=0
+		done
+		((all)) && return 0
+		((SECONDS < deadline)) || return 0 # counted (and failed) by report
+		sleep 0.5
+	done
+}
+
+# report NAME TAG SENT DETAIL FILES...: count per receiver, print, judge.
+report() {
+	local name=$1 tag=$2 sent=$3 detail=$4 f got dup ooo min=-1 per="" bad=0
+	shift 4
+	for f in "$@"; do
+		got=$(grep "^msg $tag " "$f" | sort -u | wc -l)
+		dup=$(($(grep -c "^msg $tag " "$f" || true) - got))
+		# Messages of one sender connection must arrive in the order sent.
+		ooo=$(awk -v t="$tag" '$1 == "msg" && $2 == t { if ($4 <= last[$3]) n++; last[$3] = $4 } END { print n + 0 }' "$f")
+		per+="$got "
+		((min < 0 || got < min)) && min=$got
+		((dup == 0 && ooo == 0)) || bad=1
+		((dup == 0)) || log "$(basename "$f"): $dup duplicates"
+		((ooo == 0)) || log "$(basename "$f"): $ooo out of order"
+	done
+	local line
+	line=$(printf '%s: sent %d received %d lost %d' "$name" "$sent" "$min" "$((sent - min))")
+	log "$line  [$# receivers, each received: ${per% }; $detail]"
+	results+=("$line")
+	if ((min == sent && bad == 0)); then
+		passed=$((passed + 1))
+	else
+		die "$name: not every receiver got every message once and in order"
+	fi
+}
+
+# check NAME RECEIVERS: handshake senders -> ingest LB -> NATS -> fanout LB -> receivers.
+check() {
+	local name=$1 receivers=$2 tag ch per sent s files=() pids=()
+	tag=$(printf '%s' "$name" | tr -c 'A-Za-z0-9\n' '-')
+	ch=ct.$run_id.$tag
+	per=$((MSGS / SENDERS))
+	sent=$((per * SENDERS))
+	start_watchers "$ch" "$receivers" "$tag"
+	for ((s = 1; s <= receivers; s++)); do files+=("$WORK/$tag.w$s"); done
+	await_probe "send_handshake $ch" "${files[@]}"
+	for ((s = 1; s <= SENDERS; s++)); do
+		awk -v t="$tag" -v s="$s" -v n="$per" 'BEGIN { for (i = 1; i <= n; i++) printf "msg %s %d %d\n", t, s, i }' |
+			send_handshake "$ch" >"$WORK/$tag.s$s.log" 2>&1 &
+		pids+=($!)
+	done
+	for s in "${!pids[@]}"; do
+		wait "${pids[$s]}" || die "$name: sender $((s + 1)) failed: $(tail -n 2 "$WORK/$tag.s$((s + 1)).log")"
+	done
+	await_batch "$tag" "$sent" "${files[@]}"
+	CHECK_LB=$(lb_servers)
+	report "$name" "$tag" "$sent" "$SENDERS sender connections, fanout LB servers: ${CHECK_LB% }" "${files[@]}"
+	stop_watchers
+}
+
+# check_fixed: the fixed listener (:7070, channel "default", no handshake).
+check_fixed() {
+	local n=200 f=$WORK/fixed.w1
+	start_watchers default 1 fixed
+	await_probe send_fixed "$f"
+	awk -v n="$n" 'BEGIN { for (i = 1; i <= n; i++) printf "msg fixed 1 %d\n", i }' | send_fixed ||
+		die "fixed listener: send failed"
+	await_batch fixed "$n" "$f"
+	report "fixed listener :7070 (channel default)" fixed "$n" "1 sender connection, plain TCP" "$f"
+	stop_watchers
+}
+
+log "check 1: before scaling"
+check "before scaling" 2
+check_fixed
+
+log "check 2: scaling fanout to 3"
+dc up -d --no-build --no-recreate --scale fanout=3 >"$WORK/scale.log" 2>&1 || {
+	cat "$WORK/scale.log"
+	die "compose up --scale fanout=3 failed"
+}
+deadline=$((SECONDS + WAIT))
+until [[ $(lb_servers | wc -w) -ge 3 ]]; do
+	((SECONDS < deadline)) || die "fanout LB does not see 3 UP replicas after ${WAIT}s: $(lb_servers)"
+	sleep 1
+done
+log "fanout LB sees: $(lb_servers)"
+check "after scaling fanout to 3" 6
+# Each of the 3 replicas must have served receivers (leastconn spreads 6 over 3).
+busy=$(printf '%s\n' $CHECK_LB | awk -F= '$2 > 0' | wc -l)
+((busy >= 3)) || die "after scaling: receivers reached only $busy fanout replicas ($CHECK_LB)"
+log "receivers were spread over $busy fanout replicas"
+
+log "check 3: killing a NATS node"
+victim="" most=-1
+for n in nats-1 nats-2 nats-3; do
+	conns=$(curl -fsS --max-time 5 "http://$(ip_of "$(cid "$n")"):8222/varz" | sed -n 's/^ *"connections": *\([0-9]*\).*/\1/p')
+	log "$n: ${conns:-?} client connections"
+	if ((${conns:-0} > most)); then
+		most=${conns:-0}
+		victim=$n
+	fi
+done
+docker kill -s KILL "$(cid "$victim")" >/dev/null
+killed_at=$SECONDS
+log "killed $victim (SIGKILL) holding $most relay connections"
+check "after NATS node kill" 4
+log "delivery recovered within $((SECONDS - killed_at))s of the kill (includes the check itself)"
+
+log "RESULTS (${COMPOSE[*]}):"
+for r in "${results[@]}"; do log "  $r"; done
+log "PASS"
