@@ -1,0 +1,162 @@
+package fanout
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// maxBatch bounds the bytes a batchConn holds back while corked: large
+// enough that a burst of small messages goes out in one write syscall, small
+// enough that the pooled buffers stay cheap.
+const maxBatch = 64 << 10
+
+var batchPool = sync.Pool{New: func() any { b := make([]byte, 0, maxBatch); return &b }}
+
+// batchConn is the hijacked TCP connection under a WebSocket. coder/websocket
+// flushes its buffer after every frame, so writing N queued messages would
+// cost N write syscalls; while the client's writer has it corked, batchConn
+// collects those flushes and sends them with one write when uncorked (or
+// when maxBatch fills). It also puts a deadline on every network write,
+// including control frames the library writes on its own, so no write can
+// block past the write timeout.
+type batchConn struct {
+	net.Conn
+	timeout time.Duration
+
+	mu     sync.Mutex
+	corked bool
+	buf    *[]byte // from batchPool while corked
+	err    error   // sticky: after a failed write every write fails at once
+	writes int     // network writes, for tests and benchmarks
+}
+
+func newBatchConn(c net.Conn, timeout time.Duration) *batchConn {
+	return &batchConn{Conn: c, timeout: timeout}
+}
+
+// cork makes writes collect in memory until uncork.
+func (b *batchConn) cork() {
+	b.mu.Lock()
+	b.corked = true
+	b.buf = batchPool.Get().(*[]byte)
+	b.mu.Unlock()
+}
+
+// uncork sends what was collected with one write.
+func (b *batchConn) uncork() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var err error
+	if len(*b.buf) > 0 {
+		err = b.writeLocked(*b.buf, nil)
+	} else {
+		err = b.err
+	}
+	*b.buf = (*b.buf)[:0]
+	batchPool.Put(b.buf)
+	b.buf = nil
+	b.corked = false
+	return err
+}
+
+// Write is called by the WebSocket library, one flush at a time.
+func (b *batchConn) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err != nil {
+		return 0, b.err
+	}
+	if !b.corked {
+		if err := b.writeLocked(p, nil); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	if len(*b.buf)+len(p) <= maxBatch {
+		*b.buf = append(*b.buf, p...)
+		return len(p), nil
+	}
+	// Full: what is held and p go out together (writev), and p is not copied.
+	err := b.writeLocked(*b.buf, p)
+	*b.buf = (*b.buf)[:0]
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// writeLocked writes p then q (q may be nil) under the write deadline.
+func (b *batchConn) writeLocked(p, q []byte) error {
+	if b.err != nil {
+		return b.err
+	}
+	if err := b.Conn.SetWriteDeadline(time.Now().Add(b.timeout)); err != nil {
+		b.err = err
+		return err
+	}
+	b.writes++
+	var err error
+	if q == nil {
+		_, err = b.Conn.Write(p)
+	} else {
+		bufs := net.Buffers{p, q}
+		_, err = bufs.WriteTo(b.Conn)
+	}
+	if err != nil {
+		b.err = err
+	}
+	return err
+}
+
+// Close closes the TCP connection at once; a blocked Write returns. It does
+// not take the lock, so it works while a write is stuck on a full window.
+func (b *batchConn) Close() error { return b.Conn.Close() }
+
+// networkWrites reports how many write syscalls (or writev) were made.
+func (b *batchConn) networkWrites() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.writes
+}
+
+// hijackWriter hands coder/websocket a batchConn instead of the raw
+// connection when Accept hijacks it, and keeps it for the client.
+type hijackWriter struct {
+	http.ResponseWriter
+	timeout time.Duration
+	bc      *batchConn
+}
+
+var errHijacked = errors.New("fanout: connection already hijacked")
+
+func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if h.bc != nil {
+		return nil, nil, errHijacked
+	}
+	conn, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	// net/http has already written the 101 response; whatever it still holds
+	// goes out before the writer is pointed at the batchConn.
+	if err := brw.Writer.Flush(); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	// The header read deadline set by http.Server must not end a WebSocket
+	// that lives for hours; writes get their deadline per write.
+	if err := conn.SetReadDeadline(time.Time{}); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	h.bc = newBatchConn(conn, h.timeout)
+	brw.Writer.Reset(h.bc)
+	return h.bc, brw, nil
+}
+
+// Unwrap lets http.ResponseController reach the real writer.
+func (h *hijackWriter) Unwrap() http.ResponseWriter { return h.ResponseWriter }

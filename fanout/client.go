@@ -1,0 +1,295 @@
+package fanout
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/relaydev/relay/shared/metrics"
+)
+
+// Close reasons sent to clients (at most 123 bytes each).
+const (
+	reasonSlowConsumer = "slow consumer"
+	reasonClientData   = "receive-only: clients may not send data"
+	reasonShutdown     = "server shutting down"
+	reasonPingTimeout  = "ping timeout"
+	reasonWriteFailed  = "write failed"
+)
+
+// Disconnect reasons: the label values of Metrics.Disconnects.
+const (
+	disconnectClientClosed     = "client_closed"
+	disconnectSlowConsumer     = "slow_consumer"
+	disconnectNATSSlowConsumer = "nats_slow_consumer"
+	disconnectClientData       = "client_data"
+	disconnectWriteError       = "write_error"
+	disconnectPingTimeout      = "ping_timeout"
+	disconnectShutdown         = "shutdown"
+)
+
+// readLimit bounds what a client frame can make the server buffer. Clients
+// may not send data at all, so only control frames (at most 125 bytes) are
+// ever read in full.
+const readLimit = 1024
+
+// clientLimits are the per-client settings from config.Fanout.
+type clientLimits struct {
+	queueMsgs    int
+	queueBytes   int
+	writeTimeout time.Duration
+	pingInterval time.Duration
+	closeGrace   time.Duration // how long a close handshake may take before the TCP connection is cut
+}
+
+// client is one WebSocket receiver: a bounded queue filled by the channel's
+// NATS callback, one writer goroutine that drains it, and a reader (the
+// HTTP handler's goroutine) that answers control frames and refuses data.
+type client struct {
+	lim     clientLimits
+	m       *metrics.Fanout
+	log     *slog.Logger
+	channel string
+
+	idx int // position in channel.clients, guarded by channel.mu
+
+	wake    chan struct{} // capacity 1: "the queue is not empty"
+	closing chan struct{} // closed by the first close
+
+	mu         sync.Mutex
+	queue      []*message
+	spare      []*message // the writer's previous batch, reused to avoid allocations
+	pendMsgs   int        // queued or being written
+	pendBytes  int
+	closed     bool
+	closeCode  websocket.StatusCode
+	closeText  string
+	reason     string
+	conn       *websocket.Conn
+	bc         *batchConn
+	forceClose *time.Timer
+
+	wg      sync.WaitGroup // writer and pings
+	pinging atomic.Bool
+
+	// Written by the writer only; read after it has exited.
+	delivered int
+	bytesOut  int
+}
+
+func newClient(channel string, lim clientLimits, m *metrics.Fanout, log *slog.Logger) *client {
+	return &client{
+		lim:     lim,
+		m:       m,
+		log:     log,
+		channel: channel,
+		idx:     -1,
+		wake:    make(chan struct{}, 1),
+		closing: make(chan struct{}),
+	}
+}
+
+// enqueue adds msg to the client's queue without ever blocking. It returns
+// false when the queue is full: the client cannot take msg and must be
+// closed, because leaving it connected would hide a gap. A message larger
+// than the whole byte budget is still taken by an empty queue, so a big
+// message closes nobody who is keeping up.
+func (c *client) enqueue(msg *message) bool {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return true
+	}
+	if c.pendMsgs >= c.lim.queueMsgs || (c.pendMsgs > 0 && c.pendBytes+len(msg.data) > c.lim.queueBytes) {
+		c.mu.Unlock()
+		return false
+	}
+	c.queue = append(c.queue, msg)
+	c.pendMsgs++
+	c.pendBytes += len(msg.data)
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// attach gives the client its upgraded connection. Messages queued since
+// the subscription was confirmed are sent first.
+func (c *client) attach(conn *websocket.Conn, bc *batchConn) {
+	conn.SetReadLimit(readLimit)
+	c.mu.Lock()
+	c.conn, c.bc = conn, bc
+	if c.closed && c.forceClose == nil {
+		c.forceClose = time.AfterFunc(c.lim.closeGrace, func() { bc.Close() })
+	}
+	c.mu.Unlock()
+}
+
+// close starts closing the client with a WebSocket close code and text, and
+// records reason (a Disconnects label). It never blocks, so the broadcast
+// path may call it. The writer sends the close frame; if the handshake has
+// not finished within closeGrace (a slow consumer's TCP window may be full,
+// so the frame may never get out) the TCP connection is cut. Only the first
+// call counts; it reports whether this call was it.
+func (c *client) close(code websocket.StatusCode, text, reason string) bool {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return false
+	}
+	c.closed = true
+	c.closeCode, c.closeText, c.reason = code, text, reason
+	clear(c.queue)
+	c.queue = nil
+	if bc := c.bc; bc != nil {
+		c.forceClose = time.AfterFunc(c.lim.closeGrace, func() { bc.Close() })
+	}
+	c.mu.Unlock()
+	close(c.closing)
+	c.m.Disconnects.WithLabelValues(reason).Inc()
+	return true
+}
+
+// serve runs the connection until it is closed and everything it started
+// has stopped. The calling goroutine is the reader.
+func (c *client) serve() {
+	c.wg.Add(1)
+	go c.writeLoop()
+	c.readLoop()
+	c.wg.Wait()
+	c.mu.Lock()
+	if c.forceClose != nil {
+		c.forceClose.Stop()
+	}
+	c.mu.Unlock()
+	c.bc.Close()
+}
+
+// readLoop waits for the client's first data message, which is refused;
+// control frames are answered by the library meanwhile. It returns once the
+// connection is closed or refused.
+func (c *client) readLoop() {
+	_, _, err := c.conn.Reader(context.Background())
+	if err == nil {
+		c.close(websocket.StatusUnsupportedData, reasonClientData, disconnectClientData)
+		return
+	}
+	c.close(websocket.StatusNormalClosure, "", disconnectClientClosed)
+}
+
+// writeLoop is the client's only writer of data frames.
+func (c *client) writeLoop() {
+	defer c.wg.Done()
+	var tick <-chan time.Time
+	if c.lim.pingInterval > 0 {
+		t := time.NewTicker(c.lim.pingInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-c.closing:
+			c.mu.Lock()
+			code, text := c.closeCode, c.closeText
+			c.mu.Unlock()
+			// Bounded by forceClose, which cuts the connection after closeGrace.
+			_ = c.conn.Close(code, text)
+			return
+		case <-c.wake:
+			if err := c.flush(); err != nil {
+				if c.close(websocket.StatusInternalError, reasonWriteFailed, disconnectWriteError) {
+					c.log.Debug("write failed", "err", err)
+				}
+			}
+		case <-tick:
+			c.ping()
+		}
+	}
+}
+
+// flush writes everything queued as one batch: the library frames each
+// message, the batchConn sends them with as few syscalls as it can.
+func (c *client) flush() error {
+	c.mu.Lock()
+	if c.closed || len(c.queue) == 0 {
+		c.mu.Unlock()
+		return nil
+	}
+	batch := c.queue
+	c.queue, c.spare = c.spare[:0], nil
+	c.mu.Unlock()
+
+	c.bc.cork()
+	var err error
+	n, bytes, batchBytes := 0, 0, 0
+	for _, msg := range batch {
+		batchBytes += len(msg.data)
+		if err != nil {
+			continue
+		}
+		// No context deadline: batchConn bounds every network write, which
+		// keeps the per-message path free of timers and allocations.
+		if err = c.conn.Write(context.Background(), msg.typ, msg.data); err == nil {
+			n++
+			bytes += len(msg.data)
+		}
+	}
+	if uerr := c.bc.uncork(); err == nil {
+		err = uerr
+	}
+	clear(batch)
+
+	c.mu.Lock()
+	c.spare = batch[:0]
+	c.pendMsgs -= len(batch)
+	c.pendBytes -= batchBytes
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	c.delivered += n
+	c.bytesOut += bytes
+	c.m.Deliveries.Add(float64(n))
+	c.m.BytesOut.Add(float64(bytes))
+	return nil
+}
+
+// ping checks the client is alive without holding up the writer: the pong
+// arrives through the reader, so the wait runs in its own goroutine. A ping
+// still outstanding at the next tick is not doubled.
+func (c *client) ping() {
+	if !c.pinging.CompareAndSwap(false, true) {
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		defer c.pinging.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), c.lim.writeTimeout)
+		defer cancel()
+		err := c.conn.Ping(ctx)
+		if err == nil || errors.Is(err, net.ErrClosed) {
+			return // closed: whoever closed it recorded why
+		}
+		select {
+		case <-c.closing:
+		default:
+			c.close(websocket.StatusPolicyViolation, reasonPingTimeout, disconnectPingTimeout)
+		}
+	}()
+}
+
+// stats returns the close reason and what was delivered; valid after serve.
+func (c *client) stats() (reason string, delivered, bytes int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reason, c.delivered, c.bytesOut
+}

@@ -1,0 +1,190 @@
+package fanout
+
+import (
+	"net/http"
+	"net/url"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/relaydev/relay/shared/subjects"
+)
+
+// Refusal reasons: the label values of Metrics.Refused.
+const (
+	refusedBadChannel      = "bad_channel"
+	refusedBadOrigin       = "bad_origin"
+	refusedTooMany         = "too_many_connections"
+	refusedDraining        = "draining"
+	refusedSubscribeFailed = "subscribe_failed"
+	refusedBadRequest      = "bad_request"
+)
+
+// acceptOptions skips the library's origin check: serveWS has already done
+// the same check itself, so that a refusal is counted and logged. Compression
+// stays off: it would make the shared, encode-once frames per-client work.
+var acceptOptions = &websocket.AcceptOptions{InsecureSkipVerify: true}
+
+// serveWS upgrades GET /ws/{channel}. Everything that can be refused is
+// refused with a plain HTTP status before the upgrade; after the 101 the
+// client is subscribed and gets every message published from then on.
+func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("channel")
+	if err := subjects.ValidateChannel(name); err != nil {
+		s.refuse(w, r, http.StatusBadRequest, refusedBadChannel, err.Error())
+		return
+	}
+	if !s.originAllowed(r) {
+		s.refuse(w, r, http.StatusForbidden, refusedBadOrigin, "origin not allowed")
+		return
+	}
+	if s.health.Draining() {
+		s.refuse(w, r, http.StatusServiceUnavailable, refusedDraining, "server is shutting down")
+		return
+	}
+	if !isUpgrade(r) {
+		// Let the library answer with its precise status (426, 400, 405).
+		s.m.Refused.WithLabelValues(refusedBadRequest).Inc()
+		_, _ = websocket.Accept(w, r, acceptOptions)
+		return
+	}
+	if s.active.Add(1) > int64(s.cfg.MaxConnections) {
+		s.active.Add(-1)
+		s.refuse(w, r, http.StatusServiceUnavailable, refusedTooMany, "too many connections")
+		return
+	}
+	defer s.active.Add(-1)
+	if !s.track() {
+		s.refuse(w, r, http.StatusServiceUnavailable, refusedDraining, "server is shutting down")
+		return
+	}
+	defer s.wg.Done()
+
+	log := s.log.With("channel", name, "remote", r.RemoteAddr)
+	c := newClient(name, s.limits, s.m, log)
+	ch, err := s.hub.join(name, c)
+	if err != nil {
+		log.Warn("subscribe failed; upgrade refused", "err", err)
+		s.refuse(w, r, http.StatusServiceUnavailable, refusedSubscribeFailed, "subscription failed, retry")
+		return
+	}
+	defer s.hub.leave(ch, c)
+
+	hw := &hijackWriter{ResponseWriter: w, timeout: s.cfg.WriteTimeout}
+	conn, err := websocket.Accept(hw, r, acceptOptions)
+	if err != nil {
+		// Accept has answered the request (or the connection is gone).
+		s.m.Refused.WithLabelValues(refusedBadRequest).Inc()
+		log.Debug("upgrade failed", "err", err)
+		return
+	}
+	start := time.Now()
+	c.attach(conn, hw.bc)
+	s.m.ConnectionsTotal.Inc()
+	s.m.Connections.Inc()
+	defer s.m.Connections.Dec()
+	if !s.register(c) {
+		c.close(websocket.StatusGoingAway, reasonShutdown, disconnectShutdown)
+	}
+	defer s.unregister(c)
+	log.Debug("client connected")
+
+	c.serve()
+
+	reason, delivered, bytes := c.stats()
+	log.Info("client disconnected", "reason", reason, "duration", time.Since(start).Round(time.Millisecond),
+		"messages", delivered, "bytes", bytes)
+}
+
+// originAllowed applies coder/websocket's origin rule (same host, or a host
+// pattern from AllowedOrigins matched with path.Match; a pattern with "://"
+// is matched against scheme://host) so a refusal can be counted and logged.
+// A request without Origin is not from a browser and is allowed; "*" allows
+// every origin.
+func (s *Server) originAllowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	if strings.EqualFold(r.Host, u.Host) {
+		return true
+	}
+	for _, p := range s.origins {
+		target := u.Host
+		if strings.Contains(p, "://") {
+			target = u.Scheme + "://" + u.Host
+		}
+		if ok, _ := path.Match(p, strings.ToLower(target)); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// isUpgrade reports whether r asks for a WebSocket at all, so that a plain
+// GET does not cost a NATS subscription before Accept rejects it.
+func isUpgrade(r *http.Request) bool {
+	return headerHasToken(r.Header, "Connection", "upgrade") && headerHasToken(r.Header, "Upgrade", "websocket")
+}
+
+func headerHasToken(h http.Header, key, token string) bool {
+	for _, v := range h.Values(key) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// refuse answers an upgrade with an HTTP error, counts it by reason and logs
+// it, at most once per second per reason so a misbehaving page cannot flood
+// the log.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, reason, msg string) {
+	s.m.Refused.WithLabelValues(reason).Inc()
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
+	}
+	http.Error(w, msg, status)
+	if n, ok := s.refusals.allow(reason); ok {
+		s.log.Info("upgrade refused", "reason", reason, "status", status, "remote", r.RemoteAddr,
+			"origin", r.Header.Get("Origin"), "path", r.URL.Path, "suppressed", n)
+	}
+}
+
+// logLimiter lets one log line per key through per interval and counts the
+// ones it held back.
+type logLimiter struct {
+	interval time.Duration
+	mu       sync.Mutex
+	next     map[string]time.Time
+	held     map[string]int
+}
+
+func newLogLimiter(interval time.Duration) *logLimiter {
+	return &logLimiter{interval: interval, next: map[string]time.Time{}, held: map[string]int{}}
+}
+
+// allow reports whether to log now, and how many were held back since the
+// last line for key.
+func (l *logLimiter) allow(key string) (held int, ok bool) {
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Before(l.next[key]) {
+		l.held[key]++
+		return 0, false
+	}
+	l.next[key] = now.Add(l.interval)
+	held = l.held[key]
+	delete(l.held, key)
+	return held, true
+}

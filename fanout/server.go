@@ -1,0 +1,391 @@
+package fanout
+
+import (
+	"bytes"
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"html/template"
+	"log/slog"
+	"net"
+	"net/http"
+	"path"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/nats-io/nats.go"
+
+	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/health"
+	"github.com/relaydev/relay/shared/metrics"
+	"github.com/relaydev/relay/shared/subjects"
+)
+
+// Sentinel errors.
+var (
+	// ErrInvalidOptions is returned (wrapped, with every problem) by New.
+	ErrInvalidOptions = errors.New("fanout: invalid options")
+	// ErrNATSDisconnected is reported by Ready while the NATS connection is down.
+	ErrNATSDisconnected = errors.New("fanout: NATS not connected")
+	// ErrAlreadyRun is returned by a second call to Run.
+	ErrAlreadyRun = errors.New("fanout: Run called twice")
+)
+
+const (
+	// maxCloseGrace is the longest a close handshake may take before the TCP
+	// connection is cut: a client whose TCP window is full would otherwise
+	// hold its socket open although it has been told to go.
+	maxCloseGrace = time.Second
+	// readHeaderTimeout bounds a client's request headers.
+	readHeaderTimeout = 10 * time.Second
+	// maxHeaderBytes is far above what a browser's upgrade request needs.
+	maxHeaderBytes = 32 << 10
+)
+
+// Options configure a Server.
+type Options struct {
+	// Config holds the tier's settings (RELAY_FANOUT_*).
+	Config config.Fanout
+	// SubjectPrefix is RELAY_SUBJECT_PREFIX: channel C is read from
+	// <prefix>.ch.C.
+	SubjectPrefix string
+	// ShutdownGrace is the whole budget for a graceful shutdown.
+	ShutdownGrace time.Duration
+	// NATS is owned by the Server from New on: New sets its async error
+	// handler and Run drains it before returning.
+	NATS *nats.Conn
+	// Logger receives the tier's logs. Defaults to slog.Default().
+	Logger *slog.Logger
+	// Metrics is updated by the Server.
+	Metrics *metrics.Fanout
+	// MetricsHandler is served at GET /metrics; nil leaves the route out.
+	MetricsHandler http.Handler
+}
+
+// Server is the fanout tier: one HTTP server for WebSockets, the demo page,
+// health and metrics.
+type Server struct {
+	cfg     config.Fanout
+	grace   time.Duration
+	nc      *nats.Conn
+	log     *slog.Logger
+	m       *metrics.Fanout
+	limits  clientLimits
+	origins []string // lower-cased patterns
+
+	ln       net.Listener
+	http     *http.Server
+	mux      *http.ServeMux
+	health   *health.Checker
+	hub      *hub
+	refusals *logLimiter
+
+	active atomic.Int64 // upgrades in progress and connected clients, for MaxConnections
+	ran    atomic.Bool
+
+	// wg counts upgrade handlers from track to their return; a handler
+	// covers its client's goroutines.
+	wg           sync.WaitGroup
+	mu           sync.Mutex
+	shuttingDown bool
+	clients      map[*client]struct{}
+}
+
+// New validates o, binds the listener on o.Config.Addr (so a port in use
+// fails the start here) and sets the async error handler of o.NATS, through
+// which NATS reports slow consumers.
+func New(o Options) (*Server, error) {
+	if err := validate(o); err != nil {
+		return nil, err
+	}
+	mapper, _ := subjects.NewMapper(o.SubjectPrefix) // checked by validate
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("tier", "fanout")
+	cfg := o.Config
+
+	page, err := renderPage(pageConfig{PublicIngestAddr: cfg.PublicIngestAddr})
+	if err != nil {
+		return nil, fmt.Errorf("fanout: demo page: %w", err)
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("fanout: listen %s: %w", cfg.Addr, err)
+	}
+
+	s := &Server{
+		cfg:   cfg,
+		grace: o.ShutdownGrace,
+		nc:    o.NATS,
+		log:   log,
+		m:     o.Metrics,
+		limits: clientLimits{
+			queueMsgs:    cfg.ClientQueue,
+			queueBytes:   cfg.ClientQueueBytes,
+			writeTimeout: cfg.WriteTimeout,
+			pingInterval: cfg.PingInterval,
+			closeGrace:   min(maxCloseGrace, cfg.WriteTimeout),
+		},
+		ln:       ln,
+		mux:      http.NewServeMux(),
+		refusals: newLogLimiter(time.Second),
+		clients:  make(map[*client]struct{}),
+	}
+	for _, p := range cfg.AllowedOrigins {
+		s.origins = append(s.origins, strings.ToLower(strings.TrimSpace(p)))
+	}
+	s.hub = newHub(o.NATS, mapper, o.Metrics, log, cfg.SubPendingMsgs, cfg.SubPendingBytes, cfg.WriteTimeout)
+	s.health = health.New(func() error {
+		if !s.nc.IsConnected() {
+			return ErrNATSDisconnected
+		}
+		return nil
+	})
+	s.routes(page, o.MetricsHandler)
+	s.http = &http.Server{
+		Handler:           s.mux,
+		ReadHeaderTimeout: readHeaderTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		IdleTimeout:       time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	// fanout owns the connection's async errors: the slow-consumer report is
+	// how NATS says it dropped messages for one of our subscriptions.
+	o.NATS.SetErrorHandler(s.natsError)
+	return s, nil
+}
+
+func validate(o Options) error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	c := o.Config
+	if o.NATS == nil {
+		add("NATS connection is nil")
+	}
+	if o.Metrics == nil {
+		add("Metrics is nil")
+	}
+	if err := subjects.ValidatePrefix(o.SubjectPrefix); err != nil {
+		add("subject prefix %q: %v", o.SubjectPrefix, err)
+	}
+	if o.ShutdownGrace <= 0 {
+		add("ShutdownGrace %s: must be positive", o.ShutdownGrace)
+	}
+	if c.ClientQueue < 1 {
+		add("ClientQueue %d: must be at least 1", c.ClientQueue)
+	}
+	if c.ClientQueueBytes < 1 {
+		add("ClientQueueBytes %d: must be at least 1", c.ClientQueueBytes)
+	}
+	if c.WriteTimeout <= 0 {
+		add("WriteTimeout %s: must be positive", c.WriteTimeout)
+	}
+	if c.PingInterval < 0 {
+		add("PingInterval %s: must not be negative", c.PingInterval)
+	}
+	if c.MaxConnections < 1 {
+		add("MaxConnections %d: must be at least 1", c.MaxConnections)
+	}
+	if c.SubPendingMsgs < 1 {
+		add("SubPendingMsgs %d: must be at least 1", c.SubPendingMsgs)
+	}
+	if c.SubPendingBytes < 1 {
+		add("SubPendingBytes %d: must be at least 1", c.SubPendingBytes)
+	}
+	for _, p := range c.AllowedOrigins {
+		if _, err := path.Match(strings.ToLower(strings.TrimSpace(p)), ""); err != nil || strings.TrimSpace(p) == "" {
+			add("allowed origin %q: not a valid pattern", p)
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrInvalidOptions, errors.Join(errs...))
+}
+
+//go:embed web
+var webFS embed.FS
+
+// pageConfig is what the demo page learns from the server, injected as JSON
+// into web/index.html ({{.}} in a script element): the hook through which a
+// fuller page gets its settings.
+type pageConfig struct {
+	PublicIngestAddr string `json:"publicIngestAddr"`
+}
+
+func renderPage(pc pageConfig) ([]byte, error) {
+	t, err := template.ParseFS(webFS, "web/index.html")
+	if err != nil {
+		return nil, err
+	}
+	var b bytes.Buffer
+	if err := t.Execute(&b, pc); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+func (s *Server) routes(page []byte, metricsHandler http.Handler) {
+	s.mux.HandleFunc("GET /ws/{channel}", s.serveWS)
+	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-cache")
+		w.Write(page)
+	})
+	s.health.Register(s.mux)
+	if metricsHandler != nil {
+		s.mux.Handle("GET /metrics", metricsHandler)
+	}
+}
+
+// Addr is the address the listener is bound to.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Handler serves every route of the Server; Run serves it on Addr.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Ready returns nil while NATS is connected and the Server is not draining.
+func (s *Server) Ready() error { return s.health.Ready() }
+
+// Run serves until ctx is done, then shuts down gracefully within
+// ShutdownGrace: /readyz answers 503 and new upgrades are refused, the
+// listener closes, every client gets 1001 Going Away, the client goroutines
+// are waited for, and the NATS connection is drained. It returns nil after a
+// clean shutdown.
+func (s *Server) Run(ctx context.Context) error {
+	if !s.ran.CompareAndSwap(false, true) {
+		return ErrAlreadyRun
+	}
+	s.log.Info("fanout listening", "addr", s.ln.Addr().String())
+	served := make(chan error, 1)
+	go func() { served <- s.http.Serve(s.ln) }()
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case err := <-served:
+		served <- err
+		serveErr = fmt.Errorf("fanout: serve: %w", err)
+	}
+	s.shutdown()
+	if err := <-served; serveErr == nil && !errors.Is(err, http.ErrServerClosed) {
+		serveErr = fmt.Errorf("fanout: serve: %w", err)
+	}
+	return serveErr
+}
+
+// shutdown runs the ordered shutdown once, within the grace period.
+func (s *Server) shutdown() {
+	start := time.Now()
+	deadline := start.Add(s.grace)
+
+	// 1. Readiness fails and new upgrades are refused from here on.
+	s.health.SetDraining()
+	s.mu.Lock()
+	s.shuttingDown = true
+	clients := make([]*client, 0, len(s.clients))
+	for c := range s.clients {
+		clients = append(clients, c)
+	}
+	s.mu.Unlock()
+	s.log.Info("fanout draining", "clients", len(clients), "grace", s.grace)
+
+	// 2. Stop accepting. Shutdown does not wait for hijacked connections,
+	// only for upgrades still in progress, which are bounded.
+	httpCtx, cancel := context.WithDeadline(context.Background(), start.Add(s.grace/4))
+	if err := s.http.Shutdown(httpCtx); err != nil {
+		s.log.Warn("http shutdown incomplete; closing connections", "err", err)
+		s.http.Close()
+	}
+	cancel()
+
+	// 3. Close every client; an upgrade that registers later closes itself.
+	for _, c := range clients {
+		c.close(websocket.StatusGoingAway, reasonShutdown, disconnectShutdown)
+	}
+
+	// 4. Wait for them; each cuts its TCP connection after closeGrace at
+	// the latest, so only a stuck client would use up the budget.
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	natsBudget := s.grace / 4
+	t := time.NewTimer(time.Until(deadline) - natsBudget)
+	select {
+	case <-done:
+	case <-t.C:
+		s.log.Warn("clients still open at the shutdown deadline; cutting them")
+		s.mu.Lock()
+		for c := range s.clients {
+			c.mu.Lock()
+			if c.bc != nil {
+				c.bc.Close()
+			}
+			c.mu.Unlock()
+		}
+		s.mu.Unlock()
+	}
+	t.Stop()
+
+	// 5. Drain NATS: unsubscribe, finish callbacks in flight, close.
+	if err := s.nc.Drain(); err != nil {
+		// Closed already, or not connected: nothing can be flushed anyway.
+		if !errors.Is(err, nats.ErrConnectionClosed) {
+			s.log.Warn("nats drain failed; closing", "err", err)
+		}
+		s.nc.Close()
+	}
+	for !s.nc.IsClosed() {
+		if time.Now().After(deadline) {
+			s.log.Warn("nats drain not finished at the shutdown deadline; closing")
+			s.nc.Close()
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	s.log.Info("fanout stopped", "took", time.Since(start).Round(time.Millisecond))
+}
+
+// track counts an upgrade handler unless shutdown has begun.
+func (s *Server) track() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shuttingDown {
+		return false
+	}
+	s.wg.Add(1)
+	return true
+}
+
+// register lists a connected client for shutdown; false once shutdown has
+// begun (the caller closes the client itself).
+func (s *Server) register(c *client) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.clients[c] = struct{}{}
+	return !s.shuttingDown
+}
+
+func (s *Server) unregister(c *client) {
+	s.mu.Lock()
+	delete(s.clients, c)
+	s.mu.Unlock()
+}
+
+// natsError is the NATS connection's async error handler.
+func (s *Server) natsError(_ *nats.Conn, sub *nats.Subscription, err error) {
+	if errors.Is(err, nats.ErrSlowConsumer) && sub != nil {
+		s.hub.slowSubscription(sub)
+		return
+	}
+	subject := ""
+	if sub != nil {
+		subject = sub.Subject
+	}
+	s.log.Warn("nats async error", "subject", subject, "err", err)
+}

@@ -1,0 +1,260 @@
+package fanout
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/nats-io/nats.go"
+
+	"github.com/relaydev/relay/shared/health"
+	"github.com/relaydev/relay/shared/metrics"
+)
+
+func TestShutdownClosesClientsWithGoingAway(t *testing.T) {
+	t.Parallel()
+	e := startEnv(t, func(o *Options) { o.ShutdownGrace = 10 * time.Second })
+	conns := []*websocket.Conn{e.dial("a", nil), e.dial("a", nil), e.dial("b", nil)}
+	if err := e.srv.Ready(); err != nil {
+		t.Fatalf("Ready before shutdown: %v", err)
+	}
+	results := make(chan error, len(conns))
+	for _, c := range conns {
+		go func() { _, err := readErr(c, 30*time.Second); results <- err }()
+	}
+
+	err, took := e.stop()
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if took >= e.grace {
+		t.Errorf("shutdown took %s, grace is %s", took, e.grace)
+	}
+	for range conns {
+		err := <-results
+		var ce websocket.CloseError
+		if !errors.As(err, &ce) || ce.Code != websocket.StatusGoingAway || ce.Reason != reasonShutdown {
+			t.Errorf("receiver got %v, want close 1001 %q", err, reasonShutdown)
+		}
+	}
+	if got := val(e.m.Disconnects.WithLabelValues(disconnectShutdown)); got != 3 {
+		t.Errorf("Disconnects{shutdown} = %v, want 3", got)
+	}
+	if got := val(e.m.Connections); got != 0 {
+		t.Errorf("Connections = %v", got)
+	}
+	if !errors.Is(e.srv.Ready(), health.ErrDraining) {
+		t.Errorf("Ready after shutdown: %v, want draining", e.srv.Ready())
+	}
+	if !e.nc.IsClosed() {
+		t.Error("NATS connection not drained and closed")
+	}
+
+	// The handler still answers: not ready, and no new upgrades.
+	rec := httptest.NewRecorder()
+	e.srv.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz while draining: %d, want 503", rec.Code)
+	}
+	rec = httptest.NewRecorder()
+	req := httptest.NewRequest("GET", "/ws/a", nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "websocket")
+	e.srv.Handler().ServeHTTP(rec, req)
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Errorf("upgrade while draining: %d, want 503", rec.Code)
+	}
+	if got := val(e.m.Refused.WithLabelValues(refusedDraining)); got != 1 {
+		t.Errorf("Refused{draining} = %v", got)
+	}
+	if err := e.srv.Run(context.Background()); !errors.Is(err, ErrAlreadyRun) {
+		t.Errorf("second Run: %v", err)
+	}
+}
+
+// /readyz turns 503 as soon as shutdown begins, while clients are still
+// being closed.
+func TestReadyzFailsDuringDrain(t *testing.T) {
+	t.Parallel()
+	e := startEnv(t, func(o *Options) { o.ShutdownGrace = 10 * time.Second })
+	stuck := rawUpgrade(t, e.srv.Addr().String(), "hold") // never answers the close: shutdown takes closeGrace
+	defer stuck.Close()
+	readyz := func() int {
+		rec := httptest.NewRecorder()
+		e.srv.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+		return rec.Code
+	}
+	if code := readyz(); code != http.StatusOK {
+		t.Fatalf("/readyz before shutdown: %d", code)
+	}
+	e.cancel()
+	eventually(t, 10*time.Second, func() error {
+		if code := readyz(); code != http.StatusServiceUnavailable {
+			return errors.New("/readyz still 200")
+		}
+		return nil
+	})
+	if err, _ := e.stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+// A client that neither reads nor answers the close handshake cannot hold
+// the shutdown past the grace period.
+func TestShutdownWithUncooperativeClient(t *testing.T) {
+	t.Parallel()
+	e := startEnv(t, func(o *Options) { o.ShutdownGrace = 4 * time.Second })
+	conn := rawUpgrade(t, e.srv.Addr().String(), "stuck")
+	defer conn.Close()
+	e.publish("stuck", []byte("unread"))
+	e.flush()
+
+	err, took := e.stop()
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if took >= e.grace {
+		t.Errorf("shutdown took %s, grace is %s", took, e.grace)
+	}
+	// The server has cut the TCP connection: reading ends with EOF.
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, conn); err != nil {
+		t.Errorf("raw client: %v, want EOF", err)
+	}
+}
+
+// rawUpgrade performs the WebSocket handshake by hand and then does nothing
+// at all: no reads (beyond the response header), no pongs, no close reply.
+func rawUpgrade(t *testing.T, addr, channel string) net.Conn {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.WriteString(conn, "GET /ws/"+channel+" HTTP/1.1\r\nHost: "+addr+
+		"\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Read the header byte by byte so no frame is consumed with it.
+	var hdr strings.Builder
+	b := make([]byte, 1)
+	for !strings.HasSuffix(hdr.String(), "\r\n\r\n") {
+		if _, err := conn.Read(b); err != nil {
+			t.Fatalf("handshake: %v (got %q)", err, hdr.String())
+		}
+		hdr.WriteByte(b[0])
+	}
+	if !strings.HasPrefix(hdr.String(), "HTTP/1.1 101") {
+		t.Fatalf("handshake: %q", hdr.String())
+	}
+	conn.SetDeadline(time.Time{})
+	return conn
+}
+
+func TestNewValidatesOptions(t *testing.T) {
+	t.Parallel()
+	ns := startNATS(t)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_, err = New(Options{
+		Config:        testConfig(),
+		SubjectPrefix: "bad prefix",
+		NATS:          nc,
+		Metrics:       nil,
+	})
+	if !errors.Is(err, ErrInvalidOptions) {
+		t.Fatalf("got %v, want ErrInvalidOptions", err)
+	}
+	for _, want := range []string{"Metrics", "prefix", "ShutdownGrace"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+}
+
+func TestNewFailsWhenPortInUse(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ns := startNATS(t)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	cfg := testConfig()
+	cfg.Addr = ln.Addr().String()
+	_, err = New(Options{Config: cfg, SubjectPrefix: "relay", ShutdownGrace: time.Second, NATS: nc,
+		Logger: testLogger(t), Metrics: metrics.New().Fanout})
+	if err == nil || !strings.Contains(err.Error(), "listen") {
+		t.Fatalf("got %v, want a listen error", err)
+	}
+}
+
+func TestRoutes(t *testing.T) {
+	t.Parallel()
+	reg := metrics.New()
+	e := startEnv(t, func(o *Options) {
+		o.Metrics = reg.Fanout
+		o.MetricsHandler = reg.Handler()
+		o.Config.PublicIngestAddr = "relay.example:7071"
+	})
+	base := "http://" + e.srv.Addr().String()
+	get := func(path string) (int, string) {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, body := get("/")
+	if code != http.StatusOK || !strings.Contains(body, "/ws/") ||
+		!strings.Contains(body, `"publicIngestAddr":"relay.example:7071"`) {
+		t.Errorf("demo page: %d %s", code, body)
+	}
+	if code, _ := get("/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz: %d", code)
+	}
+	if code, _ := get("/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz: %d", code)
+	}
+	_ = e.dial("page", nil)
+	code, body = get("/metrics")
+	if code != http.StatusOK || !strings.Contains(body, "relay_fanout_connections 1") {
+		t.Errorf("/metrics: %d, no relay_fanout_connections 1 in\n%s", code, body)
+	}
+	if code, _ := get("/nope"); code != http.StatusNotFound {
+		t.Errorf("/nope: %d", code)
+	}
+}
+
+// Readiness follows the NATS connection.
+func TestReadyNeedsNATS(t *testing.T) {
+	t.Parallel()
+	e := startEnv(t, nil)
+	if err := e.srv.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	e.nc.Close()
+	if err := e.srv.Ready(); !errors.Is(err, ErrNATSDisconnected) {
+		t.Errorf("Ready with NATS closed: %v", err)
+	}
+}
