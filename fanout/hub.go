@@ -60,7 +60,7 @@ type hub struct {
 	confirmTimeout time.Duration // bound for the subscription's round trip to NATS
 
 	mu       sync.Mutex
-	channels map[string]*channel               // channels with at least one client (or one joining)
+	channels map[string]*channel             // channels with at least one client (or one joining)
 	subs     map[*nats.Subscription]*channel // for NATS slow-consumer reports
 }
 
