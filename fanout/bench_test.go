@@ -1,0 +1,152 @@
+package fanout
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/nats-io/nats.go"
+
+	"github.com/relaydev/relay/shared/metrics"
+	"github.com/relaydev/relay/shared/subjects"
+)
+
+var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// BenchmarkBroadcast measures the NATS callback: encode once, enqueue on
+// every client of the channel. The clients' queues are emptied now and then
+// as their writers would.
+func BenchmarkBroadcast(b *testing.B) {
+	for _, n := range []int{1, 100, 1000} {
+		b.Run(fmt.Sprintf("clients=%d", n), func(b *testing.B) {
+			m := metrics.New().Fanout
+			h := newHub(nil, mustMapper(b), m, discard, 1, 1, time.Second)
+			ch := &channel{h: h, name: "bench", ready: make(chan struct{})}
+			lim := clientLimits{queueMsgs: 1024, queueBytes: 8 << 20, closeGrace: time.Second}
+			clients := make([]*client, n)
+			for i := range clients {
+				clients[i] = newClient("bench", lim, m, discard)
+				ch.add(clients[i])
+			}
+			msg := &nats.Msg{Subject: "relay.ch.bench", Data: []byte(strings.Repeat("x", 100))}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				ch.deliver(msg)
+				if i%512 == 511 {
+					for _, c := range clients {
+						c.mu.Lock()
+						clear(c.queue)
+						c.queue = c.queue[:0]
+						c.pendMsgs, c.pendBytes = 0, 0
+						c.mu.Unlock()
+					}
+				}
+			}
+			b.StopTimer()
+			if v := val(m.SlowConsumers.WithLabelValues("client")); v != 0 {
+				b.Fatalf("%v slow consumers", v)
+			}
+		})
+	}
+}
+
+// BenchmarkWrite measures one client's write path over loopback TCP, from
+// enqueue to the receiver having read the message, and reports the write
+// syscalls per message: a burst of queued messages shares one.
+func BenchmarkWrite(b *testing.B) {
+	for _, burst := range []int{1, 16, 64} {
+		for _, size := range []int{100, 4096} {
+			b.Run(fmt.Sprintf("burst=%d/size=%d", burst, size), func(b *testing.B) {
+				benchWrite(b, burst, size)
+			})
+		}
+	}
+}
+
+func benchWrite(b *testing.B, burst, size int) {
+	type accepted struct {
+		conn *websocket.Conn
+		bc   *batchConn
+	}
+	acc := make(chan accepted, 1)
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hw := &hijackWriter{ResponseWriter: w, timeout: 10 * time.Second}
+		conn, err := websocket.Accept(hw, r, acceptOptions)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		acc <- accepted{conn, hw.bc}
+	}))
+	defer hs.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rc, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(hs.URL, "http")+"/", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rc.CloseNow()
+	a := <-acc
+	lim := clientLimits{queueMsgs: 1024, queueBytes: 8 << 20, writeTimeout: 10 * time.Second, closeGrace: time.Second}
+	c := newClient("bench", lim, metrics.New().Fanout, discard)
+	c.attach(a.conn, a.bc)
+	served := make(chan struct{})
+	go func() { c.serve(); close(served) }()
+
+	got := make(chan struct{}, 1024)
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			_, r, err := rc.Reader(context.Background()) // no timer: allocs/op is the server side
+			if err != nil {
+				return
+			}
+			for {
+				if _, err := r.Read(buf); err != nil {
+					break
+				}
+			}
+			got <- struct{}{}
+		}
+	}()
+
+	msg := &message{typ: websocket.MessageText, data: []byte(strings.Repeat("x", size))}
+	b.SetBytes(int64(size))
+	b.ReportAllocs()
+	b.ResetTimer()
+	sent := 0
+	for sent < b.N {
+		k := min(burst, b.N-sent)
+		for range k {
+			if !c.enqueue(msg) {
+				b.Fatal("queue full")
+			}
+		}
+		for range k {
+			<-got
+		}
+		sent += k
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(a.bc.networkWrites())/float64(b.N), "writes/msg")
+	c.close(websocket.StatusNormalClosure, "", disconnectShutdown)
+	<-served
+}
+
+func mustMapper(tb testing.TB) subjects.Mapper {
+	tb.Helper()
+	m, err := subjects.NewMapper("relay")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return m
+}
