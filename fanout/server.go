@@ -329,6 +329,13 @@ func (s *Server) shutdown() {
 			c.mu.Unlock()
 		}
 		s.mu.Unlock()
+		// Cut connections fail every pending operation at once.
+		t.Reset(natsBudget / 2)
+		select {
+		case <-done:
+		case <-t.C:
+			s.log.Warn("client goroutines still running after the cut; draining NATS anyway")
+		}
 	}
 	t.Stop()
 

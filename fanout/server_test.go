@@ -3,6 +3,7 @@ package fanout
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -130,6 +131,32 @@ func TestShutdownWithUncooperativeClient(t *testing.T) {
 	}
 }
 
+// With a grace period shorter than the close handshake allowance, the
+// server cuts the connections itself to keep its deadline.
+func TestShutdownGraceShorterThanCloseGrace(t *testing.T) {
+	t.Parallel()
+	e := startEnv(t, func(o *Options) { o.ShutdownGrace = 400 * time.Millisecond })
+	conn := rawUpgrade(t, e.srv.Addr().String(), "stuck")
+	defer conn.Close()
+	eventually(t, 10*time.Second, func() error {
+		if got := val(e.m.Connections); got != 1 {
+			return fmt.Errorf("Connections = %v", got)
+		}
+		return nil
+	})
+	err, took := e.stop()
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	// Generous slack for a loaded machine; without the cut it would be 1s+.
+	if took > e.grace+2*time.Second {
+		t.Errorf("shutdown took %s, grace is %s", took, e.grace)
+	}
+	if got := val(e.m.Connections); got != 0 {
+		t.Errorf("Connections = %v after Run returned", got)
+	}
+}
+
 // rawUpgrade performs the WebSocket handshake by hand and then does nothing
 // at all: no reads (beyond the response header), no pongs, no close reply.
 func rawUpgrade(t *testing.T, addr, channel string) net.Conn {
@@ -237,10 +264,14 @@ func TestRoutes(t *testing.T) {
 		t.Errorf("/readyz: %d", code)
 	}
 	_ = e.dial("page", nil)
-	code, body = get("/metrics")
-	if code != http.StatusOK || !strings.Contains(body, "relay_fanout_connections 1") {
-		t.Errorf("/metrics: %d, no relay_fanout_connections 1 in\n%s", code, body)
-	}
+	// The gauge moves just after the 101 has gone out.
+	eventually(t, 10*time.Second, func() error {
+		code, body := get("/metrics")
+		if code != http.StatusOK || !strings.Contains(body, "relay_fanout_connections 1") {
+			return fmt.Errorf("/metrics: %d, no relay_fanout_connections 1 in\n%s", code, body)
+		}
+		return nil
+	})
 	if code, _ := get("/nope"); code != http.StatusNotFound {
 		t.Errorf("/nope: %d", code)
 	}
