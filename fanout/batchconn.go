@@ -112,9 +112,31 @@ func (b *batchConn) writeLocked(p, q []byte) error {
 	return err
 }
 
-// Close closes the TCP connection at once; a blocked Write returns. It does
-// not take the lock, so it works while a write is stuck on a full window.
-func (b *batchConn) Close() error { return b.Conn.Close() }
+// closeFlushTimeout bounds the last write of bytes still held at Close.
+const closeFlushTimeout = 100 * time.Millisecond
+
+// Close closes the TCP connection promptly; a blocked Write returns. It never
+// waits for the lock, so it works while a write is stuck on a full window.
+// When the lock is free it first sends what a corked batch holds: the
+// library may write a close frame and close the connection in the middle of
+// the writer's batch (a client-initiated close), and that frame should not
+// be lost.
+func (b *batchConn) Close() error {
+	if b.mu.TryLock() {
+		if b.corked && len(*b.buf) > 0 && b.err == nil {
+			if b.Conn.SetWriteDeadline(time.Now().Add(min(b.timeout, closeFlushTimeout))) == nil {
+				b.writes++
+				_, _ = b.Conn.Write(*b.buf)
+			}
+			*b.buf = (*b.buf)[:0]
+		}
+		if b.err == nil {
+			b.err = net.ErrClosed
+		}
+		b.mu.Unlock()
+	}
+	return b.Conn.Close()
+}
 
 // networkWrites reports how many write syscalls (or writev) were made.
 func (b *batchConn) networkWrites() int {
