@@ -58,7 +58,8 @@ type Options struct {
 	// NATS is owned by the Server from New on: New sets its async error
 	// handler and Run drains it before returning.
 	NATS *nats.Conn
-	// Logger receives the tier's logs. Defaults to slog.Default().
+	// Logger receives the tier's logs (the caller adds attributes such as
+	// tier=fanout). Defaults to slog.Default() with tier=fanout.
 	Logger *slog.Logger
 	// Metrics is updated by the Server.
 	Metrics *metrics.Fanout
@@ -105,9 +106,8 @@ func New(o Options) (*Server, error) {
 	mapper, _ := subjects.NewMapper(o.SubjectPrefix) // checked by validate
 	log := o.Logger
 	if log == nil {
-		log = slog.Default()
+		log = slog.Default().With("tier", "fanout")
 	}
-	log = log.With("tier", "fanout")
 	cfg := o.Config
 
 	page, err := renderPage(pageConfig{PublicIngestAddr: cfg.PublicIngestAddr})
