@@ -162,17 +162,17 @@ func startEnv(t testing.TB, edit func(*Options)) *env {
 }
 
 // stop cancels Run and returns its result and how long shutdown took.
-func (e *env) stop() (error, time.Duration) {
+func (e *env) stop() (time.Duration, error) {
 	e.t.Helper()
 	start := time.Now()
 	e.cancel()
 	select {
 	case err := <-e.done:
 		e.done <- err
-		return err, time.Since(start)
+		return time.Since(start), err
 	case <-time.After(e.grace + 10*time.Second):
 		e.t.Fatal("Run did not return")
-		return nil, 0
+		return 0, nil
 	}
 }
 

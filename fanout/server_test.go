@@ -31,7 +31,7 @@ func TestShutdownClosesClientsWithGoingAway(t *testing.T) {
 		go func() { _, err := readErr(c, 30*time.Second); results <- err }()
 	}
 
-	err, took := e.stop()
+	took, err := e.stop()
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
@@ -102,7 +102,7 @@ func TestReadyzFailsDuringDrain(t *testing.T) {
 		}
 		return nil
 	})
-	if err, _ := e.stop(); err != nil {
+	if _, err := e.stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 }
@@ -117,7 +117,7 @@ func TestShutdownWithUncooperativeClient(t *testing.T) {
 	e.publish("stuck", []byte("unread"))
 	e.flush()
 
-	err, took := e.stop()
+	took, err := e.stop()
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
@@ -144,7 +144,7 @@ func TestShutdownGraceShorterThanCloseGrace(t *testing.T) {
 		}
 		return nil
 	})
-	err, took := e.stop()
+	took, err := e.stop()
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
