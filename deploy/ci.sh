@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Deployment checks, called by .ci/run (and runnable by hand):
+#   1. helm lint --strict and helm template of deploy/helm/relay
+#   2. the manifest test module (deploy/manifests-test): strict decoding of
+#      k8s/ and the rendered chart, invariants, values vs relay's config
+#   3. deploy/compose-test.sh: the compose cluster, live and offline
+#
+#   deploy/ci.sh                  # all three
+#   deploy/ci.sh helm manifests   # a subset
+#
+# Works on a fresh Debian machine as root with only the Go module proxy and
+# Debian's archive reachable, and a Docker engine that has no images: helm
+# is built from its Go module (pinned below), haproxy, busybox-static, curl
+# and ca-certificates come from apt, every image is built locally.
+# Exits non-zero if any step fails; every step runs regardless, so one CI
+# run reports everything.
+set -Eeuo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+HELM_VERSION=v3.22.0
+# The cluster version helm renders for (the chart needs >= 1.30).
+KUBE_VERSION=1.31.0
+TOOLS=${RELAY_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/relay-deploy-tools}
+
+steps=("$@")
+((${#steps[@]})) || steps=(helm manifests compose)
+for s in "${steps[@]}"; do
+	case $s in helm | manifests | compose) ;; *)
+		echo "usage: deploy/ci.sh [helm] [manifests] [compose]" >&2
+		exit 2
+		;;
+	esac
+done
+want() { [[ " ${steps[*]} " == *" $1 "* ]]; }
+
+log() { printf '%s deploy/ci: %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+# ------------------------------------------------------------ prerequisites
+command -v go >/dev/null || {
+	log "go not found"
+	exit 1
+}
+
+apt_install() {
+	local missing=() p
+	for p in "$@"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+	done
+	((${#missing[@]})) || return 0
+	if ((EUID != 0)); then
+		log "missing Debian packages: ${missing[*]} (run as root, or apt-get install them)"
+		return 1
+	fi
+	log "apt-get install ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	timeout 600 apt-get update -qq
+	timeout 900 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# helm from its Go module, cached per version outside the work tree.
+HELM=$TOOLS/helm-$HELM_VERSION/helm
+install_helm() {
+	[[ -x $HELM ]] && return 0
+	log "go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+	mkdir -p "$(dirname "$HELM")"
+	GOBIN=$(dirname "$HELM") GOFLAGS=-mod=mod timeout 1200 go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+}
+
+if want helm || want manifests; then
+	install_helm
+	export HELM
+fi
+if want compose; then
+	apt_install haproxy busybox-static curl ca-certificates
+	command -v docker >/dev/null || {
+		log "docker not found"
+		exit 1
+	}
+	timeout 30 docker info >/dev/null || {
+		log "the Docker engine is not reachable"
+		exit 1
+	}
+fi
+
+# ------------------------------------------------------------ steps
+failed=()
+passed=()
+step() {
+	local name=$1
+	shift
+	log "== $name"
+	local t0=$SECONDS
+	if "$@"; then
+		passed+=("$name")
+		log "== $name: ok ($((SECONDS - t0))s)"
+	else
+		failed+=("$name")
+		log "== $name: FAILED ($((SECONDS - t0))s)"
+	fi
+}
+
+helm_checks() {
+	"$HELM" lint --strict --kube-version "$KUBE_VERSION" deploy/helm/relay || return 1
+	local out
+	out=$(mktemp)
+	"$HELM" template relay deploy/helm/relay --kube-version "$KUBE_VERSION" >"$out" || {
+		rm -f "$out"
+		return 1
+	}
+	log "helm template: $(grep -c '^kind:' "$out") objects: $(grep '^kind:' "$out" | sort | uniq -c | awk '{printf "%s %s, ", $1, $3}' | sed 's/, $//')"
+	rm -f "$out"
+}
+
+manifest_tests() {
+	(cd deploy/manifests-test && timeout 900 go test -count=1 -v ./...)
+}
+
+compose_test() {
+	timeout 1200 deploy/compose-test.sh
+}
+
+want helm && step "helm lint + template" helm_checks
+want manifests && step "manifest tests" manifest_tests
+want compose && step "compose test" compose_test
+
+log "passed: ${passed[*]:-none}"
+if ((${#failed[@]})); then
+	log "FAILED: ${failed[*]}"
+	exit 1
+fi
+log "all deployment checks passed"
