@@ -1,0 +1,197 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/relaydev/relay/fanout"
+	"github.com/relaydev/relay/ingest"
+	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/metrics"
+	"github.com/relaydev/relay/shared/natsconn"
+)
+
+// serve runs `relay all|ingest|fanout`: load and validate the config once,
+// start what the role needs, run until SIGINT/SIGTERM, shut down in order.
+func serve(roleName string, args []string, stderr io.Writer) int {
+	if len(args) > 0 {
+		fmt.Fprintf(stderr, "relay %s: takes no arguments (configure with RELAY_* variables; see 'relay config')\n", roleName)
+		return 2
+	}
+	role := config.Role(roleName)
+	cfg, err := loadConfig(role)
+	if err != nil {
+		fmt.Fprintf(stderr, "relay %s: %v\n", role, err)
+		return 2
+	}
+	log := newLogger(cfg, stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	// A second signal during shutdown gets the default behaviour: exit now.
+	go func() { <-ctx.Done(); stop() }()
+
+	if err := runRole(ctx, role, cfg, log); err != nil {
+		fmt.Fprintf(stderr, "relay %s: %v\n", role, err)
+		return 1
+	}
+	return 0
+}
+
+// runRole starts the role's parts and blocks until they have shut down.
+func runRole(ctx context.Context, role config.Role, cfg config.Config, log *slog.Logger) error {
+	reg := metrics.New()
+	connectOpts := natsconn.Options{RetryWindow: cfg.NATSRetry, Logger: log}
+	var embedded *server.Server
+	if role == config.RoleAll {
+		var err error
+		embedded, err = natsconn.StartEmbedded(natsconn.EmbeddedOptions{
+			Listen:     cfg.EmbeddedListen,
+			MaxPayload: int32(max(1<<20, cfg.MaxMessage+1024)),
+			Logger:     log,
+		})
+		if err != nil {
+			return err
+		}
+		defer func() { embedded.Shutdown(); embedded.WaitForShutdown() }()
+		if cfg.EmbeddedListen != "" {
+			log.Info("embedded NATS listening", "url", embedded.ClientURL())
+		}
+		connectOpts.InProcess = embedded
+	} else {
+		connectOpts.URLs, _ = cfg.NATSURLs()
+	}
+
+	// Each tier has its own NATS connection: a slow fanout subscription
+	// must never hold up ingest's publishes, and each drains on its own.
+	connect := func(tier string) (*nats.Conn, error) {
+		o := connectOpts
+		o.Name = "relay-" + tier + "-" + hostname()
+		o.Logger = log.With("tier", tier)
+		events := metrics.NATSEvents(tier)
+		o.OnEvent = func(e string) { events.WithLabelValues(e).Inc() }
+		nc, err := natsconn.Connect(ctx, o)
+		if err != nil {
+			return nil, err
+		}
+		reg.MustRegister(events, metrics.NATSConnected(tier, func() float64 {
+			if nc.IsConnected() {
+				return 1
+			}
+			return 0
+		}))
+		return nc, nil
+	}
+
+	// Run as an errgroup: the first tier to fail cancels the others, and
+	// every tier shuts down within the grace period.
+	g, gctx := errgroup.WithContext(ctx)
+	var finished atomic.Bool
+	var handshakePort string
+
+	if role == config.RoleAll || role == config.RoleIngest {
+		nc, err := connect("ingest")
+		if err != nil {
+			return err
+		}
+		ing, err := ingest.New(ingest.Options{
+			Config:         cfg.Ingest,
+			SubjectPrefix:  cfg.SubjectPrefix,
+			ShutdownGrace:  cfg.ShutdownGrace,
+			NATS:           nc,
+			Logger:         log.With("tier", "ingest"),
+			Metrics:        reg.Ingest,
+			MetricsHandler: reg.Handler(),
+		})
+		if err != nil {
+			nc.Close()
+			return err
+		}
+		listeners, _ := cfg.ParseListeners()
+		for i, l := range listeners {
+			if l.Handshake() && handshakePort == "" {
+				handshakePort = strconv.Itoa(ing.Addrs()[i].(*net.TCPAddr).Port)
+			}
+		}
+		g.Go(func() error { return ing.Run(gctx) })
+	}
+
+	if role == config.RoleAll || role == config.RoleFanout {
+		nc, err := connect("fanout")
+		if err != nil {
+			return errors.Join(err, abort(g, &finished))
+		}
+		fcfg := cfg.Fanout
+		if fcfg.PublicIngestAddr == "" && handshakePort != "" {
+			// Same process: senders reach ingest on this host.
+			fcfg.PublicIngestAddr = ":" + handshakePort
+		}
+		fan, err := fanout.New(fanout.Options{
+			Config:         fcfg,
+			SubjectPrefix:  cfg.SubjectPrefix,
+			ShutdownGrace:  cfg.ShutdownGrace,
+			NATS:           nc,
+			Logger:         log.With("tier", "fanout"),
+			Metrics:        reg.Fanout,
+			MetricsHandler: reg.Handler(),
+		})
+		if err != nil {
+			nc.Close()
+			return errors.Join(err, abort(g, &finished))
+		}
+		g.Go(func() error { return fan.Run(gctx) })
+	}
+	log.Info("relay started", "role", string(role))
+
+	// Belt and braces: whatever a tier does, the process exits soon after
+	// the grace period.
+	go func() {
+		<-gctx.Done()
+		time.Sleep(cfg.ShutdownGrace + 5*time.Second)
+		if !finished.Load() {
+			log.Error("shutdown exceeded the grace period; exiting", "grace", cfg.ShutdownGrace)
+			os.Exit(1)
+		}
+	}()
+	err := g.Wait()
+	finished.Store(true)
+	if err != nil {
+		return err
+	}
+	log.Info("relay stopped")
+	return nil
+}
+
+// abort stops tiers already started when a later one fails to start.
+func abort(g *errgroup.Group, done *atomic.Bool) error {
+	g.Go(func() error { return errStartFailed })
+	err := g.Wait()
+	done.Store(true)
+	if errors.Is(err, errStartFailed) {
+		return nil
+	}
+	return err
+}
+
+var errStartFailed = errors.New("start failed")
+
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return "unknown"
+	}
+	return h
+}
