@@ -256,7 +256,6 @@ func relaySend(addr, channel, data string) error {
 	return nil
 }
 
-
 func httpGet(url string) (string, error) {
 	resp, err := http.Get(url)
 	if err != nil {

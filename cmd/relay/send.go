@@ -110,4 +110,3 @@ func send(args []string, stdin io.Reader, stderr io.Writer) int {
 		return 130
 	}
 }
-
