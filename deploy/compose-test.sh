@@ -343,7 +343,16 @@ docker kill -s KILL "$(cid "$victim")" >/dev/null
 killed_at=$SECONDS
 log "killed $victim (SIGKILL) while streaming; it served $victim_conns connections"
 wait "$fo_sender" || log "failover sender: $(tail -n 2 "$WORK/failover.s1.log")"
-WAIT=15 await_batch failover "$fo_n" "${fo_files[@]}"
+# Wait until every receiver has everything, or nothing new arrived for 3s.
+deadline=$((SECONDS + WAIT)) last=-1 still=0
+while ((SECONDS < deadline)); do
+	now=$(cat "${fo_files[@]}" | grep -c '^msg failover ' || true)
+	((now >= 4 * fo_n)) && break
+	if ((now == last)); then still=$((still + 1)); else still=0; fi
+	((still >= 6)) && break
+	last=$now
+	sleep 0.5
+done
 fo_min=$fo_n fo_per=""
 for f in "${fo_files[@]}"; do
 	got=$(grep '^msg failover ' "$f" | sort -u | wc -l)
