@@ -57,7 +57,8 @@ if [[ -n ${RELAY_BIN:-} ]]; then
 	cp "$RELAY_BIN" "$WORK/relay/relay"
 else
 	log "go build ./cmd/relay"
-	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$WORK/relay/relay" ./cmd/relay
+	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X main.version=$version -X main.commit=$revision" \
+		-o "$WORK/relay/relay" ./cmd/relay
 fi
 cp "$CA_BUNDLE" "$WORK/relay/ca-certificates.crt"
 log "docker build $RELAY_IMAGE (deploy/Dockerfile --target prebuilt)"

@@ -112,10 +112,14 @@ if [[ -n ${RELAY_BIN:-} ]]; then
 	cp "$RELAY_BIN" "$RELAY"
 else
 	log "go build ./cmd/relay"
-	CGO_ENABLED=0 go build -trimpath -o "$RELAY" ./cmd/relay
+	version=$(git describe --tags --always --dirty 2>/dev/null || echo dev)
+	revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+	CGO_ENABLED=0 go build -trimpath -ldflags="-X main.version=$version -X main.commit=$revision" -o "$RELAY" ./cmd/relay
 fi
 RELAY_BIN=$RELAY RELAY_IMAGE=$OFFLINE_RELAY_IMAGE NATS_IMAGE=$OFFLINE_NATS_IMAGE \
 	HAPROXY_IMAGE=$OFFLINE_HAPROXY_IMAGE deploy/build-images.sh
+
+log "image $OFFLINE_RELAY_IMAGE: $(docker run --rm "$OFFLINE_RELAY_IMAGE" version)"
 
 # ---------------------------------------------------------------- stack
 log "compose: ${COMPOSE[*]} ($("${COMPOSE[@]}" version --short 2>/dev/null || echo '?'))"
