@@ -21,6 +21,7 @@ const (
 	reasonShutdown     = "server shutting down"
 	reasonPingTimeout  = "ping timeout"
 	reasonWriteFailed  = "write failed"
+	reasonNATSLost     = "upstream connection lost; messages may have been missed"
 )
 
 // Disconnect reasons: the label values of Metrics.Disconnects.
@@ -32,6 +33,7 @@ const (
 	disconnectWriteError       = "write_error"
 	disconnectPingTimeout      = "ping_timeout"
 	disconnectShutdown         = "shutdown"
+	disconnectNATSLost         = "nats_disconnected"
 )
 
 // readLimit bounds what a client frame can make the server buffer. Clients
@@ -62,18 +64,20 @@ type client struct {
 	wake    chan struct{} // capacity 1: "the queue is not empty"
 	closing chan struct{} // closed by the first close
 
-	mu         sync.Mutex
-	queue      []*message
-	spare      []*message // the writer's previous batch, reused to avoid allocations
-	pendMsgs   int        // queued or being written
-	pendBytes  int
-	closed     bool
-	closeCode  websocket.StatusCode
-	closeText  string
-	reason     string
-	conn       *websocket.Conn
-	bc         *batchConn
-	forceClose *time.Timer
+	mu        sync.Mutex
+	queue     []*message
+	spare     []*message // the writer's previous batch, reused to avoid allocations
+	pendMsgs  int        // queued or being written
+	pendBytes int
+	closed    bool
+	// flushOnClose: send what is queued before the close frame.
+	flushOnClose bool
+	closeCode    websocket.StatusCode
+	closeText    string
+	reason       string
+	conn         *websocket.Conn
+	bc           *batchConn
+	forceClose   *time.Timer
 
 	wg      sync.WaitGroup // writer and pings
 	pinging atomic.Bool
@@ -147,8 +151,15 @@ func (c *client) close(code websocket.StatusCode, text, reason string) bool {
 	}
 	c.closed = true
 	c.closeCode, c.closeText, c.reason = code, text, reason
-	clear(c.queue)
-	c.queue = nil
+	// Messages queued before a shutdown or a NATS loss are good and in
+	// order: the writer sends them before the close frame (bounded by
+	// closeGrace like the close itself). Any other close means the client
+	// is not taking data, so they are dropped.
+	c.flushOnClose = reason == disconnectShutdown || reason == disconnectNATSLost
+	if !c.flushOnClose {
+		clear(c.queue)
+		c.queue = nil
+	}
 	if bc := c.bc; bc != nil {
 		c.forceClose = time.AfterFunc(c.lim.closeGrace, func() { bc.Close() })
 	}
@@ -198,13 +209,16 @@ func (c *client) writeLoop() {
 		select {
 		case <-c.closing:
 			c.mu.Lock()
-			code, text := c.closeCode, c.closeText
+			code, text, flush := c.closeCode, c.closeText, c.flushOnClose
 			c.mu.Unlock()
-			// Bounded by forceClose, which cuts the connection after closeGrace.
+			// Both bounded by forceClose, which cuts the connection after closeGrace.
+			if flush {
+				_ = c.flush(true)
+			}
 			_ = c.conn.Close(code, text)
 			return
 		case <-c.wake:
-			if err := c.flush(); err != nil {
+			if err := c.flush(false); err != nil {
 				if c.close(websocket.StatusInternalError, reasonWriteFailed, disconnectWriteError) {
 					c.log.Debug("write failed", "err", err)
 				}
@@ -216,10 +230,11 @@ func (c *client) writeLoop() {
 }
 
 // flush writes everything queued as one batch: the library frames each
-// message, the batchConn sends them with as few syscalls as it can.
-func (c *client) flush() error {
+// message, the batchConn sends them with as few syscalls as it can. Once the
+// client is closed only the final flush before the close frame writes.
+func (c *client) flush(final bool) error {
 	c.mu.Lock()
-	if c.closed || len(c.queue) == 0 {
+	if (c.closed && !final) || len(c.queue) == 0 {
 		c.mu.Unlock()
 		return nil
 	}

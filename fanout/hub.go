@@ -15,14 +15,6 @@ import (
 	"github.com/relaydev/relay/shared/subjects"
 )
 
-// HeaderFormat is the NATS header with which a publisher says how a payload
-// should travel to WebSocket clients: FormatText or FormatBinary.
-const (
-	HeaderFormat = "Relay-Format"
-	FormatText   = "text"
-	FormatBinary = "binary"
-)
-
 // ErrSubscribe is returned (wrapped) when a channel's NATS subscription could
 // not be set up; the upgrade is refused with 503.
 var ErrSubscribe = errors.New("fanout: subscribe failed")
@@ -43,7 +35,7 @@ type message struct {
 // travels as text and anything else as binary.
 func encode(m *nats.Msg) *message {
 	typ := websocket.MessageText
-	if m.Header.Get(HeaderFormat) == FormatBinary || !utf8.Valid(m.Data) {
+	if m.Header.Get(subjects.FormatHeader) == subjects.FormatBinary || !utf8.Valid(m.Data) {
 		typ = websocket.MessageBinary
 	}
 	return &message{typ: typ, data: m.Data}

@@ -11,6 +11,8 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
+
+	"github.com/relaydev/relay/shared/subjects"
 )
 
 func TestDeliversEachChannelCompleteAndInOrder(t *testing.T) {
@@ -180,9 +182,9 @@ func TestFrameTypeFollowsHeaderAndUTF8(t *testing.T) {
 	}{
 		{"utf8 without header", "", []byte("héllo"), websocket.MessageText},
 		{"invalid utf8 without header", "", invalid, websocket.MessageBinary},
-		{"header text", FormatText, []byte("line"), websocket.MessageText},
-		{"header binary on valid utf8", FormatBinary, []byte("looks like text"), websocket.MessageBinary},
-		{"header text on invalid utf8", FormatText, invalid, websocket.MessageBinary},
+		{"header text", subjects.FormatText, []byte("line"), websocket.MessageText},
+		{"header binary on valid utf8", subjects.FormatBinary, []byte("looks like text"), websocket.MessageBinary},
+		{"header text on invalid utf8", subjects.FormatText, invalid, websocket.MessageBinary},
 		{"empty message", "", []byte{}, websocket.MessageText},
 		{"unknown header value", "gzip", []byte("x"), websocket.MessageText},
 	}
@@ -190,7 +192,7 @@ func TestFrameTypeFollowsHeaderAndUTF8(t *testing.T) {
 		m := nats.NewMsg("relay.ch.types")
 		m.Data = tt.data
 		if tt.format != "" {
-			m.Header.Set(HeaderFormat, tt.format)
+			m.Header.Set(subjects.FormatHeader, tt.format)
 		}
 		if err := e.pub.PublishMsg(m); err != nil {
 			t.Fatal(err)

@@ -97,6 +97,7 @@ func testConfig() config.Fanout {
 		MaxConnections:   1000,
 		SubPendingMsgs:   65536,
 		SubPendingBytes:  64 << 20,
+		CloseOnNATSLoss:  true,
 	}
 }
 

@@ -155,9 +155,23 @@ func New(o Options) (*Server, error) {
 		IdleTimeout:       time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	// fanout owns the connection's async errors: the slow-consumer report is
-	// how NATS says it dropped messages for one of our subscriptions.
-	o.NATS.SetErrorHandler(s.natsError)
+	// The slow-consumer report is how NATS says it dropped messages for one
+	// of our subscriptions, and a disconnect means messages published
+	// meanwhile never reach us: both must close the affected clients. The
+	// handlers already set (logging, metrics) keep running first.
+	prevErr, prevDisc := o.NATS.Opts.AsyncErrorCB, o.NATS.Opts.DisconnectedErrCB
+	o.NATS.SetErrorHandler(func(nc *nats.Conn, sub *nats.Subscription, err error) {
+		if prevErr != nil && !errors.Is(err, nats.ErrSlowConsumer) {
+			prevErr(nc, sub, err)
+		}
+		s.natsError(nc, sub, err)
+	})
+	o.NATS.SetDisconnectErrHandler(func(nc *nats.Conn, err error) {
+		if prevDisc != nil {
+			prevDisc(nc, err)
+		}
+		s.natsLost(err)
+	})
 	return s, nil
 }
 
@@ -382,6 +396,31 @@ func (s *Server) unregister(c *client) {
 	s.mu.Lock()
 	delete(s.clients, c)
 	s.mu.Unlock()
+}
+
+// natsLost closes every client when the NATS connection drops (unless
+// configured otherwise): messages published until it reconnects never reach
+// this server, and a receiver must not be left connected with a silent gap.
+// 1012 Service Restart tells it to reconnect; the load balancer sends it to a
+// ready replica, since /readyz fails here until NATS is back.
+func (s *Server) natsLost(err error) {
+	s.mu.Lock()
+	clients := make([]*client, 0, len(s.clients))
+	if !s.shuttingDown && s.cfg.CloseOnNATSLoss {
+		for c := range s.clients {
+			clients = append(clients, c)
+		}
+	}
+	s.mu.Unlock()
+	n := 0
+	for _, c := range clients {
+		if c.close(websocket.StatusServiceRestart, reasonNATSLost, disconnectNATSLost) {
+			n++
+		}
+	}
+	if n > 0 {
+		s.log.Warn("nats connection lost: closed clients, they may have missed messages", "clients", n, "err", err)
+	}
 }
 
 // natsError is the NATS connection's async error handler.

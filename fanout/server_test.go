@@ -289,3 +289,87 @@ func TestReadyNeedsNATS(t *testing.T) {
 		t.Errorf("Ready with NATS closed: %v", err)
 	}
 }
+
+// When the fanout's NATS connection drops, its receivers are closed with
+// 1012 rather than left connected across a gap they cannot see.
+func TestNATSLossClosesClients(t *testing.T) {
+	t.Parallel()
+	e := startEnv(t, nil)
+	conns := []*websocket.Conn{e.dial("a", nil), e.dial("b", nil)}
+	results := make(chan error, len(conns))
+	for _, c := range conns {
+		go func() { _, err := readErr(c, 30*time.Second); results <- err }()
+	}
+	e.ns.Shutdown()
+	for range conns {
+		err := <-results
+		var ce websocket.CloseError
+		if !errors.As(err, &ce) || ce.Code != websocket.StatusServiceRestart || ce.Reason != reasonNATSLost {
+			t.Errorf("receiver got %v, want close 1012 %q", err, reasonNATSLost)
+		}
+	}
+	if got := val(e.m.Disconnects.WithLabelValues(disconnectNATSLost)); got != 2 {
+		t.Errorf("Disconnects{nats_disconnected} = %v, want 2", got)
+	}
+	if err := e.srv.Ready(); !errors.Is(err, ErrNATSDisconnected) {
+		t.Errorf("Ready with NATS down: %v", err)
+	}
+}
+
+func TestNATSLossKeepsClientsWhenConfigured(t *testing.T) {
+	t.Parallel()
+	e := startEnv(t, func(o *Options) { o.Config.CloseOnNATSLoss = false })
+	c := e.dial("a", nil)
+	disconnected := make(chan struct{})
+	prev := e.nc.Opts.DisconnectedErrCB
+	e.nc.SetDisconnectErrHandler(func(nc *nats.Conn, err error) { prev(nc, err); close(disconnected) })
+	e.ns.Shutdown()
+	<-disconnected
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	go c.Reader(ctx) // pongs arrive through a reader
+	if err := c.Ping(ctx); err != nil {
+		t.Fatalf("client closed although CloseOnNATSLoss is false: %v", err)
+	}
+	if got := val(e.m.Disconnects.WithLabelValues(disconnectNATSLost)); got != 0 {
+		t.Errorf("Disconnects{nats_disconnected} = %v, want 0", got)
+	}
+}
+
+// Messages already queued for a receiver when shutdown begins are sent
+// before the 1001 close frame, not dropped. The receiver reads nothing until
+// shutdown starts, so its TCP window is full and most messages wait in the
+// queue.
+func TestShutdownDeliversQueuedBeforeGoingAway(t *testing.T) {
+	t.Parallel()
+	e := startEnv(t, func(o *Options) { o.Config.ClientQueueBytes = 256 << 20 })
+	c := e.dial("q", nil)
+	const n, size = 300, 32 << 10
+	for range n {
+		e.publish("q", make([]byte, size))
+	}
+	e.flush()
+	eventually(t, 10*time.Second, func() error {
+		if got := val(e.m.MessagesIn); got != n {
+			return fmt.Errorf("fanout has received %v of %d messages from NATS", got, n)
+		}
+		return nil
+	})
+	type result struct {
+		n   int
+		err error
+	}
+	res := make(chan result, 1)
+	go func() { n, err := readErr(c, 30*time.Second); res <- result{n, err} }()
+	if _, err := e.stop(); err != nil {
+		t.Fatal(err)
+	}
+	r := <-res
+	var ce websocket.CloseError
+	if !errors.As(r.err, &ce) || ce.Code != websocket.StatusGoingAway {
+		t.Fatalf("receiver got %v after %d messages, want 1001", r.err, r.n)
+	}
+	if r.n != n {
+		t.Fatalf("receiver got %d of %d messages before 1001", r.n, n)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/subjects"
 )
 
 // Refusal reasons: the values of relay_ingest_refused_total{reason}.
@@ -31,8 +32,8 @@ const (
 
 // Format header values (DESIGN.md's NATS contract).
 var (
-	textHeader   = nats.Header{"Relay-Format": []string{"text"}}
-	binaryHeader = nats.Header{"Relay-Format": []string{"binary"}}
+	textHeader   = nats.Header{subjects.FormatHeader: []string{subjects.FormatText}}
+	binaryHeader = nats.Header{subjects.FormatHeader: []string{subjects.FormatBinary}}
 )
 
 // senderConn is one TCP sender.

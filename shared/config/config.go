@@ -59,6 +59,7 @@ type Fanout struct {
 	MaxConnections   int           `envconfig:"FANOUT_MAX_CONNECTIONS" default:"100000" desc:"most concurrent WebSocket clients per process; more get HTTP 503"`
 	SubPendingMsgs   int           `envconfig:"FANOUT_SUB_PENDING_MSGS" default:"65536" desc:"messages the fanout's NATS subscription may buffer before NATS reports a slow consumer (the channel's clients are then closed)"`
 	SubPendingBytes  int           `envconfig:"FANOUT_SUB_PENDING_BYTES" default:"67108864" desc:"bytes the fanout's NATS subscription may buffer before NATS reports a slow consumer"`
+	CloseOnNATSLoss  bool          `envconfig:"FANOUT_CLOSE_ON_NATS_LOSS" default:"true" desc:"when the fanout's NATS connection drops, close its clients with 1012 so they know messages may have been missed (false: keep them connected through the gap)"`
 	PublicIngestAddr string        `envconfig:"FANOUT_PUBLIC_INGEST_ADDR" default:"" desc:"host:port of the ingest handshake listener as users reach it, shown on the demo page (empty: this host, first handshake listener's port)"`
 }
 

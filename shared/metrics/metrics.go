@@ -138,7 +138,7 @@ func newFanout() *Fanout {
 		}, []string{"reason"}),
 		Disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_fanout_disconnects_total",
-			Help: "WebSocket clients closed, by reason (client_closed, slow_consumer, nats_slow_consumer, client_data, write_error, ping_timeout, shutdown).",
+			Help: "WebSocket clients closed, by reason (client_closed, slow_consumer, nats_slow_consumer, client_data, write_error, ping_timeout, shutdown, nats_disconnected).",
 		}, []string{"reason"}),
 		SlowConsumers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_fanout_slow_consumers_total",

@@ -99,3 +99,12 @@ func (m Mapper) Channel(subject string) (string, bool) {
 
 // Wildcard returns the subject that matches every channel of this prefix.
 func (m Mapper) Wildcard() string { return m.prefix + ">" }
+
+// FormatHeader is the NATS header with which a publisher says how a payload
+// should travel to WebSocket clients: FormatText or FormatBinary. Without
+// it, fanout sends valid UTF-8 as text and anything else as binary.
+const (
+	FormatHeader = "Relay-Format"
+	FormatText   = "text"
+	FormatBinary = "binary"
+)
