@@ -1,6 +1,7 @@
 package manifeststest
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -165,6 +166,24 @@ image: {digest: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef01234567
 		},
 	},
 	{
+		name: "unquoted numbers",
+		values: `
+config: {fanout: {RELAY_FANOUT_CLIENT_QUEUE_BYTES: 16777216, RELAY_FANOUT_CLIENT_QUEUE: 4096, RELAY_FANOUT_CLOSE_ON_NATS_LOSS: false}}
+`,
+		check: func(t *testing.T, o *objects) {
+			env := envMap(&o.deployments["relay-fanout"].Spec.Template.Spec.Containers[0])
+			for name, want := range map[string]string{
+				"RELAY_FANOUT_CLIENT_QUEUE_BYTES": "16777216",
+				"RELAY_FANOUT_CLIENT_QUEUE":       "4096",
+				"RELAY_FANOUT_CLOSE_ON_NATS_LOSS": "false",
+			} {
+				if env[name] != want {
+					t.Errorf("%s rendered as %q, want %q", name, env[name], want)
+				}
+			}
+		},
+	},
+	{
 		name: "other name",
 		values: `
 fullnameOverride: stream
@@ -214,6 +233,9 @@ func TestHelmRefuses(t *testing.T) {
 		{"drain longer than grace", `config: {common: {RELAY_SHUTDOWN_GRACE: "1m"}}`, "RELAY_SHUTDOWN_GRACE"},
 		{"NATS grace shorter than lame duck", "nats: {terminationGracePeriodSeconds: 30}", "lame duck"},
 		{"listener without port", `config: {ingest: {RELAY_INGEST_LISTENERS: "localhost=default/line"}}`, "port"},
+		{"misspelt value", "ingest: {autoscalng: {enabled: false}}", "autoscalng"},
+		{"misspelt variable", "config: {fanout: {RELAY_FANOUT_ALLOWED_ORIGIN: x}}", "RELAY_FANOUT_ALLOWED_ORIGIN"},
+		{"variable in the wrong role", "config: {ingest: {RELAY_FANOUT_ADDR: x}}", "RELAY_FANOUT_ADDR"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -370,6 +392,41 @@ func TestValuesListEveryVariable(t *testing.T) {
 		}
 		if s != want {
 			t.Errorf("values.yaml: config.%s.%s = %q, relay's default is %q", v.Group, v.Name, s, want)
+		}
+	}
+	// values.schema.json must name exactly the same variables, so a
+	// misspelt one in a user's values fails at install time.
+	schemaData, err := os.ReadFile(filepath.Join(chartDir, "values.schema.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	type props struct {
+		Properties map[string]json.RawMessage `json:"properties"`
+	}
+	var schema struct {
+		Properties struct {
+			Config struct {
+				Properties map[string]props `json:"properties"`
+			} `json:"config"`
+		} `json:"properties"`
+	}
+	if err := json.Unmarshal(schemaData, &schema); err != nil {
+		t.Fatal(err)
+	}
+	for _, group := range []string{"common", "ingest", "fanout"} {
+		var inSchema, inConfig []string
+		for name := range schema.Properties.Config.Properties[group].Properties {
+			inSchema = append(inSchema, name)
+		}
+		for _, v := range vars {
+			if v.Group == group {
+				inConfig = append(inConfig, v.Name)
+			}
+		}
+		slices.Sort(inSchema)
+		slices.Sort(inConfig)
+		if !slices.Equal(inSchema, inConfig) {
+			t.Errorf("values.schema.json config.%s:\n got %v\nwant %v (from %s)", group, inSchema, inConfig, configSrc)
 		}
 	}
 	for group, m := range values.Config {

@@ -114,3 +114,13 @@ app.kubernetes.io/component: {{ . }}
 {{- end }}
 {{- ceil $total | int }}
 {{- end }}
+
+{{/* An env value as relay expects it: whole numbers from a values file
+arrive as float64 and would print as 8.388608e+06. */}}
+{{- define "relay.envValue" -}}
+{{- if or (kindIs "float64" .) (kindIs "int64" .) (kindIs "int" .) }}
+{{- int64 . }}
+{{- else }}
+{{- toString . }}
+{{- end }}
+{{- end }}

@@ -95,13 +95,13 @@ spec:
             {{- range $k, $val := $root.Values.config.common }}
             {{- if and (ne $k "RELAY_NATS_URL") (ne (toString $val) "") }}
             - name: {{ $k }}
-              value: {{ toString $val | quote }}
+              value: {{ include "relay.envValue" $val | quote }}
             {{- end }}
             {{- end }}
             {{- range $k, $val := index $root.Values.config .tier }}
             {{- if ne (toString $val) "" }}
             - name: {{ $k }}
-              value: {{ toString $val | quote }}
+              value: {{ include "relay.envValue" $val | quote }}
             {{- end }}
             {{- end }}
             {{- with $v.extraEnv }}
