@@ -61,6 +61,15 @@ func (c *senderConn) stopReading(deadline time.Time) {
 	c.conn.SetReadDeadline(deadline)
 }
 
+// setReadDeadline applies t unless shutdown has set its own, shorter one.
+func (c *senderConn) setReadDeadline(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.stopping {
+		c.conn.SetReadDeadline(t)
+	}
+}
+
 func (c *senderConn) isStopping() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -110,10 +119,12 @@ func (c *senderConn) serve() {
 // handshake reads `CHANNEL [TOKEN]\n` within the timeout and answers +OK.
 func (c *senderConn) handshake() (string, error) {
 	s := c.s
-	c.conn.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	c.setReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	h, err := readHandshake(c.br)
 	if err != nil {
 		switch {
+		case c.isStopping() && isTimeout(err):
+			c.fail(reasonShutdown, err, "server shutting down")
 		case errors.Is(err, ErrBadHandshake):
 			c.fail(reasonBadHandshake, err, strings.TrimPrefix(err.Error(), "ingest: "))
 		case isTimeout(err):
@@ -123,12 +134,7 @@ func (c *senderConn) handshake() (string, error) {
 		}
 		return "", err
 	}
-	// Only shutdown may set a read deadline from here on.
-	c.mu.Lock()
-	if !c.stopping {
-		c.conn.SetReadDeadline(time.Time{})
-	}
-	c.mu.Unlock()
+	c.setReadDeadline(time.Time{})
 	c.conn.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if _, err := c.conn.Write([]byte("+OK\n")); err != nil {
 		return "", err
