@@ -81,7 +81,7 @@ func validToken(tok []byte) error {
 		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
 		case c == '.', c == '_', c == '~', c == '+', c == '/', c == '=', c == '-':
 		default:
-			return fmt.Errorf("invalid token: character %q at byte %d not allowed", c, i)
+			return fmt.Errorf("want CHANNEL [TOKEN], and the token (second word) has character %q at byte %d: tokens use A-Z a-z 0-9 . _ ~ + / = -", c, i)
 		}
 	}
 	return nil

@@ -61,6 +61,10 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 		nats.PingInterval(20 * time.Second),
 		nats.MaxPingsOutstanding(3),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err == nil { // our own Close or Drain
+				log.Debug("nats connection closed")
+				return
+			}
 			log.Warn("nats disconnected", "err", err)
 			event("disconnect")
 		}),
