@@ -283,7 +283,7 @@ func TestHelmMatchesKustomize(t *testing.T) {
 		hp, kp := hw.pod.Spec, kw.pod.Spec
 		same(hw.String()+" replicas", fmt.Sprint(deref(hw.replicas)), fmt.Sprint(deref(kw.replicas)))
 		same(hw.String()+" terminationGracePeriodSeconds", deref(hp.TerminationGracePeriodSeconds), deref(kp.TerminationGracePeriodSeconds))
-		same(hw.String()+" pod runAsUser", deref(hp.SecurityContext.RunAsUser), deref(kp.SecurityContext.RunAsUser))
+		same(hw.String()+" pod securityContext", hp.SecurityContext, kp.SecurityContext)
 		same(hw.String()+" selector", hw.selector, kw.selector)
 		for i := range hp.Containers {
 			hc, kc := hp.Containers[i], kp.Containers[i]
