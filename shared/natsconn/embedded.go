@@ -45,6 +45,14 @@ func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 		}
 		if p == 0 {
 			p = server.RANDOM_PORT
+		} else {
+			// nats-server reports a busy port only in its log; check first
+			// so the start fails at once with a reason.
+			l, err := net.Listen("tcp", o.Listen)
+			if err != nil {
+				return nil, fmt.Errorf("natsconn: embedded listen: %w", err)
+			}
+			l.Close()
 		}
 		opts.Host, opts.Port = host, p
 		if host == "" {
