@@ -148,7 +148,15 @@ ingest: {service: {externalTrafficPolicy: Local, loadBalancerSourceRanges: ["192
 		name: "big cluster without JetStream and a long drain",
 		values: `
 config: {common: {RELAY_SHUTDOWN_GRACE: "1m30s", RELAY_LOG_LEVEL: debug}}
-ingest: {terminationGracePeriodSeconds: 100, autoscaling: {targetMemoryUtilizationPercentage: 80}}
+ingest:
+  terminationGracePeriodSeconds: 100
+  autoscaling:
+    targetMemoryUtilizationPercentage: 80
+    extraMetrics:
+      - type: Pods
+        pods:
+          metric: {name: relay_ingest_connections}
+          target: {type: AverageValue, averageValue: "5000"}
 fanout: {terminationGracePeriodSeconds: 100, preStopSleepSeconds: 3}
 nats: {replicas: 5, jetstream: {enabled: false}}
 image: {digest: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}
@@ -157,8 +165,8 @@ image: {digest: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef01234567
 			if s := o.statefulsets["relay-nats"]; len(s.Spec.VolumeClaimTemplates) != 0 {
 				t.Error("volume claims without JetStream")
 			}
-			if n := len(o.hpas["relay-ingest"].Spec.Metrics); n != 2 {
-				t.Errorf("ingest HPA has %d metrics, want cpu and memory", n)
+			if n := len(o.hpas["relay-ingest"].Spec.Metrics); n != 3 {
+				t.Errorf("ingest HPA has %d metrics, want cpu, memory and connections", n)
 			}
 			if img := o.deployments["relay-fanout"].Spec.Template.Spec.Containers[0].Image; !strings.Contains(img, "@sha256:") {
 				t.Errorf("image %q does not use the digest", img)

@@ -187,6 +187,9 @@ spec:
           type: Utilization
           averageUtilization: {{ . }}
     {{- end }}
+    {{- with $v.autoscaling.extraMetrics }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   {{- with $v.autoscaling.behavior }}
   behavior:
     {{- toYaml . | nindent 4 }}
