@@ -16,6 +16,7 @@ Usage:
   relay fanout                fanout tier only (needs RELAY_NATS_URL)
   relay send ADDR [CHANNEL]   send stdin to an ingest listener (handshake when CHANNEL is given)
   relay watch URL             print each WebSocket message from URL on its own line
+  relay bench [flags]         load generator: senders + receivers, throughput/latency/CPU report
   relay config [ROLE]         validate the configuration and print every variable
   relay health URL            exit 0 when URL answers 2xx (container health probe)
   relay version               print version, commit and Go version
@@ -42,6 +43,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return send(rest, stdin, stderr)
 	case "watch":
 		return watch(rest, stdout, stderr)
+	case "bench":
+		return bench(rest, stdout, stderr)
 	case "config":
 		return configCmd(rest, stdout, stderr)
 	case "health":

@@ -53,6 +53,22 @@ func serve(roleName string, args []string, stderr io.Writer) int {
 
 // runRole starts the role's parts and blocks until they have shut down.
 func runRole(ctx context.Context, role config.Role, cfg config.Config, log *slog.Logger) error {
+	return runRoleNotify(ctx, role, cfg, log, nil)
+}
+
+// started tells an in-process caller (relay bench) where the parts of a
+// role listen, once all of them are bound. A part the role does not run is
+// left zero.
+type started struct {
+	NATS       *server.Server // the embedded server of 'relay all'
+	IngestAddr []net.Addr     // in RELAY_INGEST_LISTENERS order
+	FanoutAddr net.Addr
+}
+
+// runRoleNotify is runRole that calls notify (when not nil) once every
+// part is listening, before it blocks.
+func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log *slog.Logger, notify func(started)) error {
+	var info started
 	reg := metrics.New()
 	connectOpts := natsconn.Options{RetryWindow: cfg.NATSRetry, Logger: log}
 	var embedded *server.Server
@@ -71,6 +87,7 @@ func runRole(ctx context.Context, role config.Role, cfg config.Config, log *slog
 			log.Info("embedded NATS listening", "url", embedded.ClientURL())
 		}
 		connectOpts.InProcess = embedded
+		info.NATS = embedded
 	} else {
 		connectOpts.URLs, _ = cfg.NATSURLs()
 	}
@@ -120,6 +137,7 @@ func runRole(ctx context.Context, role config.Role, cfg config.Config, log *slog
 			nc.Close()
 			return err
 		}
+		info.IngestAddr = ing.Addrs()
 		listeners, _ := cfg.ParseListeners()
 		for i, l := range listeners {
 			if l.Handshake() && handshakePort == "" {
@@ -152,15 +170,31 @@ func runRole(ctx context.Context, role config.Role, cfg config.Config, log *slog
 			nc.Close()
 			return errors.Join(err, abort(g, &finished))
 		}
+		info.FanoutAddr = fan.Addr()
 		g.Go(func() error { return fan.Run(gctx) })
 	}
 	log.Info("relay started", "role", string(role))
+	if notify != nil {
+		notify(info)
+	}
 
 	// Belt and braces: whatever a tier does, the process exits soon after
-	// the grace period.
+	// the grace period. (The watchdog ends with the tiers, so an in-process
+	// caller such as relay bench leaves no goroutine behind.)
+	waited := make(chan struct{})
 	go func() {
-		<-gctx.Done()
-		time.Sleep(cfg.ShutdownGrace + 5*time.Second)
+		select {
+		case <-gctx.Done():
+		case <-waited:
+			return
+		}
+		t := time.NewTimer(cfg.ShutdownGrace + 5*time.Second)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-waited:
+			return
+		}
 		if !finished.Load() {
 			log.Error("shutdown exceeded the grace period; exiting", "grace", cfg.ShutdownGrace)
 			os.Exit(1)
@@ -168,6 +202,7 @@ func runRole(ctx context.Context, role config.Role, cfg config.Config, log *slog
 	}()
 	err := g.Wait()
 	finished.Store(true)
+	close(waited)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,430 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime/pprof"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/relaydev/relay/loadgen"
+	"github.com/relaydev/relay/shared/config"
+)
+
+const benchUsage = `usage: relay bench [flags]
+
+Runs S TCP senders and R WebSocket receivers and reports throughput, latency,
+loss and the server's CPU, RSS and write syscalls (see docs/benchmarks.md).
+Without --ingest/--fanout it benchmarks a 'relay all' started in this process
+(--spawn: in a child process, so the server's figures are its own).
+
+`
+
+// benchTarget is the server under test.
+type benchTarget struct {
+	ingest, fanout, nats string
+	probe                loadgen.Probe
+	profile              func(d time.Duration, file string) error
+	stop                 func()
+}
+
+// bench runs `relay bench`: flag parsing and wiring; the load generator is
+// package loadgen.
+func bench(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		ingestAddr  = fs.String("ingest", "", "ingest handshake listener (CHANNEL */line) host:port; empty: start relay")
+		fanoutAddr  = fs.String("fanout", "", "fanout HTTP host:port; empty: start relay")
+		natsURL     = fs.String("nats", "", "the server's NATS URL (for --nats-baseline against a given server)")
+		pid         = fs.Int("pid", 0, "with --ingest/--fanout: the server's process id, for CPU, RSS and write syscalls from /proc")
+		spawn       = fs.Bool("spawn", false, "run the server as a child 'relay bench --serve' process instead of in this process")
+		senders     = fs.Int("senders", 1, "TCP senders (S)")
+		receivers   = fs.Int("receivers", 100, "WebSocket receivers (R)")
+		channels    = fs.Int("channels", 1, "channels; sender i and receiver j use channel i%C and j%C")
+		size        = fs.Int("size", 100, "message size in bytes (at least 16: the send timestamp)")
+		rate        = fs.Float64("rate", 0, "total messages per second offered; 0: flat out (closed loop, see --window)")
+		window      = fs.Int("window", 256, "flat out: most messages a channel's senders run ahead of its slowest reading receiver")
+		duration    = fs.Duration("duration", 10*time.Second, "measurement window")
+		warmup      = fs.Duration("warmup", 2*time.Second, "load before the measurement window (not counted)")
+		slow        = fs.Float64("slow", 0, "fraction of receivers that connect and never read (e.g. 0.01)")
+		ceiling     = fs.Bool("ceiling", false, "measure the raw-TCP ceiling only: the same stream over plain TCP in this process")
+		withCeiling = fs.Bool("with-ceiling", false, "measure the raw-TCP ceiling first, then relay, and report relay as a ratio of it")
+		natsBase    = fs.Bool("nats-baseline", false, "also measure a bare nats.go publisher into the same NATS, and report ingest as a ratio of it")
+		idle        = fs.Bool("idle", false, "memory: open R idle WebSocket connections and report the server's RSS per connection (after GC)")
+		jsonOut     = fs.Bool("json", false, "print the report as JSON on stdout (progress still goes to stderr)")
+		quiet       = fs.Bool("quiet", false, "no progress lines")
+		cpuProfile  = fs.String("cpuprofile", "", "write a CPU profile of the server over the measurement window to this file")
+		serveMode   = fs.Bool("serve", false, "internal: run 'relay all' on loopback ports for a parent 'relay bench --spawn'")
+		serveFor    = fs.Duration("serve-timeout", time.Hour, "internal: --serve exits after this long")
+	)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, benchUsage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if _, err := loadgen.RaiseFileLimit(); err != nil {
+		fmt.Fprintf(stderr, "relay bench: %v\n", err)
+	}
+	if *serveMode {
+		return benchServe(ctx, *serveFor, stdout, stderr)
+	}
+
+	base := loadgen.Config{
+		Senders: *senders, Receivers: *receivers, Channels: *channels, Size: *size,
+		Rate: *rate, Window: *window, Slow: *slow, Warmup: *warmup, Duration: *duration,
+	}
+	if !*quiet {
+		base.Progress = stderr
+	}
+	var modes []loadgen.Mode
+	switch {
+	case *idle:
+		modes = []loadgen.Mode{loadgen.ModeIdle}
+		base.Warmup = 0
+	case *ceiling:
+		modes = []loadgen.Mode{loadgen.ModeCeiling}
+	case *withCeiling:
+		modes = []loadgen.Mode{loadgen.ModeCeiling, loadgen.ModeRelay}
+	default:
+		modes = []loadgen.Mode{loadgen.ModeRelay}
+	}
+	if *natsBase {
+		modes = append(modes, loadgen.ModeNATS)
+	}
+	for _, m := range modes {
+		c := base
+		c.Mode = m
+		if m == loadgen.ModeRelay || m == loadgen.ModeIdle {
+			c.IngestAddr, c.FanoutAddr = "x", "x" // checked for real below
+		}
+		if m == loadgen.ModeNATS {
+			c.NATSURL = "x"
+		}
+		if err := c.Validate(); err != nil {
+			fmt.Fprintf(stderr, "relay bench: %v\n", err)
+			return 2
+		}
+	}
+	external := *ingestAddr != "" || *fanoutAddr != ""
+	if external && *spawn {
+		fmt.Fprintln(stderr, "relay bench: --spawn starts its own server; drop --ingest/--fanout")
+		return 2
+	}
+
+	needServer := false
+	for _, m := range modes {
+		needServer = needServer || m != loadgen.ModeCeiling
+	}
+	var target benchTarget
+	var err error
+	switch {
+	case !needServer:
+	case external:
+		target = benchTarget{ingest: *ingestAddr, fanout: *fanoutAddr, nats: *natsURL}
+		if *pid > 0 {
+			target.probe = loadgen.PIDProbe{PID: *pid}
+		}
+	case *spawn:
+		target, err = spawnBenchServer(ctx, stderr)
+	default:
+		target, err = startBenchServer(ctx, stderr)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "relay bench: start server: %v\n", err)
+		return 1
+	}
+	if target.stop != nil {
+		defer target.stop()
+	}
+
+	report := benchReport{Machine: loadgen.ReadMachine()}
+	for _, m := range modes {
+		c := base
+		c.Mode = m
+		c.IngestAddr, c.FanoutAddr, c.NATSURL, c.Probe = target.ingest, target.fanout, target.nats, target.probe
+		if m == loadgen.ModeCeiling {
+			c.Probe = loadgen.SelfProbe{}
+		}
+		if *cpuProfile != "" && m != loadgen.ModeIdle {
+			file := *cpuProfile
+			if len(modes) > 1 {
+				file += "." + string(m)
+			}
+			prof := target.profile
+			if m == loadgen.ModeCeiling || prof == nil {
+				prof = selfProfile
+			}
+			c.OnMeasure = func(d time.Duration) {
+				if err := prof(d, file); err != nil {
+					fmt.Fprintf(stderr, "relay bench: cpu profile: %v\n", err)
+				}
+			}
+		}
+		if !*quiet {
+			fmt.Fprintf(stderr, "relay bench: %s run\n", m)
+		}
+		res, err := loadgen.Run(ctx, c)
+		if err != nil {
+			fmt.Fprintf(stderr, "relay bench: %s: %v\n", m, err)
+			return 1
+		}
+		report.Runs = append(report.Runs, res)
+	}
+	report.ratios()
+
+	if *jsonOut {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(report); err != nil {
+			return 1
+		}
+		return 0
+	}
+	for i, res := range report.Runs {
+		if i > 0 {
+			fmt.Fprintln(stdout)
+		}
+		res.WriteText(stdout)
+	}
+	if report.RatioToCeiling > 0 {
+		fmt.Fprintf(stdout, "\nrelay deliveries/s = %.3f × the raw-TCP ceiling\n", report.RatioToCeiling)
+	}
+	if report.RatioToNATS > 0 {
+		fmt.Fprintf(stdout, "\ningest into NATS = %.3f × a bare nats.go publisher\n", report.RatioToNATS)
+	}
+	return 0
+}
+
+// benchReport is the --json output.
+type benchReport struct {
+	Machine        loadgen.Machine   `json:"machine"`
+	Runs           []*loadgen.Result `json:"runs"`
+	RatioToCeiling float64           `json:"relay_to_ceiling_deliveries,omitempty"`
+	RatioToNATS    float64           `json:"ingest_to_bare_nats,omitempty"`
+}
+
+func (r *benchReport) ratios() {
+	var ceil, relay, bare *loadgen.Result
+	for _, res := range r.Runs {
+		switch res.Mode {
+		case loadgen.ModeCeiling:
+			ceil = res
+		case loadgen.ModeRelay:
+			relay = res
+		case loadgen.ModeNATS:
+			bare = res
+		}
+	}
+	if ceil != nil && relay != nil && ceil.DeliveriesPerSec > 0 {
+		r.RatioToCeiling = relay.DeliveriesPerSec / ceil.DeliveriesPerSec
+	}
+	if bare != nil && relay != nil && bare.NATSInPerSec > 0 {
+		r.RatioToNATS = relay.NATSInPerSec / bare.NATSInPerSec
+	}
+}
+
+// benchConfig is 'relay all' on free loopback ports, otherwise as the
+// environment configures it (RELAY_FANOUT_CLIENT_QUEUE and so on apply).
+func benchConfig() (config.Config, error) {
+	cfg, err := loadConfig(config.RoleAll)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Ingest.Listeners = "127.0.0.1:0=*/line"
+	cfg.Ingest.HTTPAddr = "127.0.0.1:0"
+	cfg.Fanout.Addr = "127.0.0.1:0"
+	cfg.EmbeddedListen = "127.0.0.1:0"
+	cfg.ShutdownGrace = 5 * time.Second
+	if os.Getenv("RELAY_LOG_LEVEL") == "" {
+		cfg.LogLevel = "warn"
+	}
+	return cfg, cfg.Validate(config.RoleAll)
+}
+
+// startBenchServer runs 'relay all' in this process until stop is called.
+func startBenchServer(ctx context.Context, stderr io.Writer) (benchTarget, error) {
+	cfg, err := benchConfig()
+	if err != nil {
+		return benchTarget{}, err
+	}
+	log := newLogger(cfg, stderr)
+	sctx, cancel := context.WithCancel(ctx)
+	ready := make(chan started, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- runRoleNotify(sctx, config.RoleAll, cfg, log, func(s started) { ready <- s })
+	}()
+	select {
+	case s := <-ready:
+		natsIn := func() uint64 {
+			v, err := s.NATS.Varz(nil)
+			if err != nil {
+				return 0
+			}
+			return uint64(v.InMsgs)
+		}
+		return benchTarget{
+			ingest:  s.IngestAddr[0].String(),
+			fanout:  s.FanoutAddr.String(),
+			nats:    s.NATS.ClientURL(),
+			probe:   loadgen.SelfProbe{NATSInMsgs: natsIn},
+			profile: selfProfile,
+			stop:    func() { cancel(); <-done },
+		}, nil
+	case err := <-done:
+		cancel()
+		return benchTarget{}, errors.Join(err, errors.New("relay stopped before it was ready"))
+	}
+}
+
+func selfProfile(d time.Duration, file string) error {
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return err
+	}
+	time.Sleep(d)
+	pprof.StopCPUProfile()
+	return nil
+}
+
+// benchAddrs is what a --serve child prints on its first stdout line.
+type benchAddrs struct {
+	Ingest string `json:"ingest"`
+	Fanout string `json:"fanout"`
+	NATS   string `json:"nats"`
+	Debug  string `json:"debug"`
+	PID    int    `json:"pid"`
+}
+
+// benchServe is the child side of --spawn: 'relay all' on loopback, plus
+// pprof and runtime stats on a loopback debug port. It exits when its
+// stdin closes (the parent is gone), on a signal, or after maxLife.
+func benchServe(ctx context.Context, maxLife time.Duration, stdout, stderr io.Writer) int {
+	ctx, cancel := context.WithTimeout(ctx, maxLife)
+	defer cancel()
+	go func() { _, _ = io.Copy(io.Discard, os.Stdin); cancel() }()
+	t, err := startBenchServer(ctx, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "relay bench --serve: %v\n", err)
+		return 1
+	}
+	defer t.stop()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Fprintf(stderr, "relay bench --serve: %v\n", err)
+		return 1
+	}
+	probe := t.probe.(loadgen.SelfProbe)
+	srv := &http.Server{Handler: loadgen.DebugHandler(probe.NATSInMsgs), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	defer srv.Close()
+	addrs := benchAddrs{Ingest: t.ingest, Fanout: t.fanout, NATS: t.nats, Debug: "http://" + ln.Addr().String(), PID: os.Getpid()}
+	if err := json.NewEncoder(stdout).Encode(addrs); err != nil {
+		return 1
+	}
+	<-ctx.Done()
+	return 0
+}
+
+// spawnBenchServer starts this binary as 'relay bench --serve' and reads
+// where it listens.
+func spawnBenchServer(ctx context.Context, stderr io.Writer) (benchTarget, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return benchTarget{}, err
+	}
+	cmd := exec.Command(exe, "bench", "--serve")
+	cmd.Stderr = stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return benchTarget{}, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return benchTarget{}, err
+	}
+	if err := cmd.Start(); err != nil {
+		return benchTarget{}, err
+	}
+	stopChild := func() {
+		stdin.Close()
+		cmd.Process.Signal(syscall.SIGTERM)
+		waited := make(chan struct{})
+		go func() { cmd.Wait(); close(waited) }()
+		select {
+		case <-waited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-waited
+		}
+	}
+	lines := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(out).ReadString('\n')
+		lines <- line
+		_, _ = io.Copy(io.Discard, out)
+	}()
+	var line string
+	select {
+	case line = <-lines:
+	case <-time.After(30 * time.Second):
+	case <-ctx.Done():
+	}
+	var a benchAddrs
+	if err := json.Unmarshal([]byte(line), &a); err != nil || a.PID == 0 {
+		stopChild()
+		return benchTarget{}, fmt.Errorf("child server did not report its addresses (%q)", line)
+	}
+	probe := loadgen.HTTPProbe{PID: a.PID, URL: a.Debug}
+	return benchTarget{
+		ingest: a.Ingest, fanout: a.Fanout, nats: a.NATS, probe: probe,
+		profile: func(d time.Duration, file string) error {
+			return fetchProfile(a.Debug+"/debug/pprof/profile?seconds="+strconv.Itoa(max(1, int(d.Seconds()))), file)
+		},
+		stop: stopChild,
+	}, nil
+}
+
+func fetchProfile(url, file string) error {
+	resp, err := (&http.Client{Timeout: 10 * time.Minute}).Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
