@@ -3,15 +3,18 @@
 #   1. helm lint --strict and helm template of deploy/helm/relay
 #   2. the manifest test module (deploy/manifests-test): strict decoding of
 #      k8s/ and the rendered chart, invariants, values vs relay's config
-#   3. deploy/compose-test.sh: the compose cluster, live and offline
+#   3. deploy/compose-test.sh: the compose cluster, live and offline, once
+#      with Debian's docker-compose (v1) and once with docker compose v2
 #
-#   deploy/ci.sh                  # all three
-#   deploy/ci.sh helm manifests   # a subset
+#   deploy/ci.sh                  # everything
+#   deploy/ci.sh helm manifests   # a subset; steps: helm manifests compose
+#                                 # (= compose-v1 compose-v2)
 #
 # Works on a fresh Debian machine as root with only the Go module proxy and
 # Debian's archive reachable, and a Docker engine that has no images: helm
-# is built from its Go module (pinned below), haproxy, busybox-static, curl
-# and ca-certificates come from apt, every image is built locally.
+# and compose v2 are built from their Go modules (pinned below) into a cache
+# outside the work tree, haproxy, busybox-static, curl, ca-certificates (and
+# docker-compose if missing) come from apt, every image is built locally.
 # Exits non-zero if any step fails; every step runs regardless, so one CI
 # run reports everything.
 set -Eeuo pipefail
@@ -20,18 +23,26 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 HELM_VERSION=v3.22.0
+# Compose v2 for the second compose run when the docker CLI lacks the plugin
+# (Debian bookworm packages only v1): built from its Go module, installed as
+# a CLI plugin in a private DOCKER_CONFIG so the machine's docker is untouched.
+COMPOSE_V2_VERSION=v2.28.1
 # The cluster version helm renders for (the chart needs >= 1.30).
 KUBE_VERSION=1.31.0
 TOOLS=${RELAY_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/relay-deploy-tools}
 
-steps=("$@")
-((${#steps[@]})) || steps=(helm manifests compose)
-for s in "${steps[@]}"; do
-	case $s in helm | manifests | compose) ;; *)
-		echo "usage: deploy/ci.sh [helm] [manifests] [compose]" >&2
-		exit 2
-		;;
-	esac
+steps=()
+for s in "${@:-helm manifests compose}"; do
+	for s in $s; do
+		case $s in
+		helm | manifests | compose-v1 | compose-v2) steps+=("$s") ;;
+		compose) steps+=(compose-v1 compose-v2) ;;
+		*)
+			echo "usage: deploy/ci.sh [helm] [manifests] [compose | compose-v1 | compose-v2]" >&2
+			exit 2
+			;;
+		esac
+	done
 done
 want() { [[ " ${steps[*]} " == *" $1 "* ]]; }
 
@@ -72,8 +83,23 @@ if want helm || want manifests; then
 	install_helm
 	export HELM
 fi
-if want compose; then
+# Compose v2 as a docker CLI plugin: the machine's own if it has one.
+COMPOSE_V2_CONFIG=""
+install_compose_v2() {
+	docker compose version >/dev/null 2>&1 && return 0
+	local dir=$TOOLS/compose-$COMPOSE_V2_VERSION
+	if [[ ! -x $dir/docker-config/cli-plugins/docker-compose ]]; then
+		log "go install github.com/docker/compose/v2/cmd@$COMPOSE_V2_VERSION"
+		mkdir -p "$dir/bin" "$dir/docker-config/cli-plugins"
+		GOBIN=$dir/bin GOFLAGS=-mod=mod timeout 1800 go install "github.com/docker/compose/v2/cmd@$COMPOSE_V2_VERSION" || return 1
+		mv "$dir/bin/cmd" "$dir/docker-config/cli-plugins/docker-compose" || return 1
+	fi
+	COMPOSE_V2_CONFIG=$dir/docker-config
+}
+
+if want compose-v1 || want compose-v2; then
 	apt_install haproxy busybox-static curl ca-certificates
+	if want compose-v1 && ! command -v docker-compose >/dev/null; then apt_install docker-compose; fi
 	command -v docker >/dev/null || {
 		log "docker not found"
 		exit 1
@@ -117,13 +143,23 @@ manifest_tests() {
 	(cd deploy/manifests-test && timeout 900 go test -count=1 -v ./...)
 }
 
-compose_test() {
-	timeout 1200 deploy/compose-test.sh
+compose_v1() {
+	COMPOSE_CMD=docker-compose timeout 1200 deploy/compose-test.sh
+}
+
+compose_v2() {
+	install_compose_v2 || return 1
+	if [[ -n $COMPOSE_V2_CONFIG ]]; then
+		DOCKER_CONFIG=$COMPOSE_V2_CONFIG COMPOSE_CMD="docker compose" timeout 1200 deploy/compose-test.sh
+	else
+		COMPOSE_CMD="docker compose" timeout 1200 deploy/compose-test.sh
+	fi
 }
 
 want helm && step "helm lint + template" helm_checks
 want manifests && step "manifest tests" manifest_tests
-want compose && step "compose test" compose_test
+want compose-v1 && step "compose test (docker-compose v1)" compose_v1
+want compose-v2 && step "compose test (docker compose v2)" compose_v2
 
 log "passed: ${passed[*]:-none}"
 if ((${#failed[@]})); then

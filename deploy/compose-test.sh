@@ -10,7 +10,9 @@
 #   3. after SIGKILL of the NATS node holding the most relay connections
 # and tears everything down on exit, whatever happened.
 #
-# Works with `docker compose` (v2) and Debian's docker-compose (v1).
+# Works with `docker compose` (v2) and Debian's docker-compose (v1): v2 when
+# the docker CLI has it, else v1; COMPOSE_CMD="docker-compose" or
+# COMPOSE_CMD="docker compose" picks one.
 # Only the load balancers publish ports, on 127.0.0.1 with ports the kernel
 # picks, so parallel runs do not collide. All traffic stays on loopback and
 # the Docker bridge.
@@ -22,6 +24,7 @@
 #   WAIT=60      seconds any single wait may take
 #   RELAY_BIN    use this static relay binary instead of building ./cmd/relay
 #   KEEP_IMAGES=1  keep the built images afterwards
+#   COMPOSE_CMD    the compose command to use (see above)
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -55,7 +58,9 @@ die() {
 	exit 1
 }
 
-if docker compose version >/dev/null 2>&1; then
+if [[ -n ${COMPOSE_CMD:-} ]]; then
+	read -r -a COMPOSE <<<"$COMPOSE_CMD"
+elif docker compose version >/dev/null 2>&1; then
 	COMPOSE=(docker compose)
 elif command -v docker-compose >/dev/null 2>&1; then
 	COMPOSE=(docker-compose)
