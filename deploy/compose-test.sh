@@ -124,7 +124,7 @@ fi
 RELAY_BIN=$RELAY RELAY_IMAGE=$OFFLINE_RELAY_IMAGE NATS_IMAGE=$OFFLINE_NATS_IMAGE \
 	HAPROXY_IMAGE=$OFFLINE_HAPROXY_IMAGE deploy/build-images.sh
 
-log "image $OFFLINE_RELAY_IMAGE: $(docker run --rm "$OFFLINE_RELAY_IMAGE" version)"
+log "image $OFFLINE_RELAY_IMAGE: $(timeout 60 docker run --rm "$OFFLINE_RELAY_IMAGE" version)"
 
 # ---------------------------------------------------------------- stack
 log "compose: ${COMPOSE[*]} ($("${COMPOSE[@]}" version --short 2>/dev/null || echo '?'))"
@@ -349,7 +349,7 @@ await_probe "send_handshake $fo_ch" "${fo_files[@]}"
 ) | send_handshake "$fo_ch" >"$WORK/failover.s1.log" 2>&1 &
 fo_sender=$!
 sleep 1
-docker kill -s KILL "$(cid "$victim")" >/dev/null
+timeout 60 docker kill -s KILL "$(cid "$victim")" >/dev/null
 killed_at=$SECONDS
 log "killed $victim (SIGKILL) while streaming; it served $victim_conns connections"
 wait "$fo_sender" || log "failover sender: $(tail -n 2 "$WORK/failover.s1.log")"
