@@ -7,8 +7,15 @@
 # the fanout load balancer:
 #   1. before scaling      (2 ingest, 2 fanout), plus the fixed :7070 listener
 #   2. after scaling fanout to 3 (the LB must use the new replica)
-#   3. after SIGKILL of the NATS node holding the most relay connections
-# and tears everything down on exit, whatever happened.
+#   3. after SIGKILL of the NATS node serving the most fanout connections
+#      (a stream through the kill itself is reported, not judged: core NATS
+#      is at-most-once and relay closes receivers that may have missed data
+#      with 1012), once every relay process is back on the surviving nodes
+# and tears everything down on exit, whatever happened. Ends with
+# "compose-test: N passed, M failed".
+#
+# A check passes when every receiver got every message exactly once and in
+# each sender connection's order; each prints "NAME: sent N received N lost 0".
 #
 # Works with `docker compose` (v2) and Debian's docker-compose (v1): v2 when
 # the docker CLI has it, else v1; COMPOSE_CMD="docker-compose" or
