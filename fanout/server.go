@@ -3,10 +3,13 @@ package fanout
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"embed"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"html/template"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -245,13 +248,58 @@ func renderPage(pc pageConfig) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
+// pageCSP lets the demo page load only its own files and open WebSockets:
+// it shows untrusted messages, so an injection must not be able to run.
+const pageCSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; " +
+	"connect-src 'self' ws: wss:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+
+// staticHandler serves web/static/ (the page's style, script and icon) from
+// memory. The files change only with the binary, so each has a content-hash
+// ETag: browsers revalidate (no-cache) and get 304 Not Modified.
+func staticHandler() http.Handler {
+	type file struct {
+		body        []byte
+		etag, ctype string
+	}
+	files := map[string]file{}
+	entries, _ := fs.ReadDir(webFS, "web/static") // embedded: cannot fail
+	for _, e := range entries {
+		b, _ := webFS.ReadFile("web/static/" + e.Name())
+		sum := sha256.Sum256(b)
+		ctype := map[string]string{
+			".css": "text/css; charset=utf-8",
+			".js":  "text/javascript; charset=utf-8",
+			".svg": "image/svg+xml",
+		}[path.Ext(e.Name())]
+		if ctype == "" {
+			ctype = "application/octet-stream"
+		}
+		files[e.Name()] = file{body: b, etag: `"` + hex.EncodeToString(sum[:12]) + `"`, ctype: ctype}
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f, ok := files[strings.TrimPrefix(r.URL.Path, "/static/")]
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		h := w.Header()
+		h.Set("Content-Type", f.ctype)
+		h.Set("Cache-Control", "no-cache")
+		h.Set("ETag", f.etag)
+		h.Set("X-Content-Type-Options", "nosniff")
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(f.body))
+	})
+}
+
 func (s *Server) routes(page []byte, metricsHandler http.Handler) {
 	s.mux.HandleFunc("GET /ws/{channel}", s.serveWS)
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-cache")
+		w.Header().Set("Content-Security-Policy", pageCSP)
 		w.Write(page)
 	})
+	s.mux.Handle("GET /static/", staticHandler())
 	s.health.Register(s.mux)
 	if metricsHandler != nil {
 		s.mux.Handle("GET /metrics", metricsHandler)

@@ -1,0 +1,489 @@
+// relay demo page: shows one channel's messages live.
+//
+// The WebSocket handler only queues what arrives; one requestAnimationFrame
+// callback renders the queue as a DocumentFragment, so 10,000 messages/s cost
+// one DOM update per frame, and the list keeps at most MAX_ROWS rows.
+// Messages are untrusted: they reach the DOM only through textContent.
+"use strict";
+
+(() => {
+  const MAX_ROWS = 500; // rows kept in the list; older ones are dropped
+  // Rows added per frame. Faster than this (6,000 messages/s at 60 frames/s)
+  // nobody reads rows anyway, so each frame shows only the newest; the count
+  // and the row numbers still say how many arrived.
+  const ROWS_PER_FRAME = 100;
+  const MAX_TEXT = 4096; // characters of a text message shown; the rest is counted
+  const HEX_BYTES = 32; // bytes of a binary message shown in hex
+  const BACKOFF_BASE = 500; // ms: first reconnect delay cap, doubled per failure
+  const BACKOFF_MAX = 30000; // ms: largest reconnect delay cap
+  const STABLE_AFTER = 10000; // ms open before the backoff starts over
+  const MAX_CHANNEL = 128; // bytes, as shared/subjects.MaxChannelLen
+  const CHANNEL_CHARS = /^[A-Za-z0-9_.-]*$/;
+  const TOKEN = /^[A-Za-z0-9_-]+$/;
+
+  const CLOSE_MEANINGS = {
+    1000: "closed normally",
+    1001: "going away",
+    1003: "unsupported data",
+    1006: "connection lost",
+    1008: "policy violation",
+    1011: "server error",
+    1012: "service restart",
+    1013: "try again later",
+  };
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    send: $("send"),
+    picker: $("picker"),
+    input: $("channel-input"),
+    inputError: $("channel-error"),
+    titleChannel: $("title-channel"),
+    sendChannel: $("send-channel"),
+    cmdNc: $("cmd-nc"),
+    cmdSend: $("cmd-send"),
+    cmdWatch: $("cmd-watch"),
+    ingestNote: $("ingest-note"),
+    status: $("status"),
+    statusText: $("status-text"),
+    retry: $("retry"),
+    retryText: $("retry-text"),
+    retryNow: $("retry-now"),
+    count: $("count"),
+    rate: $("rate"),
+    pausedNote: $("paused-note"),
+    pause: $("pause"),
+    clear: $("clear"),
+    log: $("log"),
+    empty: $("empty"),
+    latest: $("latest"),
+    maxRows: $("max-rows"),
+  };
+
+  const config = readConfig();
+  const emptyText = ui.empty.textContent;
+  const numberFormat = new Intl.NumberFormat();
+
+  // Connection.
+  let channel = ""; // channel shown; "" while none (invalid URL)
+  let ws = null; // the current socket; events of older ones are ignored
+  let failures = 0; // connections in a row that closed before STABLE_AFTER
+  let retryTimer = 0;
+  let retryAt = 0;
+  let countdownTimer = 0;
+  let stableTimer = 0;
+
+  // Messages.
+  let pending = []; // received, not yet rendered (bounded: see enqueue)
+  let received = 0; // messages on this channel since it was opened or cleared
+  let rendered = 0; // sequence number of the newest rendered message
+  let paused = false;
+  let catchUp = false; // the next frame may show up to MAX_ROWS waiting rows
+  let frame = 0; // requestAnimationFrame id while a render is scheduled
+  let follow = true; // keep the newest row in view
+  let rateSamples = []; // [time ms, received] over the last couple of seconds
+
+  function readConfig() {
+    try {
+      return JSON.parse($("relay-config").textContent) || {};
+    } catch {
+      return {};
+    }
+  }
+
+  // validateChannel applies the server's rule (shared/subjects): dot-joined
+  // [A-Za-z0-9_-]+ tokens, at most 128 bytes. It returns "" or a reason.
+  function validateChannel(name) {
+    if (name === "") return "Enter a channel name.";
+    if (!CHANNEL_CHARS.test(name)) {
+      const bad = [...name].find((c) => !CHANNEL_CHARS.test(c));
+      const shown = bad.trim() === "" ? "a space or control character" : `"${bad}"`;
+      return `A channel name cannot contain ${shown}: use letters, digits, "_" and "-", with "." between parts.`;
+    }
+    if (name.length > MAX_CHANNEL) return `A channel name has at most ${MAX_CHANNEL} characters; this one has ${name.length}.`;
+    if (!name.split(".").every((t) => TOKEN.test(t))) {
+      return 'Every "." must sit between two parts: no leading, trailing or double dots.';
+    }
+    return "";
+  }
+
+  function channelFromURL() {
+    const params = new URLSearchParams(location.search);
+    return params.has("channel") ? params.get("channel") : "default";
+  }
+
+  function wsURL(name) {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    return `${scheme}//${location.host}/ws/${encodeURIComponent(name)}`;
+  }
+
+  // ingestAddress resolves publicIngestAddr: "host:port", ":port" (this
+  // page's host) or "" (unknown: a placeholder is shown).
+  function ingestAddress() {
+    const addr = String(config.publicIngestAddr || "").trim();
+    const i = addr.lastIndexOf(":");
+    if (i < 0 || i === addr.length - 1) return null;
+    const host = (addr.slice(0, i) || location.hostname).replace(/^\[(.*)\]$/, "$1");
+    return { host, port: addr.slice(i + 1) };
+  }
+
+  // --- Page state -----------------------------------------------------------
+
+  // openChannel switches to name. history is "push" (the picker), "replace"
+  // or "" (the URL already says so: page load, back/forward).
+  function openChannel(name, history) {
+    const problem = validateChannel(name);
+    showInputError(problem);
+    if (problem) {
+      if (!history) {
+        // The URL names an invalid channel: show why instead of connecting.
+        disconnect();
+        channel = "";
+        resetMessages();
+        ui.input.value = name;
+        setTitles(name);
+        ui.send.hidden = true;
+        ui.empty.textContent = "Choose a valid channel name above to see its messages.";
+        setState("invalid", "Not connected: invalid channel name");
+      }
+      return;
+    }
+    if (history) {
+      const url = new URL(location.href);
+      url.searchParams.set("channel", name);
+      if (url.href !== location.href) {
+        window.history[history === "push" ? "pushState" : "replaceState"]({ channel: name }, "", url);
+      }
+    }
+    ui.input.value = name;
+    if (name === channel) {
+      retryNow(); // the same channel again: reconnect now if waiting to
+      return;
+    }
+    disconnect();
+    channel = name;
+    failures = 0;
+    resetMessages();
+    setTitles(name);
+    showCommands(name);
+    ui.send.hidden = false;
+    ui.empty.textContent = emptyText;
+    connect();
+  }
+
+  function setTitles(name) {
+    document.title = `${name} · relay`;
+    ui.titleChannel.textContent = name;
+    ui.sendChannel.textContent = name;
+  }
+
+  function showCommands(name) {
+    const addr = ingestAddress();
+    const host = addr ? addr.host : "HOST";
+    const port = addr ? addr.port : "7071";
+    const hostPort = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+    // Valid channel names need no shell quoting.
+    ui.cmdNc.textContent = `printf '${name}\\nhello\\n' | nc ${host} ${port}`;
+    ui.cmdSend.textContent = `echo hello | relay send ${hostPort} ${name}`;
+    ui.cmdWatch.textContent = `relay watch ${wsURL(name)}`;
+    ui.ingestNote.hidden = addr !== null;
+  }
+
+  function showInputError(problem) {
+    ui.inputError.textContent = problem;
+    ui.inputError.hidden = !problem;
+    if (problem) ui.input.setAttribute("aria-invalid", "true");
+    else ui.input.removeAttribute("aria-invalid");
+  }
+
+  // setState shows the connection state. The status element is a polite live
+  // region: it changes on transitions only, never per message or per tick.
+  function setState(state, text) {
+    ui.status.dataset.state = state;
+    if (ui.statusText.textContent !== text) ui.statusText.textContent = text;
+  }
+
+  // --- Connection -----------------------------------------------------------
+
+  function connect() {
+    clearRetry();
+    const sock = new WebSocket(wsURL(channel));
+    sock.binaryType = "arraybuffer";
+    ws = sock;
+    let opened = false;
+    setState("connecting", `${failures ? "Reconnecting" : "Connecting"} to ${channel}…`);
+
+    sock.onopen = () => {
+      if (ws !== sock) return;
+      opened = true;
+      setState("open", `Live on ${channel}`);
+      if (failures) enqueue({ event: "Reconnected", kind: "ok" });
+      stableTimer = setTimeout(() => { failures = 0; }, STABLE_AFTER);
+    };
+    sock.onmessage = (e) => {
+      if (ws !== sock) return;
+      received++;
+      enqueue({ n: received, t: Date.now(), data: e.data });
+    };
+    sock.onclose = (e) => {
+      if (ws !== sock) return;
+      ws = null;
+      clearTimeout(stableTimer);
+      const why = closeText(e);
+      if (opened) enqueue({ event: `Disconnected: ${why}`, kind: "bad" });
+      setState("closed", opened ? `Disconnected: ${why}` : `Could not connect (${e.code})`);
+      scheduleRetry();
+    };
+  }
+
+  function closeText(e) {
+    const reason = e.reason || CLOSE_MEANINGS[e.code] || "";
+    return reason ? `${e.code} ${reason}` : String(e.code);
+  }
+
+  // disconnect closes the current socket for good (a channel switch).
+  function disconnect() {
+    clearRetry();
+    clearTimeout(stableTimer);
+    if (ws) {
+      const sock = ws;
+      ws = null;
+      sock.onopen = sock.onmessage = sock.onclose = null;
+      sock.close(1000, "channel changed");
+    }
+  }
+
+  // scheduleRetry waits a random delay in [0, min(30 s, 0.5 s * 2^failures))
+  // ("full jitter"), so receivers cut off together do not return together.
+  function scheduleRetry() {
+    const cap = Math.min(BACKOFF_MAX, BACKOFF_BASE * 2 ** Math.min(failures, 16));
+    const delay = Math.random() * cap;
+    failures++;
+    retryAt = Date.now() + delay;
+    retryTimer = setTimeout(connect, delay);
+    ui.retry.hidden = false;
+    tickCountdown();
+    countdownTimer = setInterval(tickCountdown, 250);
+  }
+
+  function tickCountdown() {
+    const s = Math.max(0, Math.ceil((retryAt - Date.now()) / 1000));
+    const text = `Retrying in ${s} s (attempt ${failures})`;
+    if (ui.retryText.textContent !== text) ui.retryText.textContent = text;
+  }
+
+  function clearRetry() {
+    clearTimeout(retryTimer);
+    clearInterval(countdownTimer);
+    retryTimer = countdownTimer = 0;
+    ui.retry.hidden = true;
+  }
+
+  function retryNow() {
+    if (retryTimer) connect();
+  }
+
+  // --- Messages ---------------------------------------------------------------
+
+  // enqueue keeps at most 2*MAX_ROWS entries waiting (while paused, in a
+  // background tab, or in a burst): only the newest MAX_ROWS can be shown.
+  function enqueue(item) {
+    if (!item.t) item.t = Date.now();
+    pending.push(item);
+    if (pending.length >= 2 * MAX_ROWS) pending.splice(0, pending.length - MAX_ROWS);
+    schedule();
+  }
+
+  function schedule() {
+    if (!frame) frame = requestAnimationFrame(render);
+  }
+
+  function render() {
+    frame = 0;
+    const count = numberFormat.format(received);
+    if (ui.count.textContent !== count) ui.count.textContent = count;
+    if (paused) {
+      const unseen = received - rendered;
+      ui.pausedNote.textContent = unseen ? `Paused · ${numberFormat.format(unseen)} new` : "Paused";
+      return;
+    }
+    if (pending.length === 0) return;
+
+    const limit = catchUp ? MAX_ROWS : ROWS_PER_FRAME;
+    catchUp = false;
+    const batch = pending.length > limit ? pending.slice(-limit) : pending;
+    pending = [];
+    const fragment = document.createDocumentFragment();
+    for (const item of batch) fragment.appendChild(item.event ? eventRow(item) : messageRow(item));
+    for (let i = batch.length - 1; i >= 0; i--) {
+      if (batch[i].n) { rendered = batch[i].n; break; }
+    }
+
+    const log = ui.log;
+    const excess = log.childElementCount + batch.length - MAX_ROWS;
+    if (batch.length >= MAX_ROWS || excess >= log.childElementCount) {
+      log.replaceChildren(fragment);
+    } else {
+      if (excess > 0) {
+        const range = document.createRange();
+        range.setStartBefore(log.firstChild);
+        range.setEndAfter(log.children[excess - 1]);
+        range.deleteContents();
+      }
+      log.appendChild(fragment);
+    }
+    ui.empty.hidden = true;
+    if (follow) log.scrollTop = log.scrollHeight;
+    else ui.latest.hidden = false;
+  }
+
+  function messageRow(m) {
+    const li = document.createElement("li");
+    li.className = "msg";
+    li.append(span("t", formatTime(m.t)), span("n", `#${m.n}`));
+    const body = span("b", "");
+    if (typeof m.data === "string") {
+      if (m.data === "") {
+        body.classList.add("empty");
+      } else if (m.data.length > MAX_TEXT) {
+        body.textContent = m.data.slice(0, MAX_TEXT);
+        body.append(span("more", ` … ${numberFormat.format(m.data.length - MAX_TEXT)} more characters`));
+      } else {
+        body.textContent = m.data;
+      }
+    } else {
+      const bytes = new Uint8Array(m.data, 0, Math.min(HEX_BYTES, m.data.byteLength));
+      let hex = "";
+      for (const b of bytes) hex += (hex ? " " : "") + (b < 16 ? "0" : "") + b.toString(16);
+      if (m.data.byteLength > HEX_BYTES) hex += " …";
+      li.classList.add("bin");
+      body.append(span("tag", `binary · ${formatSize(m.data.byteLength)}`), span("hex", hex));
+    }
+    li.append(body);
+    return li;
+  }
+
+  function eventRow(item) {
+    const li = document.createElement("li");
+    li.className = `event event-${item.kind}`;
+    li.append(span("t", formatTime(item.t)), span("n", ""), span("what", item.event));
+    return li;
+  }
+
+  function span(cls, text) {
+    const s = document.createElement("span");
+    s.className = cls;
+    s.textContent = text;
+    return s;
+  }
+
+  let lastSecond = -1;
+  let lastSecondText = "";
+  function formatTime(ms) {
+    const second = Math.floor(ms / 1000);
+    if (second !== lastSecond) {
+      const d = new Date(ms);
+      lastSecond = second;
+      lastSecondText = [d.getHours(), d.getMinutes(), d.getSeconds()].map((v) => String(v).padStart(2, "0")).join(":");
+    }
+    return `${lastSecondText}.${String(ms % 1000).padStart(3, "0")}`;
+  }
+
+  function formatSize(n) {
+    if (n < 1024) return `${n} B`;
+    if (n < 1024 * 1024) return `${(n / 1024).toFixed(n < 10240 ? 1 : 0)} KiB`;
+    return `${(n / 1048576).toFixed(1)} MiB`;
+  }
+
+  function resetMessages() {
+    pending = [];
+    received = rendered = 0;
+    rateSamples = [];
+    ui.log.replaceChildren();
+    ui.empty.hidden = false;
+    ui.latest.hidden = true;
+    follow = true;
+    ui.count.textContent = "0";
+    ui.rate.textContent = "0";
+    if (paused) ui.pausedNote.textContent = "Paused";
+  }
+
+  // sampleRate updates msgs/s from the count over the last ~2 s.
+  function sampleRate() {
+    const now = performance.now();
+    rateSamples.push([now, received]);
+    while (rateSamples.length > 2 && now - rateSamples[0][0] > 2000) rateSamples.shift();
+    const [t0, n0] = rateSamples[0];
+    const rate = now - t0 > 0 ? ((received - n0) * 1000) / (now - t0) : 0;
+    const text = rate === 0 ? "0" : rate < 10 ? rate.toFixed(1) : numberFormat.format(Math.round(rate));
+    if (ui.rate.textContent !== text) ui.rate.textContent = text;
+  }
+
+  function setPaused(on) {
+    paused = on;
+    catchUp = !on;
+    ui.pause.setAttribute("aria-pressed", String(on));
+    ui.pause.textContent = on ? "Resume" : "Pause";
+    ui.pausedNote.hidden = !on;
+    ui.pausedNote.textContent = "Paused";
+    schedule();
+  }
+
+  // --- Wiring -----------------------------------------------------------------
+
+  function copy(button) {
+    const source = $(button.dataset.copy);
+    const text = source.textContent;
+    const done = (ok) => {
+      button.textContent = ok ? "Copied" : "Select and copy";
+      setTimeout(() => { button.textContent = "Copy"; }, 1500);
+    };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(() => done(true), () => done(false));
+      return;
+    }
+    // Plain http on another host: no Clipboard API; select the text instead.
+    const range = document.createRange();
+    range.selectNodeContents(source);
+    const sel = getSelection();
+    sel.removeAllRanges();
+    sel.addRange(range);
+    let ok = false;
+    try { ok = document.execCommand("copy"); } catch { ok = false; }
+    done(ok);
+  }
+
+  ui.picker.addEventListener("submit", (e) => {
+    e.preventDefault();
+    openChannel(ui.input.value.trim(), "push");
+  });
+  ui.input.addEventListener("input", () => {
+    if (!ui.inputError.hidden) showInputError(ui.input.value.trim() ? validateChannel(ui.input.value.trim()) : "");
+  });
+  window.addEventListener("popstate", () => openChannel(channelFromURL(), ""));
+  window.addEventListener("online", retryNow);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) catchUp = true; });
+  ui.retryNow.addEventListener("click", retryNow);
+  ui.pause.addEventListener("click", () => setPaused(!paused));
+  ui.clear.addEventListener("click", () => { resetMessages(); });
+  ui.log.addEventListener("scroll", () => {
+    const log = ui.log;
+    follow = log.scrollHeight - log.scrollTop - log.clientHeight < 24;
+    if (follow) ui.latest.hidden = true;
+  }, { passive: true });
+  ui.latest.addEventListener("click", () => {
+    follow = true;
+    ui.latest.hidden = true;
+    ui.log.scrollTop = ui.log.scrollHeight;
+  });
+  for (const b of document.querySelectorAll("button[data-copy]")) b.addEventListener("click", () => copy(b));
+
+  // On a phone the send help takes most of the screen: keep it open on the
+  // landing page, folded when a link names the channel.
+  if (new URLSearchParams(location.search).has("channel") && matchMedia("(max-width: 720px)").matches) {
+    ui.send.open = false;
+  }
+  ui.maxRows.textContent = numberFormat.format(MAX_ROWS);
+  setInterval(sampleRate, 500);
+  openChannel(channelFromURL(), "");
+})();
