@@ -119,7 +119,7 @@ func benchWrite(b *testing.B, burst, size int) {
 		}
 	}()
 
-	msg := &message{typ: websocket.MessageText, data: []byte(strings.Repeat("x", size))}
+	msg := newMessage(websocket.MessageText, []byte(strings.Repeat("x", size)))
 	b.SetBytes(int64(size))
 	b.ReportAllocs()
 	b.ResetTimer()

@@ -229,9 +229,10 @@ func (c *client) writeLoop() {
 	}
 }
 
-// flush writes everything queued as one batch: the library frames each
-// message, the batchConn sends them with as few syscalls as it can. Once the
-// client is closed only the final flush before the close frame writes.
+// flush writes everything queued as one batch: batchConn frames each
+// message (header encoded once per message) and sends them with one write
+// syscall per 64 KiB. Once the client is closed only the final flush before
+// the close frame writes.
 func (c *client) flush(final bool) error {
 	c.mu.Lock()
 	if (c.closed && !final) || len(c.queue) == 0 {
@@ -242,23 +243,13 @@ func (c *client) flush(final bool) error {
 	c.queue, c.spare = c.spare[:0], nil
 	c.mu.Unlock()
 
-	c.bc.cork()
-	var err error
-	n, bytes, batchBytes := 0, 0, 0
-	for _, msg := range batch {
+	n, err := c.bc.writeFrames(batch)
+	bytes, batchBytes := 0, 0
+	for i, msg := range batch {
 		batchBytes += len(msg.data)
-		if err != nil {
-			continue
-		}
-		// No context deadline: batchConn bounds every network write, which
-		// keeps the per-message path free of timers and allocations.
-		if err = c.conn.Write(context.Background(), msg.typ, msg.data); err == nil {
-			n++
+		if i < n {
 			bytes += len(msg.data)
 		}
-	}
-	if uerr := c.bc.uncork(); err == nil {
-		err = uerr
 	}
 	clear(batch)
 

@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,10 +23,34 @@ var ErrSubscribe = errors.New("fanout: subscribe failed")
 // message is one NATS message as every client of a channel sends it. It is
 // built once per NATS message and shared by pointer, so fanning out to N
 // clients costs N pointer copies, not N payload copies. Never modified after
-// encode.
+// newMessage.
 type message struct {
 	typ  websocket.MessageType
 	data []byte
+	// hdr[:hdrLen] is the frame header every client sends before data: a
+	// server's frames are unmasked, so the whole frame is the same for all.
+	hdr    [10]byte
+	hdrLen uint8
+}
+
+// newMessage encodes the WebSocket frame header for data once.
+func newMessage(typ websocket.MessageType, data []byte) *message {
+	m := &message{typ: typ, data: data}
+	m.hdr[0] = 0x80 | byte(typ) // FIN, opcode (MessageText = 1, MessageBinary = 2)
+	switch n := len(data); {
+	case n <= 125:
+		m.hdr[1] = byte(n)
+		m.hdrLen = 2
+	case n <= 0xffff:
+		m.hdr[1] = 126
+		binary.BigEndian.PutUint16(m.hdr[2:], uint16(n))
+		m.hdrLen = 4
+	default:
+		m.hdr[1] = 127
+		binary.BigEndian.PutUint64(m.hdr[2:], uint64(n))
+		m.hdrLen = 10
+	}
+	return m
 }
 
 // encode decides the frame type once for all clients. Relay-Format: binary
@@ -38,7 +63,7 @@ func encode(m *nats.Msg) *message {
 	if m.Header.Get(subjects.FormatHeader) == subjects.FormatBinary || !utf8.Valid(m.Data) {
 		typ = websocket.MessageBinary
 	}
-	return &message{typ: typ, data: m.Data}
+	return newMessage(typ, m.Data)
 }
 
 // hub owns the channels with local clients and their NATS subscriptions.
