@@ -78,6 +78,9 @@ type Config struct {
 	// OnMeasure is called (in its own goroutine) when the measurement
 	// window opens, with its length: e.g. to take a CPU profile of it.
 	OnMeasure func(d time.Duration)
+	// AtPeak, when set, is called at the end of the measurement while every
+	// connection is still open: e.g. to take a heap profile.
+	AtPeak func()
 	// DialTimeout bounds each connection's setup. Defaults to 10s.
 	DialTimeout time.Duration
 	// DialConcurrency is how many receivers connect at once. Defaults to 64.
@@ -331,6 +334,9 @@ func runStream(ctx context.Context, cfg Config) (*Result, error) {
 	r.win.to.Store(r.clk.now())
 	b := r.snapshot()
 	prog()
+	if cfg.AtPeak != nil {
+		cfg.AtPeak()
+	}
 
 	// Stop the senders; what they wrote still travels.
 	r.stop.Store(true)
@@ -457,14 +463,15 @@ func (r *run) connectReceivers(ctx context.Context, addr string, nSlow int) erro
 
 func (r *run) dialReceiver(rc *receiver, addr string) error {
 	cfg := r.cfg
-	// Small read buffers for receivers that do not read: the point is to
-	// fill the server's view of their TCP window, not to hold data here.
-	readBuf := 16 << 10
+	// A receiver that does not read gets a small socket receive buffer:
+	// otherwise loopback's autotuned buffers hold megabytes for it and the
+	// server's queue for it fills only after minutes.
+	readBuf, rcvBuf := 16<<10, 0
 	if rc.slow {
-		readBuf = 4 << 10
+		readBuf, rcvBuf = 4<<10, slowRcvBuf
 	}
 	if cfg.Mode == ModeCeiling {
-		conn, err := net.DialTimeout("tcp", addr, cfg.DialTimeout)
+		conn, err := dialTCP(addr, cfg.DialTimeout, rcvBuf)
 		if err != nil {
 			return err
 		}
@@ -476,13 +483,16 @@ func (r *run) dialReceiver(rc *receiver, addr string) error {
 		rc.br = newReader(conn, readBuf)
 		return nil
 	}
-	ws, err := dialWS(addr, "/ws/"+rc.ch.name, cfg.DialTimeout, readBuf)
+	ws, err := dialWS(addr, "/ws/"+rc.ch.name, cfg.DialTimeout, readBuf, rcvBuf)
 	if err != nil {
 		return err
 	}
 	rc.ws = ws
 	return nil
 }
+
+// slowRcvBuf is a non-reading receiver's SO_RCVBUF (the kernel doubles it).
+const slowRcvBuf = 4 << 10
 
 // dialAll runs dial for every receiver, n at a time, and returns the first
 // error.
@@ -771,6 +781,9 @@ func runIdle(ctx context.Context, cfg Config) (*Result, error) {
 	after, err := cfg.Probe.Stats(true)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.AtPeak != nil {
+		cfg.AtPeak()
 	}
 	alive := 0
 	for _, rc := range r.receivers {

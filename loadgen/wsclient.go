@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"syscall"
 	"time"
 )
 
@@ -29,9 +30,10 @@ var errProtocol = errors.New("loadgen: websocket protocol error")
 // wsGUID is RFC 6455's accept-key suffix.
 const wsGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
-// dialWS opens ws://addr/path and completes the opening handshake.
-func dialWS(addr, path string, timeout time.Duration, readBuf int) (*wsConn, error) {
-	conn, err := net.DialTimeout("tcp", addr, timeout)
+// dialWS opens ws://addr/path and completes the opening handshake. A
+// positive rcvBuf sets the socket's receive buffer (SO_RCVBUF).
+func dialWS(addr, path string, timeout time.Duration, readBuf, rcvBuf int) (*wsConn, error) {
+	conn, err := dialTCP(addr, timeout, rcvBuf)
 	if err != nil {
 		return nil, err
 	}
@@ -64,6 +66,22 @@ func dialWS(addr, path string, timeout time.Duration, readBuf int) (*wsConn, err
 	}
 	_ = conn.SetDeadline(time.Time{})
 	return &wsConn{conn: conn, br: br}, nil
+}
+
+// dialTCP connects; a positive rcvBuf sets SO_RCVBUF before the SYN, so
+// the window the peer sees stays that small.
+func dialTCP(addr string, timeout time.Duration, rcvBuf int) (net.Conn, error) {
+	d := net.Dialer{Timeout: timeout}
+	if rcvBuf > 0 {
+		d.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvBuf)
+			})
+			return errors.Join(err, serr)
+		}
+	}
+	return d.Dial("tcp", addr)
 }
 
 // WebSocket opcodes.

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"syscall"
@@ -36,6 +37,7 @@ type benchTarget struct {
 	ingest, fanout, nats string
 	probe                loadgen.Probe
 	profile              func(d time.Duration, file string) error
+	heapProfile          func(file string) error
 	stop                 func()
 }
 
@@ -66,6 +68,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		jsonOut     = fs.Bool("json", false, "print the report as JSON on stdout (progress still goes to stderr)")
 		quiet       = fs.Bool("quiet", false, "no progress lines")
 		cpuProfile  = fs.String("cpuprofile", "", "write a CPU profile of the server over the measurement window to this file")
+		memProfile  = fs.String("memprofile", "", "write a heap profile of the server (after GC) to this file at the end of the measurement, connections still open")
 		serveMode   = fs.Bool("serve", false, "internal: run 'relay all' on loopback ports for a parent 'relay bench --spawn'")
 		serveFor    = fs.Duration("serve-timeout", time.Hour, "internal: --serve exits after this long")
 	)
@@ -177,6 +180,17 @@ func bench(args []string, stdout, stderr io.Writer) int {
 			c.OnMeasure = func(d time.Duration) {
 				if err := prof(d, file); err != nil {
 					fmt.Fprintf(stderr, "relay bench: cpu profile: %v\n", err)
+				}
+			}
+		}
+		if *memProfile != "" && m != loadgen.ModeCeiling {
+			prof := target.heapProfile
+			if prof == nil {
+				prof = selfHeapProfile
+			}
+			c.AtPeak = func() {
+				if err := prof(*memProfile); err != nil {
+					fmt.Fprintf(stderr, "relay bench: heap profile: %v\n", err)
 				}
 			}
 		}
@@ -297,6 +311,16 @@ func startBenchServer(ctx context.Context, stderr io.Writer) (benchTarget, error
 	}
 }
 
+func selfHeapProfile(file string) error {
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	runtime.GC()
+	return pprof.Lookup("heap").WriteTo(f, 0)
+}
+
 func selfProfile(d time.Duration, file string) error {
 	f, err := os.Create(file)
 	if err != nil {
@@ -404,6 +428,9 @@ func spawnBenchServer(ctx context.Context, stderr io.Writer) (benchTarget, error
 		ingest: a.Ingest, fanout: a.Fanout, nats: a.NATS, probe: probe,
 		profile: func(d time.Duration, file string) error {
 			return fetchProfile(a.Debug+"/debug/pprof/profile?seconds="+strconv.Itoa(max(1, int(d.Seconds()))), file)
+		},
+		heapProfile: func(file string) error {
+			return fetchProfile(a.Debug+"/debug/pprof/heap?gc=1", file)
 		},
 		stop: stopChild,
 	}, nil
