@@ -301,7 +301,10 @@
   function render() {
     frame = 0;
     const count = numberFormat.format(received);
-    if (ui.count.textContent !== count) ui.count.textContent = count;
+    if (ui.count.textContent !== count) {
+      ui.count.textContent = count;
+      showRate(performance.now());
+    }
     if (paused) {
       const unseen = received - rendered;
       ui.pausedNote.textContent = unseen ? `Paused · ${numberFormat.format(unseen)} new` : "Paused";
@@ -398,7 +401,7 @@
   function resetMessages() {
     pending = [];
     received = rendered = 0;
-    rateSamples = [];
+    rateSamples = [[performance.now(), 0]];
     ui.log.replaceChildren();
     ui.empty.hidden = false;
     ui.latest.hidden = true;
@@ -408,13 +411,19 @@
     if (paused) ui.pausedNote.textContent = "Paused";
   }
 
-  // sampleRate updates msgs/s from the count over the last ~2 s.
+  // sampleRate records the count twice a second; the rate shown is over the
+  // last ~2 s of samples.
   function sampleRate() {
     const now = performance.now();
     rateSamples.push([now, received]);
     while (rateSamples.length > 2 && now - rateSamples[0][0] > 2000) rateSamples.shift();
+    showRate(now);
+  }
+
+  function showRate(now) {
+    if (rateSamples.length === 0 || now - rateSamples[0][0] < 250) return; // too short to say
     const [t0, n0] = rateSamples[0];
-    const rate = now - t0 > 0 ? ((received - n0) * 1000) / (now - t0) : 0;
+    const rate = ((received - n0) * 1000) / (now - t0);
     const text = rate === 0 ? "0" : rate < 10 ? rate.toFixed(1) : numberFormat.format(Math.round(rate));
     if (ui.rate.textContent !== text) ui.rate.textContent = text;
   }
