@@ -33,9 +33,11 @@ const updateScreenshotEnv = "RELAY_UPDATE_SCREENSHOT"
 // send commands with the real ingest port and every line sent over TCP, in
 // order (binary as size and hex); after the server restarts on the same
 // ports the page reconnects by itself and shows new lines; the channel
-// picker switches channels and updates the URL; a burst of 20,000 messages
-// is counted exactly while the list stays bounded. It saves screenshots at
-// desktop and phone widths.
+// picker switches channels and updates the URL; pause holds rows back while
+// counting, clear empties the list; a burst of 20,000 messages is counted
+// exactly while the list stays bounded; back goes to the previous channel;
+// the page reports no errors. It saves screenshots at desktop and phone
+// widths (and dark).
 func TestBrowserPage(t *testing.T) {
 	t.Parallel()
 	browserPath := findChromium(t)
@@ -138,6 +140,25 @@ func TestBrowserPage(t *testing.T) {
 	b.waitEval(t, "sensors.lab to open", `location.search + " " + document.title + " " + document.getElementById("status").dataset.state`,
 		func(s string) bool { return s == "?channel=sensors.lab sensors.lab · relay open" })
 	b.waitMessages(t, nil)
+
+	// Pause: counted, not shown; Resume shows them; Clear empties the list.
+	b.do(t, chromedp.Click(chromedp.ID("pause")))
+	held := lines("held", 5)
+	if err := sendRaw(hs, "sensors.lab", held); err != nil {
+		t.Fatal(err)
+	}
+	b.waitEval(t, "5 messages counted while paused",
+		`document.getElementById("count").textContent + "|" + document.getElementById("paused-note").textContent`,
+		func(s string) bool { return s == "5|Paused · 5 new" })
+	if n := b.eval(t, `String(document.querySelectorAll("#log li.msg").length)`); n != "0" {
+		t.Errorf("paused page shows %s messages", n)
+	}
+	b.do(t, chromedp.Click(chromedp.ID("pause")))
+	b.waitMessages(t, strings.Split(strings.TrimSuffix(held, "\n"), "\n"))
+	b.do(t, chromedp.Click(chromedp.ID("clear")))
+	b.waitEval(t, "an empty list after Clear",
+		`document.querySelectorAll("#log li").length + "|" + document.getElementById("count").textContent + "|" + document.getElementById("empty").hidden`,
+		func(s string) bool { return s == "0|0|false" })
 
 	// A burst: every message counted, at most 500 rows, the newest last.
 	const burst = 20000

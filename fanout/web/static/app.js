@@ -431,7 +431,8 @@
   function setPaused(on) {
     paused = on;
     catchUp = !on;
-    ui.pause.setAttribute("aria-pressed", String(on));
+    // The label says what a press does ("Resume" while paused), so no aria-pressed.
+    ui.pause.classList.toggle("on", on);
     ui.pause.textContent = on ? "Resume" : "Pause";
     ui.pausedNote.hidden = !on;
     ui.pausedNote.textContent = "Paused";
