@@ -51,7 +51,7 @@ version=$(git describe --tags --always --dirty 2>/dev/null || echo dev)
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
-# relay: deploy/Dockerfile's prebuilt target, from a static host build.
+# relay: deploy/Dockerfile.prebuilt, from a static host build.
 mkdir -p "$WORK/relay"
 if [[ -n ${RELAY_BIN:-} ]]; then
 	cp "$RELAY_BIN" "$WORK/relay/relay"
@@ -61,8 +61,8 @@ else
 		-o "$WORK/relay/relay" ./cmd/relay
 fi
 cp "$CA_BUNDLE" "$WORK/relay/ca-certificates.crt"
-log "docker build $RELAY_IMAGE (deploy/Dockerfile --target prebuilt)"
-build -f deploy/Dockerfile --target prebuilt \
+log "docker build $RELAY_IMAGE (deploy/Dockerfile.prebuilt)"
+build -f deploy/Dockerfile.prebuilt \
 	--build-arg VERSION="$version" --build-arg REVISION="$revision" --build-arg CREATED="$created" \
 	-t "$RELAY_IMAGE" "$WORK/relay"
 
