@@ -29,7 +29,7 @@ HELM_VERSION=v3.22.0
 COMPOSE_V2_VERSION=v2.28.1
 # The cluster version helm renders for (the chart needs >= 1.30).
 KUBE_VERSION=1.31.0
-TOOLS=${RELAY_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/relay-deploy-tools}
+TOOLS=${DEPLOY_TOOLS_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/relay-deploy-tools}
 
 steps=()
 for s in "${@:-helm manifests compose}"; do
