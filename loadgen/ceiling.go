@@ -17,7 +17,8 @@ const ceilingQueue = 1024
 // to the same number of receivers, with nothing but TCP in between. Senders
 // connect to SenderAddr and send "CHANNEL\n" (answered "+OK\n", like
 // ingest's handshake listener), then lines; receivers connect to
-// ReceiverAddr, send "CHANNEL\n" and read lines. Each line is copied once
+// ReceiverAddr, send "CHANNEL\n", and read "+OK\n" (from then on they
+// get every message, like relay's 101) and then lines. Each line is copied once
 // and shared by every receiver of the channel, which has a bounded queue and
 // a writer that sends everything queued with one writev: relay's own design
 // without NATS, HTTP and WebSocket framing, so relay's figures can be stated
@@ -169,6 +170,10 @@ func (c *Ceiling) serveReceiver(conn net.Conn) {
 	c.chans[name] = append(rs, r)
 	c.mu.Unlock()
 	defer c.remove(name, r)
+	// Registered: from now on it gets every message (like relay's 101).
+	if _, err := io.WriteString(conn, "+OK\n"); err != nil {
+		return
+	}
 
 	// The receiver never sends anything after its channel line: a read
 	// returning means it has gone.

@@ -481,6 +481,12 @@ func (r *run) dialReceiver(rc *receiver, addr string) error {
 		}
 		rc.tcp = conn
 		rc.br = newReader(conn, readBuf)
+		conn.SetReadDeadline(time.Now().Add(cfg.DialTimeout))
+		if ok, err := rc.br.ReadString('\n'); err != nil || ok != "+OK\n" {
+			conn.Close()
+			return fmt.Errorf("loadgen: ceiling receiver: %q, %v", ok, err)
+		}
+		conn.SetReadDeadline(time.Time{})
 		return nil
 	}
 	ws, err := dialWS(addr, "/ws/"+rc.ch.name, cfg.DialTimeout, readBuf, rcvBuf)
