@@ -312,9 +312,22 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	h.bc = newBatchConn(conn, h.timeout)
-	brw.Writer.Reset(h.bc)
-	return h.bc, brw, nil
+	// The library writes only control frames itself (data frames go
+	// through batchConn.writeFrames) and reads only control frames (a data
+	// frame is refused from its header), so small buffers do; net/http's
+	// 4 KiB pair would be most of an idle connection's memory. A client
+	// that pipelined bytes behind its upgrade request keeps the reader
+	// holding them.
+	br := brw.Reader
+	if br.Buffered() == 0 {
+		br = bufio.NewReaderSize(h.bc, libBufSize)
+	}
+	return h.bc, bufio.NewReadWriter(br, bufio.NewWriterSize(h.bc, libBufSize)), nil
 }
+
+// libBufSize is the size of the library's read and write buffers: a
+// control frame is at most 2+4+125 bytes.
+const libBufSize = 256
 
 // Unwrap lets http.ResponseController reach the real writer.
 func (h *hijackWriter) Unwrap() http.ResponseWriter { return h.ResponseWriter }

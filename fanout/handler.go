@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"log/slog"
 	"net/http"
 	"net/url"
 	"path"
@@ -56,12 +57,20 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, http.StatusServiceUnavailable, refusedTooMany, "too many connections")
 		return
 	}
-	defer s.active.Add(-1)
 	if !s.track() {
+		s.active.Add(-1)
 		s.refuse(w, r, http.StatusServiceUnavailable, refusedDraining, "server is shutting down")
 		return
 	}
-	defer s.wg.Done()
+	// Until the client is handed to its own goroutine, this handler owns
+	// the slot and the tracking.
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			s.wg.Done()
+			s.active.Add(-1)
+		}
+	}()
 
 	log := s.log.With("channel", name, "remote", r.RemoteAddr)
 	c := newClient(name, s.limits, s.m, log)
@@ -71,26 +80,44 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, http.StatusServiceUnavailable, refusedSubscribeFailed, "subscription failed, retry")
 		return
 	}
-	defer s.hub.leave(ch, c)
 
+	// Registered before the 101 goes out: a shutdown or a NATS loss from
+	// here on closes this client too (its close frame follows the 101), so
+	// it can never be left connected across a gap it cannot see.
+	if !s.register(c) {
+		c.close(websocket.StatusGoingAway, reasonShutdown, disconnectShutdown)
+	}
 	hw := &hijackWriter{ResponseWriter: w, timeout: s.cfg.WriteTimeout}
 	conn, err := websocket.Accept(hw, r, acceptOptions)
 	if err != nil {
+		s.unregister(c)
+		s.hub.leave(ch, c)
 		// Accept has answered the request (or the connection is gone).
 		s.m.Refused.WithLabelValues(refusedBadRequest).Inc()
 		log.Debug("upgrade failed", "err", err)
 		return
 	}
-	start := time.Now()
 	c.attach(conn, hw.bc)
 	s.m.ConnectionsTotal.Inc()
 	s.m.Connections.Inc()
-	defer s.m.Connections.Dec()
-	if !s.register(c) {
-		c.close(websocket.StatusGoingAway, reasonShutdown, disconnectShutdown)
-	}
-	defer s.unregister(c)
 	log.Debug("client connected")
+	handedOff = true
+	// The connection is hijacked, so this handler may return: a fresh
+	// goroutine serves the client with a shallow stack, and net/http's
+	// goroutine, its grown stack and the request are freed. For a
+	// connection that idles for hours that is most of its memory.
+	go s.serveClient(c, ch, log)
+}
+
+// serveClient runs a connected client until it is closed, then releases
+// what serveWS took for it.
+func (s *Server) serveClient(c *client, ch *channel, log *slog.Logger) {
+	start := time.Now()
+	defer s.active.Add(-1)
+	defer s.wg.Done()
+	defer s.hub.leave(ch, c)
+	defer s.m.Connections.Dec()
+	defer s.unregister(c)
 
 	c.serve()
 
