@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -149,4 +150,67 @@ func mustMapper(tb testing.TB) subjects.Mapper {
 		tb.Fatal(err)
 	}
 	return m
+}
+
+// BenchmarkFanout measures the whole fan-out path: a NATS publisher sends
+// bursts of 100-byte messages to one channel with n WebSocket receivers
+// (real server, real sockets, coder/websocket clients); an op is one
+// message delivered to all n. It reports the server's write syscalls per
+// delivery: the hub wakes the writers once per burst, so a burst leaves in
+// about one write per maxDeferred messages per client.
+func BenchmarkFanout(b *testing.B) {
+	for _, n := range []int{100, 500} {
+		for _, burst := range []int{1, 16, 64} {
+			b.Run(fmt.Sprintf("clients=%d/burst=%d", n, burst), func(b *testing.B) {
+				benchFanout(b, n, burst)
+			})
+		}
+	}
+}
+
+func benchFanout(b *testing.B, n, burst int) {
+	e := startEnv(b, func(o *Options) { o.Logger = discard })
+	var got atomic.Int64
+	for range n {
+		c := e.dial("bench", nil)
+		go func() {
+			for {
+				if _, _, err := c.Read(context.Background()); err != nil {
+					return
+				}
+				got.Add(1)
+			}
+		}()
+	}
+	payload := []byte(strings.Repeat("x", 100))
+	b.ReportAllocs()
+	b.ResetTimer()
+	sent := 0
+	for sent < b.N {
+		k := min(burst, b.N-sent)
+		for range k {
+			if err := e.pub.Publish("relay.ch.bench", payload); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := e.pub.Flush(); err != nil {
+			b.Fatal(err)
+		}
+		sent += k
+		for deadline := time.Now().Add(time.Minute); got.Load() < int64(sent*n); {
+			if time.Now().After(deadline) {
+				b.Fatalf("%d of %d deliveries", got.Load(), sent*n)
+			}
+			time.Sleep(20 * time.Microsecond)
+		}
+	}
+	b.StopTimer()
+	writes := 0
+	e.srv.mu.Lock()
+	for c := range e.srv.clients {
+		writes += c.bc.networkWrites()
+	}
+	e.srv.mu.Unlock()
+	b.ReportMetric(float64(writes)/float64(b.N*n), "writes/delivery")
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/delivery")
 }
