@@ -51,7 +51,11 @@ func (res *Result) WriteText(w io.Writer) {
 	if res.SlowReceivers > 0 {
 		p(" (%d not reading)", res.SlowReceivers)
 	}
-	p(", %d channel(s), %d-byte messages, %s, %.1fs measured\n", res.Channels, res.Size, rate, res.Seconds)
+	p(", %d channel(s), %d-byte messages, %s, %.1fs measured", res.Channels, res.Size, rate, res.Seconds)
+	if res.NATSHeader {
+		p(", with the Relay-Format header")
+	}
+	p("\n")
 	p("offered     %12s msg/s\n", si(res.OfferedPerSec))
 	if res.NATSInPerSec > 0 {
 		p("into NATS   %12s msg/s\n", si(res.NATSInPerSec))

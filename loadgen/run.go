@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/relaydev/relay/shared/subjects"
 )
 
 // Mode is what a run measures.
@@ -48,6 +50,9 @@ type Config struct {
 	FanoutAddr string
 	// NATSURL is the server's NATS, for ModeNATS.
 	NATSURL string
+	// NATSHeader makes ModeNATS send ingest's Relay-Format: text header
+	// with every message, as ingest must (DESIGN.md's NATS contract).
+	NATSHeader bool
 	// SubjectPrefix is RELAY_SUBJECT_PREFIX (ModeNATS publishes to <prefix>.ch.<channel>). Defaults to relay.
 	SubjectPrefix string
 	// ChannelPrefix names the channels: <prefix>.0, <prefix>.1, ... Defaults to bench.
@@ -177,6 +182,7 @@ type Result struct {
 	Deliveries          uint64  `json:"deliveries"`
 	DeliveriesPerSec    float64 `json:"deliveries_per_sec"`
 	NATSInPerSec        float64 `json:"nats_in_msgs_per_sec,omitempty"`
+	NATSHeader          bool    `json:"nats_header,omitempty"` // ModeNATS: sent the Relay-Format header
 
 	Latency LatencyMS `json:"latency_ms"`
 
@@ -672,19 +678,23 @@ func runNATS(ctx context.Context, cfg Config) (*Result, error) {
 		subject := cfg.SubjectPrefix + ".ch." + cfg.ChannelPrefix + "." + strconv.Itoa(i%cfg.Channels)
 		wg.Go(func() {
 			p := newPayload(cfg.Size)
+			msg := &nats.Msg{Subject: subject, Data: p}
+			if cfg.NATSHeader {
+				msg.Header = nats.Header{subjects.FormatHeader: []string{subjects.FormatText}}
+			}
 			for k := 0; ; k++ {
 				if k&15 == 0 && stop.Load() {
 					return
 				}
 				stamp(p, clk.now())
-				if err := nc.Publish(subject, p); err != nil {
+				if err := nc.PublishMsg(msg); err != nil {
 					return
 				}
 				sent.Add(1)
 			}
 		})
 	}
-	res := &Result{Mode: cfg.Mode, Senders: cfg.Senders, Channels: cfg.Channels, Size: cfg.Size}
+	res := &Result{Mode: cfg.Mode, Senders: cfg.Senders, Channels: cfg.Channels, Size: cfg.Size, NATSHeader: cfg.NATSHeader}
 	type pt struct {
 		at   time.Time
 		sent uint64
