@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -49,15 +50,35 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// freePort returns a port that was free a moment ago on 127.0.0.1.
+// Ports for relay processes come from below the kernel's ephemeral range
+// (32768-60999 on Linux), which bind(":0") and outgoing connections draw
+// from: a port handed out here cannot be taken by another test's listener or
+// client between the check and relay binding it (or while a test restarts
+// relay on the same ports). Each test process starts at its own offset, so
+// packages tested in parallel do not collide either.
+var nextPort atomic.Int32
+
+func init() { nextPort.Store(int32(20000 + os.Getpid()%500*24)) }
+
+// freePort returns a free 127.0.0.1 address for a relay process.
 func freePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		p := nextPort.Add(1)
+		if p >= 32768 {
+			nextPort.Store(20000)
+			continue
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", p)
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return addr
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no free port below the ephemeral range")
+	return ""
 }
 
 // proc is a relay process started by a test.
