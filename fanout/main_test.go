@@ -4,10 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,59 +17,19 @@ import (
 
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/metrics"
-	"github.com/relaydev/relay/shared/natsconn"
+	rtest "github.com/relaydev/relay/shared/testutil"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// testLogger writes to t until the test ends; later lines (from goroutines
-// still winding down) are dropped instead of panicking.
-func testLogger(t testing.TB) *slog.Logger {
-	w := &tWriter{t: t}
-	t.Cleanup(w.stop)
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct {
-	mu   sync.Mutex
-	t    testing.TB
-	done bool
-}
-
-func (w *tWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
-}
-
-func (w *tWriter) stop() {
-	w.mu.Lock()
-	w.done = true
-	w.mu.Unlock()
-}
-
-// eventually polls f until it returns nil or timeout passes.
-func eventually(t testing.TB, timeout time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	wait := time.Millisecond
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not true after %s: %v", timeout, err)
-		}
-		time.Sleep(wait)
-		wait = min(wait*2, 50*time.Millisecond)
-	}
-}
+// Shared helpers (real embedded NATS, a logger that writes to t, polling).
+var (
+	testLogger = rtest.Logger
+	eventually = rtest.Eventually
+	startNATS  = rtest.NATSServer
+)
 
 // env is a running fanout Server against its own embedded NATS server.
 type env struct {
@@ -99,19 +56,6 @@ func testConfig() config.Fanout {
 		SubPendingBytes:  64 << 20,
 		CloseOnNATSLoss:  true,
 	}
-}
-
-func startNATS(t testing.TB) *server.Server {
-	t.Helper()
-	ns, err := natsconn.StartEmbedded(natsconn.EmbeddedOptions{Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	})
-	return ns
 }
 
 // startEnv starts a Server with testConfig changed by edit (may be nil).
