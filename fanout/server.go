@@ -181,7 +181,6 @@ func New(o Options) (*Server, error) {
 func validate(o Options) error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	c := o.Config
 	if o.NATS == nil {
 		add("NATS connection is nil")
 	}
@@ -194,31 +193,8 @@ func validate(o Options) error {
 	if o.ShutdownGrace <= 0 {
 		add("ShutdownGrace %s: must be positive", o.ShutdownGrace)
 	}
-	if c.ClientQueue < 1 {
-		add("ClientQueue %d: must be at least 1", c.ClientQueue)
-	}
-	if c.ClientQueueBytes < 1 {
-		add("ClientQueueBytes %d: must be at least 1", c.ClientQueueBytes)
-	}
-	if c.WriteTimeout <= 0 {
-		add("WriteTimeout %s: must be positive", c.WriteTimeout)
-	}
-	if c.PingInterval < 0 {
-		add("PingInterval %s: must not be negative", c.PingInterval)
-	}
-	if c.MaxConnections < 1 {
-		add("MaxConnections %d: must be at least 1", c.MaxConnections)
-	}
-	if c.SubPendingMsgs < 1 {
-		add("SubPendingMsgs %d: must be at least 1", c.SubPendingMsgs)
-	}
-	if c.SubPendingBytes < 1 {
-		add("SubPendingBytes %d: must be at least 1", c.SubPendingBytes)
-	}
-	for _, p := range c.AllowedOrigins {
-		if _, err := path.Match(strings.ToLower(strings.TrimSpace(p)), ""); err != nil || strings.TrimSpace(p) == "" {
-			add("allowed origin %q: not a valid pattern", p)
-		}
+	if err := o.Config.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if len(errs) == 0 {
 		return nil

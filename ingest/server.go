@@ -85,15 +85,12 @@ func New(o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
-	specs, err := config.ParseListeners(o.Config.Listeners)
-	if err != nil {
-		return nil, err
+	if err := o.Config.Validate(); err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
 	}
+	specs, _ := config.ParseListeners(o.Config.Listeners) // checked by Validate
 	if mp := o.NATS.MaxPayload(); mp > 0 && int64(o.Config.MaxMessage)+headerRoom > mp {
 		return nil, fmt.Errorf("ingest: RELAY_INGEST_MAX_MESSAGE=%d does not fit the NATS server's max payload of %d bytes (headers need %d)", o.Config.MaxMessage, mp, headerRoom)
-	}
-	if o.Config.ReadBuffer < MaxHandshakeLine+2 {
-		o.Config.ReadBuffer = 4096
 	}
 	hardCtx, hardCancel := context.WithCancel(context.Background())
 	s := &Server{

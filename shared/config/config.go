@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -40,7 +41,7 @@ type Common struct {
 // Ingest settings are read by 'relay ingest' and 'relay all'.
 type Ingest struct {
 	Listeners        string        `envconfig:"INGEST_LISTENERS" default:":7070=default/line,:7071=*/line" desc:"comma-separated ADDR=CHANNEL/FRAMING; CHANNEL * = handshake listener; FRAMING line, raw or len32"`
-	HTTPAddr         string        `envconfig:"INGEST_HTTP_ADDR" default:":8081" desc:"ingest /healthz, /readyz and /metrics (in 'relay all' these are also on the fanout address)"`
+	HTTPAddr         string        `envconfig:"INGEST_HTTP_ADDR" default:":8081" desc:"ingest /healthz, /readyz and /metrics (in 'relay all' the fanout address serves them too); empty disables"`
 	MaxMessage       int           `envconfig:"INGEST_MAX_MESSAGE" default:"65536" desc:"largest message in bytes; at most the NATS server's max payload. A larger line or len32 frame gets -ERR and the connection is closed; raw framing splits at this size"`
 	HandshakeTimeout time.Duration `envconfig:"INGEST_HANDSHAKE_TIMEOUT" default:"10s" desc:"a handshake listener's sender must send its CHANNEL line within this time"`
 	KeepAlive        time.Duration `envconfig:"INGEST_TCP_KEEPALIVE" default:"30s" desc:"TCP keepalive period for sender connections (0 disables), so dead peers are noticed"`
@@ -145,64 +146,10 @@ func (c Config) Validate(role Role) error {
 	}
 
 	if role == RoleAll || role == RoleIngest {
-		if _, err := c.ParseListeners(); err != nil {
-			errs = append(errs, err)
-		}
-		if err := checkAddr(c.Ingest.HTTPAddr); err != nil {
-			add("RELAY_INGEST_HTTP_ADDR=%q: %v", c.Ingest.HTTPAddr, err)
-		}
-		if c.MaxMessage < 1 || c.MaxMessage > 64<<20 {
-			add("RELAY_INGEST_MAX_MESSAGE=%d: must be between 1 and %d", c.MaxMessage, 64<<20)
-		}
-		if c.HandshakeTimeout <= 0 {
-			add("RELAY_INGEST_HANDSHAKE_TIMEOUT=%s: must be positive", c.HandshakeTimeout)
-		}
-		if c.KeepAlive < 0 {
-			add("RELAY_INGEST_TCP_KEEPALIVE=%s: must not be negative", c.KeepAlive)
-		}
-		if c.Ingest.MaxConnections < 1 {
-			add("RELAY_INGEST_MAX_CONNECTIONS=%d: must be at least 1", c.Ingest.MaxConnections)
-		}
-		if c.ReadBuffer < 4096 || c.ReadBuffer > 16<<20 {
-			add("RELAY_INGEST_READ_BUFFER=%d: must be between 4096 and %d", c.ReadBuffer, 16<<20)
-		}
+		errs = append(errs, c.Ingest.Validate())
 	}
-
 	if role == RoleAll || role == RoleFanout {
-		if err := checkAddr(c.Fanout.Addr); err != nil {
-			add("RELAY_FANOUT_ADDR=%q: %v", c.Fanout.Addr, err)
-		}
-		if c.ClientQueue < 1 {
-			add("RELAY_FANOUT_CLIENT_QUEUE=%d: must be at least 1", c.ClientQueue)
-		}
-		if c.ClientQueueBytes < 1024 {
-			add("RELAY_FANOUT_CLIENT_QUEUE_BYTES=%d: must be at least 1024", c.ClientQueueBytes)
-		}
-		if c.PingInterval < 0 {
-			add("RELAY_FANOUT_PING_INTERVAL=%s: must not be negative", c.PingInterval)
-		}
-		if c.WriteTimeout <= 0 {
-			add("RELAY_FANOUT_WRITE_TIMEOUT=%s: must be positive", c.WriteTimeout)
-		}
-		if c.Fanout.MaxConnections < 1 {
-			add("RELAY_FANOUT_MAX_CONNECTIONS=%d: must be at least 1", c.Fanout.MaxConnections)
-		}
-		if c.SubPendingMsgs < 1 {
-			add("RELAY_FANOUT_SUB_PENDING_MSGS=%d: must be at least 1", c.SubPendingMsgs)
-		}
-		if c.SubPendingBytes < 1024 {
-			add("RELAY_FANOUT_SUB_PENDING_BYTES=%d: must be at least 1024", c.SubPendingBytes)
-		}
-		for _, o := range c.AllowedOrigins {
-			if strings.TrimSpace(o) == "" {
-				add("RELAY_FANOUT_ALLOWED_ORIGINS: empty pattern")
-			}
-		}
-		if c.PublicIngestAddr != "" {
-			if _, _, err := net.SplitHostPort(c.PublicIngestAddr); err != nil {
-				add("RELAY_FANOUT_PUBLIC_INGEST_ADDR=%q: %v", c.PublicIngestAddr, err)
-			}
-		}
+		errs = append(errs, c.Fanout.Validate())
 	}
 	return errors.Join(errs...)
 }
@@ -251,4 +198,75 @@ func checkAddr(addr string) error {
 		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
 	}
 	return nil
+}
+
+// Validate checks the ingest settings and returns every problem joined.
+func (i Ingest) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if _, err := ParseListeners(i.Listeners); err != nil {
+		errs = append(errs, err)
+	}
+	if i.HTTPAddr != "" {
+		if err := checkAddr(i.HTTPAddr); err != nil {
+			add("RELAY_INGEST_HTTP_ADDR=%q: %v", i.HTTPAddr, err)
+		}
+	}
+	if i.MaxMessage < 1 || i.MaxMessage > 64<<20 {
+		add("RELAY_INGEST_MAX_MESSAGE=%d: must be between 1 and %d", i.MaxMessage, 64<<20)
+	}
+	if i.HandshakeTimeout <= 0 {
+		add("RELAY_INGEST_HANDSHAKE_TIMEOUT=%s: must be positive", i.HandshakeTimeout)
+	}
+	if i.KeepAlive < 0 {
+		add("RELAY_INGEST_TCP_KEEPALIVE=%s: must not be negative", i.KeepAlive)
+	}
+	if i.MaxConnections < 1 {
+		add("RELAY_INGEST_MAX_CONNECTIONS=%d: must be at least 1", i.MaxConnections)
+	}
+	if i.ReadBuffer < 4096 || i.ReadBuffer > 16<<20 {
+		add("RELAY_INGEST_READ_BUFFER=%d: must be between 4096 and %d", i.ReadBuffer, 16<<20)
+	}
+	return errors.Join(errs...)
+}
+
+// Validate checks the fanout settings and returns every problem joined.
+func (f Fanout) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if err := checkAddr(f.Addr); err != nil {
+		add("RELAY_FANOUT_ADDR=%q: %v", f.Addr, err)
+	}
+	if f.ClientQueue < 1 {
+		add("RELAY_FANOUT_CLIENT_QUEUE=%d: must be at least 1", f.ClientQueue)
+	}
+	if f.ClientQueueBytes < 1024 {
+		add("RELAY_FANOUT_CLIENT_QUEUE_BYTES=%d: must be at least 1024", f.ClientQueueBytes)
+	}
+	if f.PingInterval < 0 {
+		add("RELAY_FANOUT_PING_INTERVAL=%s: must not be negative", f.PingInterval)
+	}
+	if f.WriteTimeout <= 0 {
+		add("RELAY_FANOUT_WRITE_TIMEOUT=%s: must be positive", f.WriteTimeout)
+	}
+	if f.MaxConnections < 1 {
+		add("RELAY_FANOUT_MAX_CONNECTIONS=%d: must be at least 1", f.MaxConnections)
+	}
+	if f.SubPendingMsgs < 1 {
+		add("RELAY_FANOUT_SUB_PENDING_MSGS=%d: must be at least 1", f.SubPendingMsgs)
+	}
+	if f.SubPendingBytes < 1024 {
+		add("RELAY_FANOUT_SUB_PENDING_BYTES=%d: must be at least 1024", f.SubPendingBytes)
+	}
+	for _, o := range f.AllowedOrigins {
+		if _, err := path.Match(strings.ToLower(strings.TrimSpace(o)), ""); err != nil || strings.TrimSpace(o) == "" {
+			add("RELAY_FANOUT_ALLOWED_ORIGINS: %q is not a valid pattern", o)
+		}
+	}
+	if f.PublicIngestAddr != "" {
+		if _, _, err := net.SplitHostPort(f.PublicIngestAddr); err != nil {
+			add("RELAY_FANOUT_PUBLIC_INGEST_ADDR=%q: %v", f.PublicIngestAddr, err)
+		}
+	}
+	return errors.Join(errs...)
 }
