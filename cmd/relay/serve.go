@@ -141,7 +141,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		listeners, _ := cfg.ParseListeners()
 		for i, l := range listeners {
 			if l.Handshake() && handshakePort == "" {
-				handshakePort = strconv.Itoa(ing.Addrs()[i].(*net.TCPAddr).Port)
+				handshakePort = strconv.Itoa(port(ing.Addrs()[i]))
 			}
 		}
 		g.Go(func() error { return ing.Run(gctx) })
@@ -174,6 +174,17 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		g.Go(func() error { return fan.Run(gctx) })
 	}
 	log.Info("relay started", "role", string(role))
+	if role == config.RoleAll {
+		// The first thing a new user wants to know: where to look, how to send.
+		listeners, _ := cfg.ParseListeners()
+		for i, l := range listeners {
+			if !l.Handshake() {
+				log.Info("try it", "open", fmt.Sprintf("http://localhost:%d/?channel=%s", port(info.FanoutAddr), l.Channel),
+					"send", fmt.Sprintf("echo hello | nc localhost %d", port(info.IngestAddr[i])))
+				break
+			}
+		}
+	}
 	if notify != nil {
 		notify(info)
 	}
@@ -229,4 +240,11 @@ func hostname() string {
 		return "unknown"
 	}
 	return h
+}
+
+func port(a net.Addr) int {
+	if t, ok := a.(*net.TCPAddr); ok {
+		return t.Port
+	}
+	return 0
 }
