@@ -36,6 +36,11 @@ const (
 	disconnectNATSLost         = "nats_disconnected"
 )
 
+// writerLinger is how long a client's writer goroutine waits for more to
+// write before it ends; a busy client keeps its writer, an idle one (most
+// of them, on most channels) holds none.
+const writerLinger = time.Second
+
 // readLimit bounds what a client frame can make the server buffer. Clients
 // may not send data at all, so only control frames (at most 125 bytes) are
 // ever read in full.
@@ -78,6 +83,11 @@ type client struct {
 	conn         *websocket.Conn
 	bc           *batchConn
 	forceClose   *time.Timer
+	// writing: a writer goroutine runs (or is starting). It is started on
+	// demand and ends after writerLinger without work, so an idle client
+	// costs no goroutine and no stack for its writer.
+	writing   bool
+	pingTimer *time.Timer
 
 	wg      sync.WaitGroup // writer and pings
 	pinging atomic.Bool
@@ -117,11 +127,27 @@ func (c *client) enqueue(msg *message) bool {
 	c.queue = append(c.queue, msg)
 	c.pendMsgs++
 	c.pendBytes += len(msg.data)
+	started := c.startWriterLocked()
 	c.mu.Unlock()
-	select {
-	case c.wake <- struct{}{}:
-	default:
+	if !started {
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
 	}
+	return true
+}
+
+// startWriterLocked starts the writer goroutine unless one runs or there is
+// no connection yet (serve starts it then). c.mu must be held, which orders
+// wg.Add before serve's wg.Wait: once closed, only close itself starts one.
+func (c *client) startWriterLocked() bool {
+	if c.writing || c.conn == nil {
+		return false
+	}
+	c.writing = true
+	c.wg.Add(1)
+	go c.writeLoop()
 	return true
 }
 
@@ -163,6 +189,8 @@ func (c *client) close(code websocket.StatusCode, text, reason string) bool {
 	if bc := c.bc; bc != nil {
 		c.forceClose = time.AfterFunc(c.lim.closeGrace, func() { bc.Close() })
 	}
+	// The writer sends the close frame: make sure one runs.
+	c.startWriterLocked()
 	c.mu.Unlock()
 	close(c.closing)
 	c.m.Disconnects.WithLabelValues(reason).Inc()
@@ -172,13 +200,22 @@ func (c *client) close(code websocket.StatusCode, text, reason string) bool {
 // serve runs the connection until it is closed and everything it started
 // has stopped. The calling goroutine is the reader.
 func (c *client) serve() {
-	c.wg.Add(1)
-	go c.writeLoop()
+	c.mu.Lock()
+	if c.closed || len(c.queue) > 0 {
+		c.startWriterLocked()
+	}
+	if c.lim.pingInterval > 0 && !c.closed {
+		c.pingTimer = time.AfterFunc(c.lim.pingInterval, c.pingTick)
+	}
+	c.mu.Unlock()
 	c.readLoop()
 	c.wg.Wait()
 	c.mu.Lock()
 	if c.forceClose != nil {
 		c.forceClose.Stop()
+	}
+	if c.pingTimer != nil {
+		c.pingTimer.Stop()
 	}
 	c.mu.Unlock()
 	c.bc.Close()
@@ -196,15 +233,13 @@ func (c *client) readLoop() {
 	c.close(websocket.StatusNormalClosure, "", disconnectClientClosed)
 }
 
-// writeLoop is the client's only writer of data frames.
+// writeLoop is the client's only writer of data frames. It runs while
+// there is something to write, lingers writerLinger for more, and ends; the
+// one that sees the client closed sends the close frame.
 func (c *client) writeLoop() {
 	defer c.wg.Done()
-	var tick <-chan time.Time
-	if c.lim.pingInterval > 0 {
-		t := time.NewTicker(c.lim.pingInterval)
-		defer t.Stop()
-		tick = t.C
-	}
+	linger := time.NewTimer(writerLinger)
+	defer linger.Stop()
 	for {
 		select {
 		case <-c.closing:
@@ -216,15 +251,27 @@ func (c *client) writeLoop() {
 				_ = c.flush(true)
 			}
 			_ = c.conn.Close(code, text)
-			return
-		case <-c.wake:
-			if err := c.flush(false); err != nil {
-				if c.close(websocket.StatusInternalError, reasonWriteFailed, disconnectWriteError) {
-					c.log.Debug("write failed", "err", err)
-				}
+			return // writing stays set: no writer is needed after this one
+		default:
+		}
+		if err := c.flush(false); err != nil {
+			if c.close(websocket.StatusInternalError, reasonWriteFailed, disconnectWriteError) {
+				c.log.Debug("write failed", "err", err)
 			}
-		case <-tick:
-			c.ping()
+			continue
+		}
+		linger.Reset(writerLinger)
+		select {
+		case <-c.closing:
+		case <-c.wake:
+		case <-linger.C:
+			c.mu.Lock()
+			if len(c.queue) == 0 && !c.closed {
+				c.writing = false
+				c.mu.Unlock()
+				return
+			}
+			c.mu.Unlock()
 		}
 	}
 }
@@ -275,7 +322,14 @@ func (c *client) ping() {
 	if !c.pinging.CompareAndSwap(false, true) {
 		return
 	}
-	c.wg.Add(1)
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		c.pinging.Store(false)
+		return
+	}
+	c.wg.Add(1) // under c.mu: ordered before serve's wg.Wait
+	c.mu.Unlock()
 	go func() {
 		defer c.wg.Done()
 		defer c.pinging.Store(false)
@@ -291,6 +345,16 @@ func (c *client) ping() {
 			c.close(websocket.StatusPolicyViolation, reasonPingTimeout, disconnectPingTimeout)
 		}
 	}()
+}
+
+// pingTick runs on the ping timer: a ping, then the next tick.
+func (c *client) pingTick() {
+	c.ping()
+	c.mu.Lock()
+	if !c.closed {
+		c.pingTimer.Reset(c.lim.pingInterval)
+	}
+	c.mu.Unlock()
 }
 
 // stats returns the close reason and what was delivered; valid after serve.
