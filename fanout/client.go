@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -254,6 +255,13 @@ func (c *client) writeLoop() {
 			return // writing stays set: no writer is needed after this one
 		default:
 		}
+		// Yield once before taking the batch. With a thousand writers
+		// runnable on a few cores, the goroutines that bring the next
+		// messages (ingest, NATS, the hub) otherwise wait behind all of
+		// them and each writer sends a few messages per syscall; after one
+		// round of the run queue it finds the burst and sends it with one.
+		// When nothing else is runnable this returns at once.
+		runtime.Gosched()
 		if err := c.flush(false); err != nil {
 			if c.close(websocket.StatusInternalError, reasonWriteFailed, disconnectWriteError) {
 				c.log.Debug("write failed", "err", err)
