@@ -46,7 +46,7 @@ func ReadProc(pid int) (ProcStats, error) {
 	if err != nil {
 		return s, err
 	}
-	s.RSSBytes = fieldKB(status, "VmRSS:") * 1024
+	s.RSSBytes = field(status, "VmRSS:") * 1024 // kB
 
 	if io, err := os.ReadFile(dir + "/io"); err == nil {
 		s.SyscW = field(io, "syscw:")
@@ -54,6 +54,7 @@ func ReadProc(pid int) (ProcStats, error) {
 	return s, nil
 }
 
+// field returns the first number after name in a /proc key-value file.
 func field(b []byte, name string) int64 {
 	for line := range bytes.SplitSeq(b, []byte("\n")) {
 		if rest, ok := bytes.CutPrefix(line, []byte(name)); ok {
@@ -66,8 +67,6 @@ func field(b []byte, name string) int64 {
 	}
 	return 0
 }
-
-func fieldKB(b []byte, name string) int64 { return field(b, name) }
 
 // ServerStats is one observation of the server under test.
 type ServerStats struct {

@@ -1,15 +1,11 @@
 package loadgen
 
 import (
-	"bufio"
 	"fmt"
 	"io"
-	"net"
 	"sort"
 	"strings"
 )
-
-func newReader(conn net.Conn, size int) *bufio.Reader { return bufio.NewReaderSize(conn, size) }
 
 // si formats n with a k/M suffix.
 func si(n float64) string {

@@ -8,6 +8,7 @@
 package loadgen
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -486,7 +487,7 @@ func (r *run) dialReceiver(rc *receiver, addr string) error {
 			return err
 		}
 		rc.tcp = conn
-		rc.br = newReader(conn, readBuf)
+		rc.br = bufio.NewReaderSize(conn, readBuf)
 		conn.SetReadDeadline(time.Now().Add(cfg.DialTimeout))
 		if ok, err := rc.br.ReadString('\n'); err != nil || ok != "+OK\n" {
 			conn.Close()
