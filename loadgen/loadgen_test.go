@@ -198,8 +198,15 @@ func TestSlowReceivers(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkStream(t, res)
-	if res.SlowReceivers != 1 || res.SlowClosed != 1 || res.CloseCodes["1008"] != 1 {
-		t.Fatalf("slow receiver not closed with 1008: %+v", res)
+	// The close frame may not get through the full window (DESIGN.md); the
+	// TCP close must, and a close code that does arrive must be 1008.
+	if res.SlowReceivers != 1 || res.SlowClosed != 1 {
+		t.Fatalf("slow receiver not cut off: %+v", res)
+	}
+	for code := range res.CloseCodes {
+		if code != "1008" {
+			t.Fatalf("slow receiver closed with %s, want 1008: %+v", code, res)
+		}
 	}
 }
 
