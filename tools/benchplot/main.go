@@ -75,9 +75,10 @@ func main() {
 	data := flag.String("data", "benchmarks-sweep.jsonl", "sweep results, one JSON object per line")
 	out := flag.String("out", "benchmarks.png", "PNG to write")
 	duration := flag.Duration("duration", 4*time.Second, "measurement window of each run")
+	maxLoad := flag.Float64("maxload", 0, "before each run, wait (up to 5 min) until the 1-minute load average is below this; 0: do not wait")
 	flag.Parse()
 	if *relay != "" {
-		if err := runSweeps(*relay, *data, *duration); err != nil {
+		if err := runSweeps(*relay, *data, *duration, *maxLoad); err != nil {
 			fmt.Fprintln(os.Stderr, "benchplot:", err)
 			os.Exit(1)
 		}
@@ -94,7 +95,25 @@ func main() {
 	fmt.Fprintf(os.Stderr, "benchplot: wrote %s from %d runs\n", *out, len(points))
 }
 
-func runSweeps(relay, data string, d time.Duration) error {
+// waitLoad waits until the 1-minute load average is below max, for at most
+// five minutes: a run on a busy machine measures the other jobs too.
+func waitLoad(max float64) {
+	if max <= 0 {
+		return
+	}
+	for deadline := time.Now().Add(5 * time.Minute); time.Now().Before(deadline); time.Sleep(10 * time.Second) {
+		b, err := os.ReadFile("/proc/loadavg")
+		if err != nil {
+			return
+		}
+		var l float64
+		if _, err := fmt.Sscanf(string(b), "%f", &l); err != nil || l < max {
+			return
+		}
+	}
+}
+
+func runSweeps(relay, data string, d time.Duration, maxLoad float64) error {
 	f, err := os.Create(data)
 	if err != nil {
 		return err
@@ -108,6 +127,7 @@ func runSweeps(relay, data string, d time.Duration) error {
 			if s.dim == "channels" {
 				args = append(args, "--senders", strconv.FormatFloat(v, 'f', -1, 64))
 			}
+			waitLoad(maxLoad)
 			fmt.Fprintf(os.Stderr, "benchplot: relay %v\n", args)
 			var stderr bytes.Buffer
 			cmd := exec.Command(relay, args...)
