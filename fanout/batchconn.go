@@ -182,7 +182,7 @@ func (b *batchConn) writeFrames(batch []*message) (int, error) {
 		// Full: what is held, this header and its payload go out together
 		// (writev), the payload not copied.
 		buf = m.appendHeader(buf)
-		if err := b.writeBuffers(net.Buffers{buf, m.data}); err != nil {
+		if err := b.writeLocked(buf, m.data); err != nil {
 			return sent, err
 		}
 		sent += held + 1
@@ -206,23 +206,6 @@ func (m *message) appendHeader(buf []byte) []byte {
 	}
 	e := newMessage(m.typ, m.data)
 	return append(buf, e.hdr[:e.hdrLen]...)
-}
-
-// writeBuffers writes bufs with writev under the write deadline.
-func (b *batchConn) writeBuffers(bufs net.Buffers) error {
-	if b.err != nil {
-		return b.err
-	}
-	if err := b.Conn.SetWriteDeadline(time.Now().Add(b.timeout)); err != nil {
-		b.err = err
-		return err
-	}
-	b.writes++
-	if _, err := bufs.WriteTo(b.Conn); err != nil {
-		b.err = err
-		return err
-	}
-	return nil
 }
 
 // writeLocked writes p then q (q may be nil) under the write deadline.

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -73,33 +71,10 @@ func BenchmarkWrite(b *testing.B) {
 }
 
 func benchWrite(b *testing.B, burst, size int) {
-	type accepted struct {
-		conn *websocket.Conn
-		bc   *batchConn
-	}
-	acc := make(chan accepted, 1)
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		hw := &hijackWriter{ResponseWriter: w, timeout: 10 * time.Second}
-		conn, err := websocket.Accept(hw, r, acceptOptions)
-		if err != nil {
-			b.Error(err)
-			return
-		}
-		acc <- accepted{conn, hw.bc}
-	}))
-	defer hs.Close()
-
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	rc, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(hs.URL, "http")+"/", nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer rc.CloseNow()
-	a := <-acc
+	conn, bc, rc := wsPair(b)
 	lim := clientLimits{queueMsgs: 1024, queueBytes: 8 << 20, writeTimeout: 10 * time.Second, closeGrace: time.Second}
 	c := newClient("bench", lim, metrics.New().Fanout, discard)
-	c.attach(a.conn, a.bc)
+	c.attach(conn, bc)
 	served := make(chan struct{})
 	go func() { c.serve(); close(served) }()
 
@@ -138,7 +113,7 @@ func benchWrite(b *testing.B, burst, size int) {
 		sent += k
 	}
 	b.StopTimer()
-	b.ReportMetric(float64(a.bc.networkWrites())/float64(b.N), "writes/msg")
+	b.ReportMetric(float64(bc.networkWrites())/float64(b.N), "writes/msg")
 	c.close(websocket.StatusNormalClosure, "", disconnectShutdown)
 	<-served
 }

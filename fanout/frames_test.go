@@ -16,7 +16,7 @@ import (
 
 // wsPair returns the server side of a real WebSocket (with its batchConn)
 // and the coder/websocket client side.
-func wsPair(t *testing.T) (*websocket.Conn, *batchConn, *websocket.Conn) {
+func wsPair(t testing.TB) (*websocket.Conn, *batchConn, *websocket.Conn) {
 	t.Helper()
 	type accepted struct {
 		conn *websocket.Conn
