@@ -26,7 +26,8 @@ const (
 
 // acceptOptions skips the library's origin check: serveWS has already done
 // the same check itself, so that a refusal is counted and logged. Compression
-// stays off: it would make the shared, encode-once frames per-client work.
+// must stay off (the library's default): batchConn.writeFrames writes the
+// shared, encode-once frames itself, uncompressed and without RSV1.
 var acceptOptions = &websocket.AcceptOptions{InsecureSkipVerify: true}
 
 // serveWS upgrades GET /ws/{channel}. Everything that can be refused is
