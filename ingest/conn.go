@@ -30,7 +30,14 @@ const (
 	reasonShutdown           = "shutdown"
 )
 
-// Format header values (DESIGN.md's NATS contract).
+// Format header values (DESIGN.md's NATS contract). A binary message
+// always carries binaryHeader; a text message carries textHeader only with
+// RELAY_INGEST_TEXT_HEADER. Without a header the contract's rule (valid
+// UTF-8 is text) gives every consumer the same answer, since ingest's text
+// messages are exactly its valid UTF-8 lines, and the header would cost
+// more than half of ingest's throughput: nats.go serialises a Msg's header
+// map on every publish and the NATS server parses it again (see
+// BenchmarkPublish and docs/benchmarks.md).
 var (
 	textHeader   = nats.Header{subjects.FormatHeader: []string{subjects.FormatText}}
 	binaryHeader = nats.Header{subjects.FormatHeader: []string{subjects.FormatBinary}}
@@ -152,6 +159,10 @@ func (c *senderConn) pump(channel string) error {
 		return err
 	}
 	msg := &nats.Msg{Subject: s.mapper.Subject(channel)}
+	var textHdr nats.Header // nil: text travels without a header
+	if s.cfg.TextHeader {
+		textHdr = textHeader
+	}
 	for {
 		data, text, err := fr.Next()
 		if err != nil {
@@ -163,7 +174,7 @@ func (c *senderConn) pump(channel string) error {
 		msg.Data = data
 		msg.Header = binaryHeader
 		if text {
-			msg.Header = textHeader
+			msg.Header = textHdr
 		}
 		if err := s.publish(msg); err != nil {
 			return err

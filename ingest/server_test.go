@@ -194,8 +194,8 @@ func TestConcurrentSendersKeepOrder(t *testing.T) {
 		if j != next[i] {
 			t.Fatalf("sender %d: got m%d, want m%d (order broken)", i, j, next[i])
 		}
-		if got := msg.Header.Get("Relay-Format"); got != "text" {
-			t.Fatalf("Relay-Format = %q", got)
+		if msg.Header != nil {
+			t.Fatalf("a text line carries header %v; text travels without one unless RELAY_INGEST_TEXT_HEADER", msg.Header)
 		}
 		next[i]++
 	}
@@ -281,22 +281,37 @@ func TestLen32OverMaxIsRefused(t *testing.T) {
 	}
 }
 
+// TestLastLineWithoutNewlineAndBinaryLines also checks the Relay-Format
+// header: binary lines always carry "binary", text lines carry "text" only
+// with RELAY_INGEST_TEXT_HEADER (and no header otherwise).
 func TestLastLineWithoutNewlineAndBinaryLines(t *testing.T) {
 	t.Parallel()
-	h := startIngest(t, nil, defaultConfig("127.0.0.1:0=d/line"))
-	sub := subscribe(t, h.srv, "relay.ch.d")
-	c := dial(t, h.addr(0))
-	io.WriteString(c, "one\r\n\n\xff\xfe\nlast")
-	c.Close()
-	want := []struct{ data, format string }{{"one", "text"}, {"", "text"}, {"\xff\xfe", "binary"}, {"last", "text"}}
-	for _, w := range want {
-		msg, err := sub.NextMsg(10 * time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if string(msg.Data) != w.data || msg.Header.Get("Relay-Format") != w.format {
-			t.Fatalf("got %q/%s, want %q/%s", msg.Data, msg.Header.Get("Relay-Format"), w.data, w.format)
-		}
+	for _, textHeader := range []bool{false, true} {
+		t.Run(fmt.Sprintf("text-header=%v", textHeader), func(t *testing.T) {
+			t.Parallel()
+			cfg := defaultConfig("127.0.0.1:0=d/line")
+			cfg.TextHeader = textHeader
+			h := startIngest(t, nil, cfg)
+			sub := subscribe(t, h.srv, "relay.ch.d")
+			c := dial(t, h.addr(0))
+			io.WriteString(c, "one\r\n\n\xff\xfe\nlast")
+			c.Close()
+			text := ""
+			if textHeader {
+				text = "text"
+			}
+			want := []struct{ data, format string }{{"one", text}, {"", text}, {"\xff\xfe", "binary"}, {"last", text}}
+			for _, w := range want {
+				msg, err := sub.NextMsg(10 * time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, hasHeader := msg.Header["Relay-Format"]
+				if string(msg.Data) != w.data || msg.Header.Get("Relay-Format") != w.format || hasHeader != (w.format != "") {
+					t.Fatalf("got %q/%v, want %q/%q", msg.Data, msg.Header, w.data, w.format)
+				}
+			}
+		})
 	}
 }
 
