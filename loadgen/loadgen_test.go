@@ -261,3 +261,32 @@ func checkStream(t *testing.T, res *Result) {
 		t.Fatalf("server report %+v", res.Server)
 	}
 }
+
+// probeElsewhere stands for a server in another process (as with --spawn):
+// any probe but SelfProbe.
+type probeElsewhere struct{ SelfProbe }
+
+// TestLoadGenCPU: with the server measured as another process, the report
+// has the load generator's own CPU and the CPU per delivery of both.
+func TestLoadGenCPU(t *testing.T) {
+	s := startStack(t, 1024)
+	res, err := Run(context.Background(), Config{
+		Mode: ModeRelay, IngestAddr: s.ingestAddr, FanoutAddr: s.fanoutAddr,
+		Senders: 1, Receivers: 4, Size: 100, Window: 64,
+		Warmup: 100 * time.Millisecond, Duration: 500 * time.Millisecond,
+		Probe: probeElsewhere{SelfProbe{NATSInMsgs: s.inMsgs}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkStream(t, res)
+	g := res.LoadGen
+	if g == nil || g.CPUSeconds <= 0 || g.MicrosPerDelivery <= 0 || g.ServerMicrosPerDelivery <= 0 {
+		t.Fatalf("load generator report %+v", g)
+	}
+	var b strings.Builder
+	res.WriteText(&b)
+	if !strings.Contains(b.String(), "load gen    this process: cpu") {
+		t.Fatalf("text report has no load generator line:\n%s", b.String())
+	}
+}

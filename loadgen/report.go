@@ -85,5 +85,15 @@ func (res *Result) WriteText(w io.Writer) {
 		}
 		p("\n")
 	}
+	if g := res.LoadGen; g != nil {
+		p("load gen    this process: cpu %.2fs (%.2f cores)", g.CPUSeconds, g.CPUCores)
+		if g.MicrosPerDelivery > 0 {
+			p("; cpu per delivery: %.2f µs here", g.MicrosPerDelivery)
+			if g.ServerMicrosPerDelivery > 0 {
+				p(" + %.2f µs server", g.ServerMicrosPerDelivery)
+			}
+		}
+		p("\n")
+	}
 	io.WriteString(w, b.String())
 }

@@ -15,6 +15,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -195,7 +196,20 @@ type Result struct {
 	SlowClosed   int            `json:"slow_closed,omitempty"` // slow receivers the server cut off
 
 	Server *ServerReport `json:"server,omitempty"`
-	Idle   *IdleReport   `json:"idle,omitempty"`
+	// LoadGen is the load generator's own CPU when the server runs in
+	// another process: on one host the two share the cores.
+	LoadGen *LoadGenReport `json:"load_generator,omitempty"`
+	Idle    *IdleReport    `json:"idle,omitempty"`
+}
+
+// LoadGenReport is the load generator's cost over the measurement window.
+type LoadGenReport struct {
+	CPUSeconds float64 `json:"cpu_seconds"`
+	CPUCores   float64 `json:"cpu_cores"`
+	// CPU microseconds per delivery, of the load generator and (when
+	// measured) of the server: what one delivery costs the machine.
+	MicrosPerDelivery       float64 `json:"cpu_us_per_delivery,omitempty"`
+	ServerMicrosPerDelivery float64 `json:"server_cpu_us_per_delivery,omitempty"`
 }
 
 // ServerReport is the server's cost over the measurement window.
@@ -385,6 +399,17 @@ func runStream(ctx context.Context, cfg Config) (*Result, error) {
 		}
 		res.Server = sr
 	}
+	if _, self := cfg.Probe.(SelfProbe); !self && a.selfOK && b.selfOK && secs > 0 {
+		lg := &LoadGenReport{CPUSeconds: b.self.CPUSeconds - a.self.CPUSeconds}
+		lg.CPUCores = lg.CPUSeconds / secs
+		if res.Deliveries > 0 {
+			lg.MicrosPerDelivery = 1e6 * lg.CPUSeconds / float64(res.Deliveries)
+			if res.Server != nil {
+				lg.ServerMicrosPerDelivery = 1e6 * res.Server.CPUSeconds / float64(res.Deliveries)
+			}
+		}
+		res.LoadGen = lg
+	}
 
 	// Loss: every reading receiver should have every message of its
 	// channel (all were connected before the first was sent).
@@ -546,6 +571,8 @@ type snap struct {
 	senderWrites uint64
 	server       ServerStats
 	serverOK     bool
+	self         ProcStats
+	selfOK       bool
 }
 
 func (r *run) snapshot() snap {
@@ -567,6 +594,8 @@ func (r *run) snapshot() snap {
 		st, err := r.cfg.Probe.Stats(false)
 		s.server, s.serverOK = st, err == nil
 	}
+	st, err := ReadProc(os.Getpid())
+	s.self, s.selfOK = st, err == nil
 	// Each sender flush is about one write syscall; estimated from bytes,
 	// since bufio flushes when its 64 KiB fill or the sender waits.
 	s.senderWrites = s.sent * uint64(r.cfg.Size+1) / (64 << 10)
