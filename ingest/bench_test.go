@@ -73,9 +73,9 @@ func BenchmarkFraming(b *testing.B) {
 }
 
 // BenchmarkPublish measures what ingest pays per message to hand it to
-// NATS, with and without the Relay-Format header (DESIGN.md's NATS
-// contract requires it; a bare publisher does not send one): nats.go
-// serialises a Msg's header map on every PublishMsg.
+// NATS, with and without the Relay-Format header (binary messages carry
+// it, text ones only with RELAY_INGEST_TEXT_HEADER): nats.go serialises a
+// Msg's header map on every PublishMsg.
 func BenchmarkPublish(b *testing.B) {
 	srv, err := natsconn.StartEmbedded(natsconn.EmbeddedOptions{})
 	if err != nil {

@@ -52,8 +52,8 @@ type Config struct {
 	FanoutAddr string
 	// NATSURL is the server's NATS, for ModeNATS.
 	NATSURL string
-	// NATSHeader makes ModeNATS send ingest's Relay-Format: text header
-	// with every message, as ingest must (DESIGN.md's NATS contract).
+	// NATSHeader makes ModeNATS send a Relay-Format: text header with
+	// every message, as ingest does with RELAY_INGEST_TEXT_HEADER=true.
 	NATSHeader bool
 	// SubjectPrefix is RELAY_SUBJECT_PREFIX (ModeNATS publishes to <prefix>.ch.<channel>). Defaults to relay.
 	SubjectPrefix string

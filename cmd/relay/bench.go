@@ -64,7 +64,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		ceiling     = fs.Bool("ceiling", false, "measure the raw-TCP ceiling only: the same stream over plain TCP in this process")
 		withCeiling = fs.Bool("with-ceiling", false, "measure the raw-TCP ceiling first, then relay, and report relay as a ratio of it")
 		natsBase    = fs.Bool("nats-baseline", false, "also measure a bare nats.go publisher into the same NATS, and report ingest as a ratio of it")
-		baseHeader  = fs.Bool("baseline-header", false, "with --nats-baseline: the bare publisher also sends ingest's Relay-Format header")
+		baseHeader  = fs.Bool("baseline-header", false, "with --nats-baseline: the bare publisher also sends Relay-Format: text (as ingest does with RELAY_INGEST_TEXT_HEADER=true)")
 		idle        = fs.Bool("idle", false, "memory: open R idle WebSocket connections and report the server's RSS per connection (after GC)")
 		jsonOut     = fs.Bool("json", false, "print the report as JSON on stdout (progress still goes to stderr)")
 		quiet       = fs.Bool("quiet", false, "no progress lines")
