@@ -85,6 +85,11 @@ func TestEndToEndAll(t *testing.T) {
 	if err := checkOrder(ws.messages(), senders); err != nil {
 		t.Fatalf("websocket client: %v", err)
 	}
+	// Text lines travel through NATS without a Relay-Format header (unless
+	// RELAY_INGEST_TEXT_HEADER): fanout must still send them as text.
+	if b := ws.binaryCount(); b != 0 {
+		t.Fatalf("websocket client got %d of %d lines as binary frames, want text", b, total)
+	}
 	if err := checkOrder(strings.Split(strings.TrimSuffix(watchOut.String(), "\n"), "\n"), senders); err != nil {
 		t.Fatalf("relay watch: %v", err)
 	}

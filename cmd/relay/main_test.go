@@ -162,10 +162,12 @@ func waitReady(t *testing.T, urls ...string) {
 	}
 }
 
-// wsReceiver collects text messages from a WebSocket until it closes.
+// wsReceiver collects messages from a WebSocket until it closes, and
+// counts those that came as binary frames.
 type wsReceiver struct {
 	mu     sync.Mutex
 	msgs   []string
+	binary int
 	closed chan struct{}
 	status websocket.StatusCode
 }
@@ -183,13 +185,16 @@ func dialWS(t *testing.T, url string) *wsReceiver {
 		defer close(r.closed)
 		defer c.CloseNow()
 		for {
-			_, data, err := c.Read(context.Background())
+			typ, data, err := c.Read(context.Background())
 			if err != nil {
 				r.status = websocket.CloseStatus(err)
 				return
 			}
 			r.mu.Lock()
 			r.msgs = append(r.msgs, string(data))
+			if typ != websocket.MessageText {
+				r.binary++
+			}
 			r.mu.Unlock()
 		}
 	}()
@@ -201,6 +206,12 @@ func (r *wsReceiver) count() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.msgs)
+}
+
+func (r *wsReceiver) binaryCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.binary
 }
 
 func (r *wsReceiver) messages() []string {
