@@ -1,101 +1,73 @@
 package loadgen
 
 import (
+	"context"
 	"fmt"
-	"net"
-	"runtime"
-	"sync"
+	"strings"
 	"testing"
+	"time"
 )
 
-// BenchmarkLoopbackFloor measures the machine's floor for fan-out latency:
-// one op is one 100-byte message written to R plain loopback TCP
-// connections, by GOMAXPROCS goroutines that each own a share of them (so
-// every core writes), until the last of R reading goroutines has it. No
-// relay, no NATS, no WebSocket framing and nothing else running: ns/op is
-// the least time a message can take to reach all R receivers on this
-// machine, and so bounds the latency of the last (and, at R = 1,000, of the
-// 99th percentile) delivery. docs/benchmarks.md compares relay with it.
+// BenchmarkLoopbackFloor measures the machine's floor for fan-out latency
+// (floorRig): one op is one 100-byte message (with a WebSocket frame
+// header's 2 bytes) written to R plain loopback TCP connections from every
+// core, until the last of R reading goroutines has it. ns/op is the least
+// time a message can take to reach all R receivers on this machine.
+// docs/benchmarks.md compares relay with it; `relay bench --floor` runs the
+// same rig.
 func BenchmarkLoopbackFloor(b *testing.B) {
 	for _, r := range []int{10, 100, 1000} {
-		b.Run(fmt.Sprintf("receivers=%d", r), func(b *testing.B) { loopbackFloor(b, r) })
+		b.Run(fmt.Sprintf("receivers=%d", r), func(b *testing.B) {
+			f, err := newFloorRig(r, 102)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer f.close()
+			ctx := context.Background()
+			for b.Loop() {
+				if err := f.send(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(r)/1e3, "µs/delivery")
+		})
 	}
 }
 
-func loopbackFloor(b *testing.B, receivers int) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// TestFloor: every receiver gets every message, each delivery's latency is
+// recorded, and the report says what was measured.
+func TestFloor(t *testing.T) {
+	res, err := Run(context.Background(), Config{
+		Mode: ModeFloor, Senders: 1, Receivers: 20, Size: 102,
+		Warmup: 50 * time.Millisecond, Duration: 200 * time.Millisecond,
+	})
 	if err != nil {
-		b.Fatal(err)
+		t.Fatal(err)
 	}
-	defer ln.Close()
-	const size = 100 + 2 // a 100-byte payload with a WebSocket frame header
-	var got sync.WaitGroup
-	servers := make([]net.Conn, 0, receivers)
-	var readers sync.WaitGroup
-	defer readers.Wait()
-	for range receivers {
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			b.Fatal(err)
-		}
-		s, err := ln.Accept()
-		if err != nil {
-			c.Close()
-			b.Fatal(err)
-		}
-		defer c.Close()
-		defer s.Close()
-		servers = append(servers, s)
-		readers.Add(1)
-		go func() {
-			defer readers.Done()
-			buf := make([]byte, 4096)
-			have := 0
-			for {
-				n, err := c.Read(buf)
-				have += n
-				for ; have >= size; have -= size {
-					got.Done()
-				}
-				if err != nil {
-					return // closed at the end
-				}
-			}
-		}()
+	var b strings.Builder
+	res.WriteText(&b)
+	t.Log(b.String())
+	if res.Sent == 0 || res.Deliveries != res.Sent*20 || res.Latency.Count != res.Deliveries {
+		t.Fatalf("sent %d, deliveries %d, latency samples %d", res.Sent, res.Deliveries, res.Latency.Count)
 	}
-	msg := make([]byte, size)
-	shards := runtime.GOMAXPROCS(0)
-	per := (receivers + shards - 1) / shards
-	start := make([]chan struct{}, shards)
-	var wrote sync.WaitGroup
-	for i := range shards {
-		start[i] = make(chan struct{})
-		share := servers[min(i*per, receivers):min((i+1)*per, receivers)]
-		go func() {
-			for range start[i] {
-				for _, s := range share {
-					if _, err := s.Write(msg); err != nil {
-						b.Error(err)
-					}
-				}
-				wrote.Done()
-			}
-		}()
+	if res.Latency.P50 <= 0 || res.Latency.Max < res.Latency.P99 {
+		t.Fatalf("latency %+v", res.Latency)
 	}
-	defer func() {
-		for _, c := range start {
-			close(c)
-		}
-	}()
-	b.ResetTimer()
-	for b.Loop() {
-		got.Add(receivers)
-		wrote.Add(shards)
-		for _, c := range start {
-			c <- struct{}{}
-		}
-		got.Wait()
-		wrote.Wait()
+	if !strings.Contains(b.String(), "mode floor") || !strings.Contains(b.String(), "one message at a time") {
+		t.Fatalf("report:\n%s", b.String())
 	}
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(receivers)/1e3, "µs/delivery")
+	// With a rate, messages start no more often than that.
+	paced, err := Run(context.Background(), Config{
+		Mode: ModeFloor, Senders: 1, Receivers: 5, Size: 102, Rate: 50,
+		Warmup: 50 * time.Millisecond, Duration: 400 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if paced.Sent == 0 || paced.Sent > 21 || paced.Latency.Count != paced.Sent*5 {
+		t.Fatalf("at 50 msg/s for 0.4 s: sent %d, %d latency samples", paced.Sent, paced.Latency.Count)
+	}
+	if err := (Config{Mode: ModeFloor, Senders: 1, Size: 102, Duration: time.Second}).Validate(); err == nil {
+		t.Fatal("a floor without receivers was accepted")
+	}
 }

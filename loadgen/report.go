@@ -38,7 +38,12 @@ func (res *Result) WriteText(w io.Writer) {
 		return
 	}
 	rate := "flat out"
-	if res.TargetRate > 0 {
+	if res.Mode == ModeFloor {
+		rate = "one message at a time, plain TCP from every core"
+		if res.TargetRate > 0 {
+			rate += fmt.Sprintf(", at most %s msg/s", si(res.TargetRate))
+		}
+	} else if res.TargetRate > 0 {
 		rate = fmt.Sprintf("%s msg/s offered", si(res.TargetRate))
 	} else if res.Window > 0 {
 		rate = fmt.Sprintf("flat out (window %d)", res.Window)

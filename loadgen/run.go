@@ -41,6 +41,9 @@ const (
 	// ModeIdle: R receivers connect and stay idle; reports the server's
 	// memory per connection.
 	ModeIdle Mode = "idle"
+	// ModeFloor: one message at a time written to R plain TCP receivers
+	// in this process from every core: the machine's latency floor.
+	ModeFloor Mode = "floor"
 )
 
 // Config describes one run.
@@ -132,6 +135,10 @@ func (c Config) Validate() error {
 			add("a fanout address is needed for receivers")
 		}
 	case ModeCeiling:
+	case ModeFloor:
+		if c.Receivers < 1 {
+			add("receivers %d: the floor needs at least 1", c.Receivers)
+		}
 	case ModeNATS:
 		if c.NATSURL == "" {
 			add("a NATS URL is needed for the NATS baseline")
@@ -144,7 +151,7 @@ func (c Config) Validate() error {
 			add("receivers %d: idle mode needs at least 1", c.Receivers)
 		}
 	default:
-		add("mode %q: must be relay, ceiling, nats or idle", c.Mode)
+		add("mode %q: must be relay, ceiling, floor, nats or idle", c.Mode)
 	}
 	if c.Mode != ModeIdle {
 		if c.Senders < 1 {
@@ -253,6 +260,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return runIdle(ctx, cfg)
 	case ModeNATS:
 		return runNATS(ctx, cfg)
+	case ModeFloor:
+		return runFloor(ctx, cfg)
 	}
 	return runStream(ctx, cfg)
 }

@@ -63,6 +63,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		slow        = fs.Float64("slow", 0, "fraction of receivers that connect and never read (e.g. 0.01)")
 		ceiling     = fs.Bool("ceiling", false, "measure the raw-TCP ceiling only: the same stream over plain TCP in this process")
 		withCeiling = fs.Bool("with-ceiling", false, "measure the raw-TCP ceiling first, then relay, and report relay as a ratio of it")
+		floor       = fs.Bool("floor", false, "measure the latency floor only: one message at a time written to R plain TCP receivers in this process from every core")
 		natsBase    = fs.Bool("nats-baseline", false, "also measure a bare nats.go publisher into the same NATS, and report ingest as a ratio of it")
 		baseHeader  = fs.Bool("baseline-header", false, "with --nats-baseline: the bare publisher also sends Relay-Format: text (as ingest does with RELAY_INGEST_TEXT_HEADER=true)")
 		idle        = fs.Bool("idle", false, "memory: open R idle WebSocket connections and report the server's RSS per connection (after GC)")
@@ -107,6 +108,8 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		base.Warmup = 0
 	case *ceiling:
 		modes = []loadgen.Mode{loadgen.ModeCeiling}
+	case *floor:
+		modes = []loadgen.Mode{loadgen.ModeFloor}
 	case *withCeiling:
 		modes = []loadgen.Mode{loadgen.ModeCeiling, loadgen.ModeRelay}
 	default:
@@ -137,7 +140,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 
 	needServer := false
 	for _, m := range modes {
-		needServer = needServer || m != loadgen.ModeCeiling
+		needServer = needServer || (m != loadgen.ModeCeiling && m != loadgen.ModeFloor)
 	}
 	var target benchTarget
 	var err error
@@ -166,7 +169,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		c := base
 		c.Mode = m
 		c.IngestAddr, c.FanoutAddr, c.NATSURL, c.Probe = target.ingest, target.fanout, target.nats, target.probe
-		if m == loadgen.ModeCeiling {
+		if m == loadgen.ModeCeiling || m == loadgen.ModeFloor {
 			c.Probe = loadgen.SelfProbe{}
 		}
 		c.NATSHeader = *baseHeader
@@ -176,7 +179,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 				file += "." + string(m)
 			}
 			prof := target.profile
-			if m == loadgen.ModeCeiling || prof == nil {
+			if m == loadgen.ModeCeiling || m == loadgen.ModeFloor || prof == nil {
 				prof = selfProfile
 			}
 			c.OnMeasure = func(d time.Duration) {
@@ -185,7 +188,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 				}
 			}
 		}
-		if *memProfile != "" && m != loadgen.ModeCeiling {
+		if *memProfile != "" && m != loadgen.ModeCeiling && m != loadgen.ModeFloor {
 			prof := target.heapProfile
 			if prof == nil {
 				prof = selfHeapProfile
