@@ -112,7 +112,8 @@ func (f *floorRig) write(start chan struct{}, share []net.Conn) {
 }
 
 // send writes one message to every receiver and waits until the last one
-// has it, or ctx ends (the rig is then to be closed).
+// has it, or ctx ends, or floorTimeout passes (the rig is then to be
+// closed).
 func (f *floorRig) send(ctx context.Context) error {
 	if p := f.writeErr.Load(); p != nil {
 		return *p
@@ -128,13 +129,23 @@ func (f *floorRig) send(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+	t := time.NewTimer(floorTimeout)
+	defer t.Stop()
 	select {
 	case <-done:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-t.C:
+		if p := f.writeErr.Load(); p != nil {
+			return *p
+		}
+		return fmt.Errorf("%d of %d receivers still without the message after %s", f.remaining.Load(), len(f.clients), floorTimeout)
 	}
 }
+
+// floorTimeout bounds the wait for one message to reach every receiver.
+const floorTimeout = 10 * time.Second
 
 // close ends every connection and goroutine.
 func (f *floorRig) close() {
