@@ -224,18 +224,7 @@ func runFloor(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	res.Latency = summarise(f.lat.merged())
 	if aerr == nil && berr == nil {
-		res.Server = &ServerReport{
-			Measured:   probe.Describe(),
-			CPUSeconds: b.CPUSeconds - a.CPUSeconds,
-			RSSBytes:   b.RSSBytes,
-			SyscW:      b.SyscW - a.SyscW,
-		}
-		if secs > 0 {
-			res.Server.CPUCores = res.Server.CPUSeconds / secs
-		}
-		if res.Deliveries > 0 {
-			res.Server.WritesPerDelivery = float64(res.Server.SyscW) / float64(res.Deliveries)
-		}
+		res.Server = newServerReport(probe, a, b, secs, res.Deliveries, 0)
 	}
 	return res, nil
 }

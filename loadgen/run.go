@@ -46,6 +46,10 @@ const (
 	ModeFloor Mode = "floor"
 )
 
+// InProcess reports whether m measures only this process (the ceiling and
+// the floor): no relay server is needed and its CPU is this process's.
+func (m Mode) InProcess() bool { return m == ModeCeiling || m == ModeFloor }
+
 // Config describes one run.
 type Config struct {
 	Mode Mode
@@ -232,6 +236,26 @@ type ServerReport struct {
 	SenderWrites int64 `json:"sender_writes,omitempty"`
 }
 
+// newServerReport is what the server did between readings a and b of
+// probe, secs apart, for the given deliveries; senderWrites are the load
+// generator's own writes, when probe measures this process too.
+func newServerReport(probe Probe, a, b ServerStats, secs float64, deliveries, senderWrites uint64) *ServerReport {
+	sr := &ServerReport{
+		Measured:     probe.Describe(),
+		CPUSeconds:   b.CPUSeconds - a.CPUSeconds,
+		RSSBytes:     b.RSSBytes,
+		SyscW:        b.SyscW - a.SyscW,
+		SenderWrites: int64(senderWrites),
+	}
+	if secs > 0 {
+		sr.CPUCores = sr.CPUSeconds / secs
+	}
+	if deliveries > 0 {
+		sr.WritesPerDelivery = float64(sr.SyscW-sr.SenderWrites) / float64(deliveries)
+	}
+	return sr
+}
+
 // IdleReport is the server's memory for Receivers idle connections.
 type IdleReport struct {
 	Measured         string  `json:"measured"`
@@ -391,22 +415,11 @@ func runStream(ctx context.Context, cfg Config) (*Result, error) {
 		}
 	}
 	if cfg.Probe != nil && b.serverOK && a.serverOK {
-		sr := &ServerReport{
-			Measured:   cfg.Probe.Describe(),
-			CPUSeconds: b.server.CPUSeconds - a.server.CPUSeconds,
-			RSSBytes:   b.server.RSSBytes,
-			SyscW:      b.server.SyscW - a.server.SyscW,
-		}
+		var senderWrites uint64
 		if _, self := cfg.Probe.(SelfProbe); self {
-			sr.SenderWrites = int64(b.senderWrites - a.senderWrites)
+			senderWrites = b.senderWrites - a.senderWrites
 		}
-		if secs > 0 {
-			sr.CPUCores = sr.CPUSeconds / secs
-		}
-		if res.Deliveries > 0 {
-			sr.WritesPerDelivery = float64(sr.SyscW-sr.SenderWrites) / float64(res.Deliveries)
-		}
-		res.Server = sr
+		res.Server = newServerReport(cfg.Probe, a.server, b.server, secs, res.Deliveries, senderWrites)
 	}
 	if _, self := cfg.Probe.(SelfProbe); !self && a.selfOK && b.selfOK && secs > 0 {
 		lg := &LoadGenReport{CPUSeconds: b.self.CPUSeconds - a.self.CPUSeconds}
@@ -786,15 +799,7 @@ func runNATS(ctx context.Context, cfg Config) (*Result, error) {
 		}
 	}
 	if cfg.Probe != nil && a.ok && b.ok {
-		res.Server = &ServerReport{
-			Measured:   cfg.Probe.Describe(),
-			CPUSeconds: b.st.CPUSeconds - a.st.CPUSeconds,
-			RSSBytes:   b.st.RSSBytes,
-			SyscW:      b.st.SyscW - a.st.SyscW,
-		}
-		if secs > 0 {
-			res.Server.CPUCores = res.Server.CPUSeconds / secs
-		}
+		res.Server = newServerReport(cfg.Probe, a.st, b.st, secs, 0, 0)
 	}
 	return res, ctx.Err()
 }

@@ -140,7 +140,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 
 	needServer := false
 	for _, m := range modes {
-		needServer = needServer || (m != loadgen.ModeCeiling && m != loadgen.ModeFloor)
+		needServer = needServer || !m.InProcess()
 	}
 	var target benchTarget
 	var err error
@@ -169,7 +169,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		c := base
 		c.Mode = m
 		c.IngestAddr, c.FanoutAddr, c.NATSURL, c.Probe = target.ingest, target.fanout, target.nats, target.probe
-		if m == loadgen.ModeCeiling || m == loadgen.ModeFloor {
+		if m.InProcess() {
 			c.Probe = loadgen.SelfProbe{}
 		}
 		c.NATSHeader = *baseHeader
@@ -179,7 +179,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 				file += "." + string(m)
 			}
 			prof := target.profile
-			if m == loadgen.ModeCeiling || m == loadgen.ModeFloor || prof == nil {
+			if m.InProcess() || prof == nil {
 				prof = selfProfile
 			}
 			c.OnMeasure = func(d time.Duration) {
@@ -188,7 +188,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 				}
 			}
 		}
-		if *memProfile != "" && m != loadgen.ModeCeiling && m != loadgen.ModeFloor {
+		if *memProfile != "" && !m.InProcess() {
 			prof := target.heapProfile
 			if prof == nil {
 				prof = selfHeapProfile
