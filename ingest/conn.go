@@ -32,7 +32,7 @@ const (
 	reasonShutdown           = metrics.IngestShutdown
 )
 
-// Format header values (DESIGN.md's NATS contract). A binary message
+// Format header values (docs/architecture.md, NATS). A binary message
 // always carries binaryHeader; a text message carries textHeader only with
 // RELAY_INGEST_TEXT_HEADER. Without a header the contract's rule (valid
 // UTF-8 is text) gives every consumer the same answer, since ingest's text
