@@ -11,13 +11,36 @@ import (
 	"github.com/relaydev/relay/shared/config"
 )
 
+const configUsage = `Usage: relay config [-markdown] [ROLE]
+
+Validates the configuration 'relay ROLE' would start with (ROLE: all, ingest or fanout; default all)
+and lists the RELAY_* variables that role reads: each with its value now (and its default when
+different) and its meaning. Exit status 0 when the configuration is valid, 2 when it is not.
+
+Flags:
+  -markdown   print README.md's configuration table instead (every variable, every role)
+`
+
 // configCmd validates the configuration for a role (default all) and prints
-// every variable with its value, default and meaning.
+// the variables that role reads, with their values, defaults and meanings.
 func configCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("config", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(fs.Output(), configUsage) }
 	markdown := fs.Bool("markdown", false, "print the README's configuration table instead")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, configUsage)
+			return 0
+		}
+		return 2
+	}
+	maxArgs := 1
+	if *markdown {
+		maxArgs = 0
+	}
+	if fs.NArg() > maxArgs {
+		fmt.Fprintf(stderr, "relay config: unexpected argument %q (flags go before ROLE)\n\n%s", fs.Arg(maxArgs), configUsage)
 		return 2
 	}
 	if *markdown {
@@ -33,13 +56,22 @@ func configCmd(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	cfg, err := loadConfig(role)
-	cfg.PrintUsage(stdout)
+	fmt.Fprintf(stdout, "Variables 'relay %s' reads (value now, default when different, meaning):\n\n", role)
+	config.WriteVars(stdout, cfg.RoleVars(role), config.TerminalWidth, true)
 	if err != nil {
 		fmt.Fprintf(stderr, "\n%v\n", err)
 		return 2
 	}
 	fmt.Fprintf(stdout, "\nconfiguration valid for 'relay %s'\n", role)
 	return 0
+}
+
+// printRoleVariables writes the variables 'relay ROLE' reads, each with its
+// default and meaning, wrapped for a 100-column terminal: the variable list
+// of 'relay ROLE --help'.
+func printRoleVariables(w io.Writer, role config.Role) {
+	fmt.Fprintf(w, "Variables 'relay %s' reads (default, meaning; 'relay config %s' shows the values now):\n\n", role, role)
+	config.WriteVars(w, (config.Config{}).RoleVars(role), config.TerminalWidth, false)
 }
 
 // loadConfig reads and validates the environment for role, returning

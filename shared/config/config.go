@@ -29,13 +29,13 @@ const Prefix = "RELAY"
 
 // Common settings are read by every role.
 type Common struct {
-	NATSURL        string        `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222" desc:"comma-separated NATS server URLs (ignored by 'relay all', which embeds its own server)"`
+	NATSURL        string        `envconfig:"NATS_URL" roles:"ingest,fanout" default:"nats://127.0.0.1:4222" desc:"comma-separated NATS server URLs (ignored by 'relay all', which embeds its own server)"`
 	NATSRetry      time.Duration `envconfig:"NATS_RETRY_WINDOW" default:"30s" desc:"how long to keep retrying the first NATS connection before exiting non-zero"`
 	SubjectPrefix  string        `envconfig:"SUBJECT_PREFIX" default:"relay" desc:"channel C travels on NATS subject <prefix>.ch.C"`
 	LogLevel       string        `envconfig:"LOG_LEVEL" default:"info" desc:"log level: debug, info, warn, error"`
 	LogFormat      string        `envconfig:"LOG_FORMAT" default:"text" desc:"log format: text or json"`
 	ShutdownGrace  time.Duration `envconfig:"SHUTDOWN_GRACE" default:"20s" desc:"on SIGTERM, the longest relay takes to drain senders, close receivers and flush NATS before it exits (keep below the orchestrator's kill timeout)"`
-	EmbeddedListen string        `envconfig:"NATS_LISTEN" default:"" desc:"'relay all' only: also serve the embedded NATS server on this host:port (e.g. 127.0.0.1:4222) so other NATS clients can publish; empty = in-process only"`
+	EmbeddedListen string        `envconfig:"NATS_LISTEN" roles:"all" default:"" desc:"'relay all' only: also serve the embedded NATS server on this host:port (e.g. 127.0.0.1:4222) so other NATS clients can publish; empty = in-process only"`
 }
 
 // Ingest settings are read by 'relay ingest' and 'relay all'.

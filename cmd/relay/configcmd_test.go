@@ -1,0 +1,74 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/relaydev/relay/shared/config"
+)
+
+// checkRoleListing checks out lists exactly the variables role reads and
+// fits a 100-column terminal.
+func checkRoleListing(t *testing.T, out string, role config.Role) {
+	t.Helper()
+	for _, v := range (config.Config{}).Vars() {
+		listed := strings.Contains(out, "\n"+v.Name+"=")
+		if listed != v.UsedBy(role) {
+			t.Errorf("relay %s: %s listed = %v, but role reads it = %v", role, v.Name, listed, v.UsedBy(role))
+		}
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if len(line) > config.TerminalWidth {
+			t.Errorf("relay %s: line of %d columns: %q", role, len(line), line)
+		}
+	}
+}
+
+// TestConfigRoleListsOnlyItsVariables: `relay config ROLE` and the variable
+// list of `relay ROLE --help` show only what that role reads, wrapped for a
+// 100-column terminal.
+func TestConfigRoleListsOnlyItsVariables(t *testing.T) {
+	t.Parallel()
+	for _, role := range []config.Role{config.RoleAll, config.RoleIngest, config.RoleFanout} {
+		var stdout, stderr bytes.Buffer
+		if code := configCmd([]string{string(role)}, &stdout, &stderr); code != 0 {
+			t.Fatalf("relay config %s: exit %d, stderr %s", role, code, stderr.String())
+		}
+		checkRoleListing(t, stdout.String(), role)
+
+		var help bytes.Buffer
+		printRoleVariables(&help, role)
+		checkRoleListing(t, help.String(), role)
+	}
+	// Spot checks of what the tags say.
+	var out bytes.Buffer
+	printRoleVariables(&out, config.RoleIngest)
+	if strings.Contains(out.String(), "RELAY_FANOUT_ADDR") || strings.Contains(out.String(), "RELAY_NATS_LISTEN") {
+		t.Errorf("relay ingest lists fanout's or 'relay all''s variables:\n%s", out.String())
+	}
+	out.Reset()
+	printRoleVariables(&out, config.RoleAll)
+	if strings.Contains(out.String(), "RELAY_NATS_URL=") {
+		t.Errorf("relay all lists RELAY_NATS_URL, which it ignores:\n%s", out.String())
+	}
+}
+
+// TestConfigRefusesExtraArguments: a word after ROLE (or any with -markdown)
+// is refused, naming it, with exit status 2.
+func TestConfigRefusesExtraArguments(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"ingest", "extra"}, {"-markdown", "extra"}, {"ingest", "-markdown"}, {"nope"}} {
+		var stdout, stderr bytes.Buffer
+		if code := configCmd(args, &stdout, &stderr); code != 2 {
+			t.Errorf("relay config %v: exit %d, want 2", args, code)
+		}
+		if want := args[len(args)-1]; !strings.Contains(stderr.String(), `"`+want+`"`) {
+			t.Errorf("relay config %v: stderr %q does not name %q", args, stderr.String(), want)
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	if code := configCmd([]string{"-h"}, &stdout, &stderr); code != 0 || !strings.HasPrefix(stdout.String(), "Usage: relay config") {
+		t.Errorf("relay config -h: exit %d, stdout %q", code, stdout.String())
+	}
+}
