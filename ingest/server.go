@@ -88,7 +88,6 @@ func New(o Options) (*Server, error) {
 	if err := o.Config.Validate(); err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
-	specs, _ := config.ParseListeners(o.Config.Listeners) // checked by Validate
 	if mp := o.NATS.MaxPayload(); mp > 0 && int64(o.Config.MaxMessage)+headerRoom > mp {
 		return nil, fmt.Errorf("ingest: RELAY_INGEST_MAX_MESSAGE=%d does not fit the NATS server's max payload of %d bytes (headers need %d)", o.Config.MaxMessage, mp, headerRoom)
 	}
@@ -116,7 +115,7 @@ func New(o Options) (*Server, error) {
 		keepAlive = -1 // net.ListenConfig: negative disables keepalive
 	}
 	lc := net.ListenConfig{KeepAlive: keepAlive}
-	for _, spec := range specs {
+	for _, spec := range o.Config.Listeners {
 		ln, err := lc.Listen(context.Background(), "tcp", spec.Addr)
 		if err != nil {
 			s.closeListeners()

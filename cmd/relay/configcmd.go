@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"slices"
 	"strings"
 
 	"github.com/relaydev/relay/shared/config"
@@ -56,6 +58,9 @@ func configCmd(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	cfg, err := loadConfig(role)
+	for _, w := range unknownVariables() {
+		fmt.Fprintf(stderr, "relay config: warning: %s\n", w)
+	}
 	fmt.Fprintf(stdout, "Variables 'relay %s' reads (value now, default when different, meaning):\n\n", role)
 	config.WriteVars(stdout, cfg.RoleVars(role), config.TerminalWidth, true)
 	if err != nil {
@@ -75,10 +80,11 @@ func printRoleVariables(w io.Writer, role config.Role) {
 }
 
 // loadConfig reads and validates the environment for role, returning
-// every problem in one error.
+// every problem in one error. A variable role does not read may hold
+// anything.
 func loadConfig(role config.Role) (config.Config, error) {
 	cfg, loadErr := config.Load()
-	err := errors.Join(loadErr, cfg.Validate(role))
+	err := errors.Join(forRole(loadErr, cfg, role), cfg.Validate(role))
 	if err == nil {
 		return cfg, nil
 	}
@@ -89,6 +95,27 @@ func loadConfig(role config.Role) (config.Config, error) {
 	}
 	return cfg, errors.New(b.String())
 }
+
+// forRole keeps the load errors of the variables role reads.
+func forRole(loadErr error, cfg config.Config, role config.Role) error {
+	joined, ok := loadErr.(interface{ Unwrap() []error })
+	if !ok {
+		return loadErr
+	}
+	var keep []error
+	for _, err := range joined.Unwrap() {
+		var ve *config.VarError
+		if errors.As(err, &ve) && !slices.ContainsFunc(cfg.RoleVars(role), func(v config.Var) bool { return v.Name == ve.Name }) {
+			continue
+		}
+		keep = append(keep, err)
+	}
+	return errors.Join(keep...)
+}
+
+// unknownVariables warns about RELAY_* variables relay does not read (a
+// typo would otherwise start relay on the defaults without a word).
+func unknownVariables() []string { return config.Unknown(os.Environ()) }
 
 func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 	level, _ := cfg.SlogLevel()

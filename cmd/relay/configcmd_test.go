@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/relaydev/relay/shared/config"
 )
@@ -70,5 +71,47 @@ func TestConfigRefusesExtraArguments(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	if code := configCmd([]string{"-h"}, &stdout, &stderr); code != 0 || !strings.HasPrefix(stdout.String(), "Usage: relay config") {
 		t.Errorf("relay config -h: exit %d, stdout %q", code, stdout.String())
+	}
+}
+
+// TestConfigProblemsAtStart runs the built binary: listeners clashing on a
+// port are a configuration error (exit 2, naming both) rather than a bind
+// failure (exit 1); a mistyped variable is warned about, naming the one
+// meant, both when the start fails and when it succeeds; a bad duration
+// shows a valid one.
+func TestConfigProblemsAtStart(t *testing.T) {
+	t.Parallel()
+	fixed, httpAddr := freePort(t), freePort(t)
+	_, port, _ := strings.Cut(fixed, ":")
+	p := startRelay(t, []string{
+		"RELAY_INGEST_LISTENERS=:" + port + "=default/line",
+		"RELAY_FANOUT_ADDR=" + fixed, // 127.0.0.1:PORT overlaps :PORT
+		"RELAY_INGEST_HTTP_ADDR=",
+		"RELAY_INGEST_LISTENER=:1=x/line",
+		"RELAY_SHUTDOWN_GRACE=20",
+	}, "all")
+	if code := p.wait(t, 30*time.Second); code != 2 {
+		t.Fatalf("exit %d, want 2; stderr:\n%s", code, p.stderr.String())
+	}
+	for _, want := range []string{
+		"RELAY_INGEST_LISTENERS entry :" + port + "=default/line and RELAY_FANOUT_ADDR=" + fixed + " both listen on port " + port,
+		"did you mean RELAY_INGEST_LISTENERS?",
+		`RELAY_SHUTDOWN_GRACE="20": not a duration: write a number with a unit, e.g. 30s, 1m30s`,
+	} {
+		if !strings.Contains(p.stderr.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, p.stderr.String())
+		}
+	}
+
+	// A good configuration starts, with the warning in its log.
+	ok := startRelay(t, []string{
+		"RELAY_INGEST_LISTENERS=" + fixed + "=default/line",
+		"RELAY_FANOUT_ADDR=" + httpAddr,
+		"RELAY_INGEST_HTTP_ADDR=",
+		"RELAY_FANOUT_ADR=:1",
+	}, "all")
+	waitReady(t, "http://"+httpAddr+"/readyz")
+	if !strings.Contains(ok.stderr.String(), `level=WARN msg="RELAY_FANOUT_ADR is not a relay variable and is ignored (did you mean RELAY_FANOUT_ADDR?)"`) {
+		t.Errorf("no warning at start:\n%s", ok.stderr.String())
 	}
 }

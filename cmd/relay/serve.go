@@ -35,10 +35,16 @@ func serve(roleName string, args []string, stderr io.Writer) int {
 	role := config.Role(roleName)
 	cfg, err := loadConfig(role)
 	if err != nil {
+		for _, w := range unknownVariables() {
+			fmt.Fprintf(stderr, "relay %s: warning: %s\n", role, w)
+		}
 		fmt.Fprintf(stderr, "relay %s: %v\n", role, err)
 		return 2
 	}
 	log := newLogger(cfg, stderr)
+	for _, w := range unknownVariables() {
+		log.Warn(w)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// A second signal during shutdown gets the default behaviour: exit now.
@@ -138,8 +144,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			return err
 		}
 		info.IngestAddr = ing.Addrs()
-		listeners, _ := cfg.ParseListeners()
-		for i, l := range listeners {
+		for i, l := range cfg.Listeners {
 			if l.Handshake() && handshakePort == "" {
 				handshakePort = strconv.Itoa(port(ing.Addrs()[i]))
 			}
@@ -176,8 +181,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 	log.Info("relay started", "role", string(role))
 	if role == config.RoleAll {
 		// The first thing a new user wants to know: where to look, how to send.
-		listeners, _ := cfg.ParseListeners()
-		for i, l := range listeners {
+		for i, l := range cfg.Listeners {
 			if !l.Handshake() {
 				log.Info("try it", "open", fmt.Sprintf("http://localhost:%d/?channel=%s", port(info.FanoutAddr), l.Channel),
 					"send", fmt.Sprintf("echo hello | nc -q1 localhost %d", port(info.IngestAddr[i])))

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -40,7 +41,7 @@ type Common struct {
 
 // Ingest settings are read by 'relay ingest' and 'relay all'.
 type Ingest struct {
-	Listeners        string        `envconfig:"INGEST_LISTENERS" default:":7070=default/line,:7071=*/line" desc:"comma-separated ADDR=CHANNEL/FRAMING; CHANNEL * = handshake listener; FRAMING line, raw or len32"`
+	Listeners        Listeners     `envconfig:"INGEST_LISTENERS" default:":7070=default/line,:7071=*/line" desc:"comma-separated ADDR=CHANNEL/FRAMING; CHANNEL * = handshake listener; FRAMING line, raw or len32"`
 	HTTPAddr         string        `envconfig:"INGEST_HTTP_ADDR" default:":8081" desc:"ingest /healthz, /readyz and /metrics (in 'relay all' the fanout address serves them too); empty disables"`
 	MaxMessage       int           `envconfig:"INGEST_MAX_MESSAGE" default:"65536" desc:"largest message in bytes; at most the NATS server's max payload. A larger line or len32 frame gets -ERR and the connection is closed; raw framing splits at this size"`
 	HandshakeTimeout time.Duration `envconfig:"INGEST_HANDSHAKE_TIMEOUT" default:"10s" desc:"a handshake listener's sender must send its CHANNEL line within this time"`
@@ -72,37 +73,94 @@ type Config struct {
 	Fanout
 }
 
-// Load reads the environment. Unparseable values are all reported (joined),
-// and the rest of the config is still filled in from defaults so that
-// Validate can report its problems in the same run.
+// Load reads the RELAY_* variables from the environment (and nothing else: not
+// the unprefixed names envconfig would fall back to, so a NATS_URL or
+// LOG_LEVEL meant for another program is never taken). It never changes the
+// environment. Every unparseable value is reported (joined, each a *VarError);
+// such a variable keeps its default, so that Validate can report its own
+// problems in the same run.
 func Load() (Config, error) {
 	var c Config
 	var errs []error
-	// envconfig stops at the first unparseable value. To report them all at
-	// once, note the bad variable, hide it for the next pass and try again;
-	// everything is restored before returning.
-	hidden := map[string]string{}
-	defer func() {
-		for k, v := range hidden {
-			os.Setenv(k, v)
+	for _, f := range fields(&c) {
+		value, set := os.LookupEnv(f.name)
+		if err := f.load(value, set); err != nil {
+			errs = append(errs, &VarError{Name: f.name, Value: value, Err: err})
+			f.load("", false)
 		}
-	}()
-	for range 64 {
-		c = Config{}
-		err := envconfig.Process(Prefix, &c)
-		if err == nil {
-			break
-		}
-		var pe *envconfig.ParseError
-		if !errors.As(err, &pe) {
-			errs = append(errs, err)
-			break
-		}
-		errs = append(errs, fmt.Errorf("%s=%q: not a valid %s", pe.KeyName, pe.Value, pe.TypeName))
-		hidden[pe.KeyName] = os.Getenv(pe.KeyName)
-		os.Unsetenv(pe.KeyName)
 	}
 	return c, errors.Join(errs...)
+}
+
+// VarError is a variable whose value could not be parsed.
+type VarError struct {
+	Name, Value string
+	Err         error
+}
+
+func (e *VarError) Error() string {
+	if _, ok := e.Err.(listenerErrors); ok {
+		return e.Err.Error() // names the variable and each bad entry itself
+	}
+	return fmt.Sprintf("%s=%q: %v", e.Name, e.Value, e.Err)
+}
+
+func (e *VarError) Unwrap() error { return e.Err }
+
+// field is one RELAY_* variable of a Config being loaded.
+type field struct {
+	name  string // RELAY_...
+	tag   reflect.StructTag
+	value reflect.Value // settable
+}
+
+// fields lists c's variables, in declaration order.
+func fields(c *Config) []field {
+	var out []field
+	for _, group := range []reflect.Value{reflect.ValueOf(&c.Common).Elem(), reflect.ValueOf(&c.Ingest).Elem(), reflect.ValueOf(&c.Fanout).Elem()} {
+		for i := range group.NumField() {
+			sf := group.Type().Field(i)
+			if name, ok := sf.Tag.Lookup("envconfig"); ok {
+				out = append(out, field{name: Prefix + "_" + name, tag: sf.Tag, value: group.Field(i)})
+			}
+		}
+	}
+	return out
+}
+
+// load sets the field from value (from its default when not set), parsed by
+// envconfig: a one-field struct is processed whose key is the variable's full
+// name, or, for the default, a key no environment can hold (it contains '=').
+func (f field) load(value string, set bool) error {
+	key := f.name
+	if !set {
+		key = "=" + f.name
+	}
+	tag := fmt.Sprintf(`envconfig:%q default:%q`, key, f.tag.Get("default"))
+	one := reflect.New(reflect.StructOf([]reflect.StructField{{Name: "V", Type: f.value.Type(), Tag: reflect.StructTag(tag)}}))
+	err := envconfig.Process("", one.Interface())
+	var pe *envconfig.ParseError
+	if errors.As(err, &pe) {
+		return explain(f.value.Type(), pe.Err)
+	}
+	if err != nil {
+		return err
+	}
+	f.value.Set(one.Elem().Field(0))
+	return nil
+}
+
+// explain says what a value of type t looks like, with an example.
+func explain(t reflect.Type, err error) error {
+	switch {
+	case t == reflect.TypeFor[time.Duration]():
+		return errors.New("not a duration: write a number with a unit, e.g. 30s, 1m30s, 500ms or 2h")
+	case t.Kind() == reflect.Int:
+		return errors.New("not a whole number (e.g. 65536)")
+	case t.Kind() == reflect.Bool:
+		return errors.New("not true or false")
+	}
+	return err
 }
 
 // Role names which parts of the config a subcommand uses.
@@ -152,6 +210,7 @@ func (c Config) Validate(role Role) error {
 	if role == RoleAll || role == RoleFanout {
 		errs = append(errs, c.Fanout.Validate())
 	}
+	errs = append(errs, c.clashes(role)...)
 	return errors.Join(errs...)
 }
 
@@ -205,8 +264,8 @@ func checkAddr(addr string) error {
 func (i Ingest) Validate() error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if _, err := ParseListeners(i.Listeners); err != nil {
-		errs = append(errs, err)
+	if len(i.Listeners) == 0 {
+		add("RELAY_INGEST_LISTENERS: no listeners")
 	}
 	if i.HTTPAddr != "" {
 		if err := checkAddr(i.HTTPAddr); err != nil {
