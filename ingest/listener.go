@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/tcpproto"
 )
 
 // listener is one bound ADDR=CHANNEL/FRAMING entry.
@@ -58,6 +59,6 @@ func (s *Server) refuse(nc net.Conn, reason, msg string) {
 	s.m.Refused.WithLabelValues(reason).Inc()
 	s.logRefusal(reason, "ingest: sender refused", "remote", nc.RemoteAddr().String(), "reason", msg)
 	nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-	nc.Write([]byte("-ERR " + msg + "\n"))
+	nc.Write(tcpproto.ErrLine(msg))
 	nc.Close()
 }
