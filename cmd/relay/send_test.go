@@ -18,7 +18,7 @@ import (
 // relayAll is a `relay all` process with one listener of each kind.
 type relayAll struct {
 	fixed, hs, hsLen32, hsRaw, http string
-	p                                *proc
+	p                               *proc
 }
 
 func startAll(t *testing.T, env ...string) relayAll {
