@@ -91,7 +91,7 @@ type choice struct {
 
 func newChoice(fs *flag.FlagSet, name, value, usage string, allowed ...string) *string {
 	c := &choice{value: value, allowed: allowed}
-	fs.Var(c, name, usage+" (`"+strings.Join(allowed, "|")+"`; default "+value+")")
+	fs.Var(c, name, usage+": `"+strings.Join(allowed, "|")+"`")
 	return &c.value
 }
 
