@@ -180,7 +180,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		for i, l := range listeners {
 			if !l.Handshake() {
 				log.Info("try it", "open", fmt.Sprintf("http://localhost:%d/?channel=%s", port(info.FanoutAddr), l.Channel),
-					"send", fmt.Sprintf("echo hello | nc localhost %d", port(info.IngestAddr[i])))
+					"send", fmt.Sprintf("echo hello | nc -q1 localhost %d", port(info.IngestAddr[i])))
 				break
 			}
 		}

@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/relaydev/relay/shared/metrics"
@@ -90,7 +91,7 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 	for attempt := 1; ; attempt++ {
 		nc, err := nats.Connect(url, opts...)
 		if err == nil {
-			log.Info("nats connected", "url", nc.ConnectedUrlRedacted(), "name", o.Name)
+			log.Info("nats connected", "url", where(nc, o.InProcess), "name", o.Name)
 			return nc, nil
 		}
 		if time.Now().Add(wait).After(deadline) {
@@ -104,6 +105,20 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 		}
 		wait = min(wait*2, 2*time.Second)
 	}
+}
+
+// where names the server a connection reached, for logs. An in-process
+// connection reports nats.go's default URL, where nothing may listen: say
+// "in-process" instead, or, when the embedded server also listens
+// (RELAY_NATS_LISTEN), the address other NATS clients can reach it on.
+func where(nc *nats.Conn, inProcess nats.InProcessConnProvider) string {
+	if inProcess == nil {
+		return nc.ConnectedUrlRedacted()
+	}
+	if s, ok := inProcess.(*server.Server); ok && s.Addr() != nil {
+		return "nats://" + s.Addr().String()
+	}
+	return "in-process"
 }
 
 func joinURLs(urls []string) string {
