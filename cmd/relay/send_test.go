@@ -110,6 +110,11 @@ func TestSendChannelToFixedListenerFailsFast(t *testing.T) {
 	if took > 9*time.Second {
 		t.Errorf("took %s", took)
 	}
+	// With a token the line carried it: say so, without printing it.
+	_, errb, code = runBin(t, "y\n", []string{"RELAY_TOKEN=tok-secret"}, "send", r.fixed, "sensors")
+	if code != 1 || !strings.Contains(errb, "consider the token exposed") || strings.Contains(errb, "tok-secret") {
+		t.Errorf("with a token: exit %d, stderr %q", code, errb)
+	}
 }
 
 // TestSendFramingCountRate: --framing matches len32 and raw listeners,
