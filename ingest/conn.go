@@ -18,6 +18,7 @@ import (
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/subjects"
+	"github.com/relaydev/relay/shared/tcpproto"
 )
 
 // Refusal reasons: short local names for the typed label values of
@@ -145,7 +146,7 @@ func (c *senderConn) handshake() (string, error) {
 	}
 	c.setReadDeadline(time.Time{})
 	c.conn.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	if _, err := c.conn.Write([]byte("+OK\n")); err != nil {
+	if _, err := c.conn.Write(tcpproto.OKLine); err != nil {
 		return "", err
 	}
 	c.conn.SetWriteDeadline(time.Time{})
@@ -221,7 +222,7 @@ func (c *senderConn) fail(reason metrics.IngestRefusal, err error, msg string) {
 
 func (c *senderConn) errLine(msg string) {
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	c.conn.Write([]byte("-ERR " + msg + "\n"))
+	c.conn.Write(tcpproto.ErrLine(msg))
 }
 
 // logRefusal rate-limits refusal logs per reason: a misbehaving fleet must

@@ -7,6 +7,7 @@ import (
 
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/metrics"
+	"github.com/relaydev/relay/shared/tcpproto"
 )
 
 // listener is one bound ADDR=CHANNEL/FRAMING entry.
@@ -59,6 +60,6 @@ func (s *Server) refuse(nc net.Conn, reason metrics.IngestRefusal, msg string) {
 	s.m.Refused.Inc(reason)
 	s.logRefusal(reason, "ingest: sender refused", "remote", nc.RemoteAddr().String(), "reason", msg)
 	nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-	nc.Write([]byte("-ERR " + msg + "\n"))
+	nc.Write(tcpproto.ErrLine(msg))
 	nc.Close()
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,48 +12,40 @@ import (
 	"github.com/relaydev/relay/shared/config"
 )
 
-const configUsage = `Usage: relay config [-markdown] [ROLE]
+const configUsage = `usage: relay config [--markdown] [ROLE]
 
 Validates the configuration 'relay ROLE' would start with (ROLE: all, ingest or fanout; default all)
 and lists the RELAY_* variables that role reads: each with its value now (and its default when
-different) and its meaning. Exit status 0 when the configuration is valid, 2 when it is not.
-
-Flags:
-  -markdown   print README.md's configuration table instead (every variable, every role)
+different) and its meaning, wrapped for a 100-column terminal; warns about RELAY_* variables relay
+does not read. --markdown prints README.md's configuration table instead (every variable, every role).
+Exit status: 0 valid, 2 invalid (every problem is listed) or bad usage.
 `
 
 // configCmd validates the configuration for a role (default all) and prints
 // the variables that role reads, with their values, defaults and meanings.
 func configCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("config", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(fs.Output(), configUsage) }
+	fs := newFlags("config")
 	markdown := fs.Bool("markdown", false, "print the README's configuration table instead")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, configUsage)
-			return 0
-		}
-		return 2
+	pos, code, ok := parseFlags(fs, configUsage, args, stdout, stderr)
+	if !ok {
+		return code
 	}
-	maxArgs := 1
+	maxArgs, synopsis := 1, "[ROLE]"
 	if *markdown {
-		maxArgs = 0
+		maxArgs, synopsis = 0, "no ROLE with --markdown"
 	}
-	if fs.NArg() > maxArgs {
-		fmt.Fprintf(stderr, "relay config: unexpected argument %q (flags go before ROLE)\n\n%s", fs.Arg(maxArgs), configUsage)
-		return 2
+	if code, ok := checkArgs(stderr, "config", synopsis, pos, 0, maxArgs); !ok {
+		return code
 	}
 	if *markdown {
 		config.Markdown(stdout)
 		return 0
 	}
 	role := config.RoleAll
-	if fs.NArg() > 0 {
-		role = config.Role(fs.Arg(0))
+	if len(pos) > 0 {
+		role = config.Role(pos[0])
 		if role != config.RoleAll && role != config.RoleIngest && role != config.RoleFanout {
-			fmt.Fprintf(stderr, "relay config: role must be all, ingest or fanout, not %q\n", role)
-			return 2
+			return usageError(stderr, "config", "ROLE must be all, ingest or fanout, not %q", role)
 		}
 	}
 	cfg, err := loadConfig(role)
