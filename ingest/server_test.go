@@ -56,9 +56,9 @@ func startIngest(t *testing.T, srv *server.Server, cfg config.Ingest, natsOpts .
 		SubjectPrefix: "relay",
 		ShutdownGrace: 5 * time.Second,
 		// As relay connects ingest: no reconnect buffer (natsconn.Options.NoReconnectBuffer).
-		NATS:          testutil.Connect(t, srv, append([]nats.Option{nats.ReconnectBufSize(-1)}, natsOpts...)...),
-		Logger:        testutil.Logger(t),
-		Metrics:       reg.Ingest,
+		NATS:    testutil.Connect(t, srv, append([]nats.Option{nats.ReconnectBufSize(-1)}, natsOpts...)...),
+		Logger:  testutil.Logger(t),
+		Metrics: reg.Ingest,
 	})
 	if err != nil {
 		t.Fatal(err)
