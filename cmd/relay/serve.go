@@ -76,7 +76,12 @@ type started struct {
 func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log *slog.Logger, notify func(started)) error {
 	var info started
 	reg := metrics.New()
-	connectOpts := natsconn.Options{RetryWindow: cfg.NATSRetry, Logger: log}
+	connectOpts := natsconn.Options{
+		RetryWindow:  cfg.NATSRetry,
+		Logger:       log,
+		PingInterval: cfg.NATSPingInterval,
+		MaxPingsOut:  cfg.NATSMaxPings,
+	}
 	var embedded *server.Server
 	if role == config.RoleAll {
 		var err error
@@ -106,6 +111,9 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		o.Logger = log.With("tier", tier)
 		events := metrics.NATSEvents(tier)
 		o.OnEvent = events.Inc
+		// Ingest accepts only what NATS takes: no reconnect buffer to be
+		// replayed as a burst after an outage (see ingest's publish).
+		o.NoReconnectBuffer = tier == "ingest"
 		nc, err := natsconn.Connect(ctx, o)
 		if err != nil {
 			return nil, err
@@ -124,6 +132,9 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 	g, gctx := errgroup.WithContext(ctx)
 	var finished atomic.Bool
 	var handshakePort string
+	// In 'relay all' the fanout closes its clients only after ingest has
+	// published (and NATS confirmed) what its senders wrote before the signal.
+	var ingestDrained <-chan struct{}
 
 	if role == config.RoleAll || role == config.RoleIngest {
 		nc, err := connect("ingest")
@@ -144,6 +155,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			return err
 		}
 		info.IngestAddr = ing.Addrs()
+		ingestDrained = ing.Drained()
 		for i, l := range cfg.Listeners {
 			if l.Handshake() && handshakePort == "" {
 				handshakePort = strconv.Itoa(port(ing.Addrs()[i]))
@@ -170,6 +182,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			Logger:         log.With("tier", "fanout"),
 			Metrics:        reg.Fanout,
 			MetricsHandler: reg.Handler(),
+			Upstream:       ingestDrained,
 		})
 		if err != nil {
 			nc.Close()
