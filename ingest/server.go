@@ -51,6 +51,7 @@ type Server struct {
 	lns     []*listener
 	httpLn  net.Listener
 	httpSrv *http.Server
+	guard   *guard
 
 	slots chan struct{} // one per allowed concurrent connection
 
@@ -89,13 +90,6 @@ func New(o Options) (*Server, error) {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
 	specs, _ := config.ParseListeners(o.Config.Listeners) // checked by Validate
-	for _, spec := range specs {
-		// Options parse today and are served step by step; one that is not
-		// served yet must stop the start rather than be silently ignored.
-		if spec.TLS || spec.Proxy || len(spec.Allow) > 0 || len(spec.Deny) > 0 || spec.Idle > 0 {
-			return nil, fmt.Errorf("ingest: listener %s: options tls, mtls, proxy, allow, deny and idle are not served by this build yet", spec)
-		}
-	}
 	if mp := o.NATS.MaxPayload(); mp > 0 && int64(o.Config.MaxMessage)+headerRoom > mp {
 		return nil, fmt.Errorf("ingest: RELAY_INGEST_MAX_MESSAGE=%d does not fit the NATS server's max payload of %d bytes (headers need %d)", o.Config.MaxMessage, mp, headerRoom)
 	}
@@ -111,6 +105,10 @@ func New(o Options) (*Server, error) {
 		conns:      map[*senderConn]struct{}{},
 		hardCtx:    hardCtx,
 		hardCancel: hardCancel,
+	}
+	if s.guard, err = newGuard(o.Config, specs, s); err != nil {
+		hardCancel()
+		return nil, err
 	}
 	s.health = health.New(func() error {
 		if !s.nc.IsConnected() {

@@ -68,6 +68,7 @@ type Ingest struct {
 	Bytes            prometheus.Counter
 	Refused          *prometheus.CounterVec // by reason
 	PublishRetries   prometheus.Counter
+	Throttled        prometheus.Counter // pauses for RELAY_INGEST_MAX_RATE
 }
 
 func newIngest() *Ingest {
@@ -86,17 +87,21 @@ func newIngest() *Ingest {
 		}),
 		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_ingest_refused_total",
-			Help: "Senders or messages refused, by reason (bad_handshake, bad_channel, handshake_timeout, too_large, too_many_connections, publish_failed).",
+			Help: "Senders or messages refused, by reason (bad_handshake, bad_channel, handshake_timeout, too_large, too_many_connections, publish_failed, denied, rate_limited, too_many_connections_per_ip, proxy_header, tls_handshake, idle_timeout).",
 		}, []string{"reason"}),
 		PublishRetries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_ingest_publish_retries_total",
 			Help: "Publishes retried because NATS could not take more (sender reads paused meanwhile).",
 		}),
+		Throttled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_ingest_throttled_total",
+			Help: "Times a sender over RELAY_INGEST_MAX_RATE was read more slowly (paused before its next message; nothing dropped).",
+		}),
 	}
 }
 
 func (m *Ingest) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused, m.PublishRetries}
+	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused, m.PublishRetries, m.Throttled}
 }
 
 // Fanout is the fanout tier's metrics.
