@@ -15,16 +15,17 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/netguard"
 )
 
 // Refusal reasons of the network controls (Metrics.Refused).
 const (
-	refusedBadHost       = "bad_host"
-	refusedDenied        = "denied"
-	refusedRateLimited   = "rate_limited"
-	refusedTooManyFromIP = "too_many_connections_per_ip"
-	refusedHeaderTimeout = "header_timeout"
+	refusedBadHost       = metrics.FanoutBadHost
+	refusedDenied        = metrics.FanoutDenied
+	refusedRateLimited   = metrics.FanoutRateLimited
+	refusedTooManyFromIP = metrics.FanoutTooManyFromIP
+	refusedHeaderTimeout = metrics.FanoutHeaderTimeout
 )
 
 // StatusRateLimited (4429) closes a WebSocket over a rate or connection
@@ -158,9 +159,9 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) (release func()
 
 // refuseUpgraded completes the upgrade, closes with code and text, counts
 // and logs the refusal.
-func (s *Server) refuseUpgraded(w http.ResponseWriter, r *http.Request, code websocket.StatusCode, reason, text string) {
-	s.m.Refused.WithLabelValues(reason).Inc()
-	if n, ok := s.refusals.allow(reason); ok {
+func (s *Server) refuseUpgraded(w http.ResponseWriter, r *http.Request, code websocket.StatusCode, reason metrics.FanoutRefusal, text string) {
+	s.m.Refused.Inc(reason)
+	if n, ok := s.refusals.allow(string(reason)); ok {
 		s.log.Info("upgrade refused", "reason", reason, "code", int(code), "remote", clientOf(r).addr.String(),
 			"path", r.URL.Path, "suppressed", n)
 	}
@@ -233,8 +234,8 @@ func (s *Server) connState(c net.Conn, st http.ConnState) {
 	if wc == nil || !wc.timedOut.Load() || wc.served.Load() {
 		return
 	}
-	s.m.Refused.WithLabelValues(refusedHeaderTimeout).Inc()
-	if n, ok := s.refusals.allow(refusedHeaderTimeout); ok {
+	s.m.Refused.Inc(refusedHeaderTimeout)
+	if n, ok := s.refusals.allow(string(refusedHeaderTimeout)); ok {
 		s.log.Info("connection closed: request headers not received in time", "remote", wc.RemoteAddr().String(),
 			"timeout", readHeaderTimeout.String(), "suppressed", n)
 	}

@@ -114,10 +114,10 @@ func TestUnmaskedFrameClosesWith1002(t *testing.T) {
 		}
 	}
 	testutil.Eventually(t, 10*time.Second, func() error {
-		if got := val(e.m.Disconnects.WithLabelValues(disconnectProtocolError)); got != 4 {
+		if got := val(e.m.Disconnects.With(disconnectProtocolError)); got != 4 {
 			return fmt.Errorf("Disconnects{protocol_error} = %v, want 4", got)
 		}
-		if got := val(e.m.Disconnects.WithLabelValues(disconnectClientClosed)); got != 0 {
+		if got := val(e.m.Disconnects.With(disconnectClientClosed)); got != 0 {
 			return fmt.Errorf("Disconnects{client_closed} = %v, want 0", got)
 		}
 		return nil
@@ -205,7 +205,7 @@ func TestDNSRebinding(t *testing.T) {
 			}
 		})
 	}
-	if got := val(e.m.Refused.WithLabelValues(refusedBadHost)); got != 3 {
+	if got := val(e.m.Refused.With(refusedBadHost)); got != 3 {
 		t.Errorf("Refused{bad_host} = %v, want 3", got)
 	}
 	// The demo page and metrics are behind the same check; health is not.
@@ -239,7 +239,7 @@ func TestFanoutPerIPLimits(t *testing.T) {
 	if _, err := e.dialWith("a", dialOpts{src: "127.0.0.2"}); err != nil {
 		t.Fatalf("another address: %v", err)
 	}
-	if got := val(e.m.Refused.WithLabelValues(refusedTooManyFromIP)); got != 1 {
+	if got := val(e.m.Refused.With(refusedTooManyFromIP)); got != 1 {
 		t.Errorf("Refused{too_many_connections_per_ip} = %v, want 1", got)
 	}
 
@@ -256,7 +256,7 @@ func TestFanoutPerIPLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectCloseCode(t, c, StatusRateLimited, "rate limited")
-	if got := val(r.m.Refused.WithLabelValues(refusedRateLimited)); got != 1 {
+	if got := val(r.m.Refused.With(refusedRateLimited)); got != 1 {
 		t.Errorf("Refused{rate_limited} = %v, want 1", got)
 	}
 }
@@ -295,7 +295,7 @@ func TestFanoutCIDRRulesAndForwardedHeaders(t *testing.T) {
 			}
 		})
 	}
-	if got := val(e.m.Refused.WithLabelValues(refusedDenied)); got != 6 {
+	if got := val(e.m.Refused.With(refusedDenied)); got != 6 {
 		t.Errorf("Refused{denied} = %v, want 6", got)
 	}
 }
@@ -439,7 +439,7 @@ func TestSlowlorisFanout(t *testing.T) {
 	}
 	t.Logf("%d slow-header connections closed after at most %s (ReadHeaderTimeout %s)", n, longest, readHeaderTimeout)
 	testutil.Eventually(t, 10*time.Second, func() error {
-		if got := val(e.m.Refused.WithLabelValues(refusedHeaderTimeout)); got != n {
+		if got := val(e.m.Refused.With(refusedHeaderTimeout)); got != n {
 			return fmt.Errorf("Refused{header_timeout} = %v, want %d", got, n)
 		}
 		if fds := openFDs(t); fds > baseline {

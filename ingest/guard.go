@@ -12,17 +12,22 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/netguard"
 )
 
 // Refusal reasons of the network controls (relay_ingest_refused_total).
 const (
-	reasonDenied         = "denied"
-	reasonRateLimited    = "rate_limited"
-	reasonTooManyFromIP  = "too_many_connections_per_ip"
-	reasonProxyHeader    = "proxy_header"
-	reasonTLSHandshake   = "tls_handshake"
-	reasonIdleTimeout    = "idle_timeout"
+	reasonDenied        = metrics.IngestDenied
+	reasonRateLimited   = metrics.IngestRateLimited
+	reasonTooManyFromIP = metrics.IngestTooManyFromIP
+	reasonProxyHeader   = metrics.IngestProxyHeader
+	reasonTLSHandshake  = metrics.IngestTLSHandshake
+	reasonIdleTimeout   = metrics.IngestIdleTimeout
+)
+
+// Replies of the network controls.
+const (
 	replyRateLimited     = "rate limited"
 	replyDenied          = "address not allowed"
 	replyIdleTimeoutTmpl = "idle timeout: nothing received for %s"
@@ -138,7 +143,7 @@ func (c *senderConn) secure() error {
 		cancel()
 		if err != nil {
 			// No -ERR: the peer does not speak our TLS, so it could not read it.
-			s.m.Refused.WithLabelValues(reasonTLSHandshake).Inc()
+			s.m.Refused.Inc(reasonTLSHandshake)
 			s.logRefusal(reasonTLSHandshake, "ingest: TLS handshake failed", "remote", c.remote.String(),
 				"listener", c.spec.Addr, "err", err)
 			return err

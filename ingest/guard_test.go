@@ -16,6 +16,7 @@ import (
 	"github.com/pires/go-proxyproto"
 	ptestutil "github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/testutil"
 )
 
@@ -32,8 +33,8 @@ func dialFrom(t *testing.T, src, addr string) net.Conn {
 	return c
 }
 
-func refused(h *harness, reason string) float64 {
-	return ptestutil.ToFloat64(h.m.Refused.WithLabelValues(reason))
+func refused(h *harness, reason metrics.IngestRefusal) float64 {
+	return ptestutil.ToFloat64(h.m.Refused.With(reason))
 }
 
 // expectReply reads what the server says before it closes.

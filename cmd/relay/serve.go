@@ -99,12 +99,12 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		o.Name = "relay-" + tier + "-" + hostname()
 		o.Logger = log.With("tier", tier)
 		events := metrics.NATSEvents(tier)
-		o.OnEvent = func(e string) { events.WithLabelValues(e).Inc() }
+		o.OnEvent = events.Inc
 		nc, err := natsconn.Connect(ctx, o)
 		if err != nil {
 			return nil, err
 		}
-		reg.MustRegister(events, metrics.NATSConnected(tier, func() float64 {
+		reg.MustRegister(events.Collector(), metrics.NATSConnected(tier, func() float64 {
 			if nc.IsConnected() {
 				return 1
 			}
@@ -180,7 +180,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		for i, l := range listeners {
 			if !l.Handshake() {
 				log.Info("try it", "open", fmt.Sprintf("http://localhost:%d/?channel=%s", port(info.FanoutAddr), l.Channel),
-					"send", fmt.Sprintf("echo hello | nc localhost %d", port(info.IngestAddr[i])))
+					"send", fmt.Sprintf("echo hello | nc -q1 localhost %d", port(info.IngestAddr[i])))
 				break
 			}
 		}
