@@ -63,6 +63,7 @@ type started struct {
 	NATS       *server.Server // the embedded server of 'relay all'
 	IngestAddr []net.Addr     // in RELAY_INGEST_LISTENERS order
 	FanoutAddr net.Addr
+	Registry   *metrics.Registry // every metric the role serves on /metrics
 }
 
 // runRoleNotify is runRole that calls notify (when not nil) once every
@@ -70,6 +71,7 @@ type started struct {
 func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log *slog.Logger, notify func(started)) error {
 	var info started
 	reg := metrics.New()
+	info.Registry = reg
 	connectOpts := natsconn.Options{RetryWindow: cfg.NATSRetry, Logger: log}
 	var embedded *server.Server
 	if role == config.RoleAll {
@@ -99,6 +101,10 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		o.Name = "relay-" + tier + "-" + hostname()
 		o.Logger = log.With("tier", tier)
 		events := metrics.NATSEvents(tier)
+		// Present from the start at 0, so increase() sees the first event.
+		for _, e := range []string{"disconnect", "reconnect", "closed"} {
+			events.WithLabelValues(e)
+		}
 		o.OnEvent = func(e string) { events.WithLabelValues(e).Inc() }
 		nc, err := natsconn.Connect(ctx, o)
 		if err != nil {
@@ -137,6 +143,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			nc.Close()
 			return err
 		}
+		reg.MustRegister(metrics.MaxConnections("ingest", cfg.Ingest.MaxConnections))
 		info.IngestAddr = ing.Addrs()
 		listeners, _ := cfg.ParseListeners()
 		for i, l := range listeners {
@@ -170,6 +177,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			nc.Close()
 			return errors.Join(err, abort(g, &finished))
 		}
+		reg.MustRegister(metrics.MaxConnections("fanout", fcfg.MaxConnections))
 		info.FanoutAddr = fan.Addr()
 		g.Go(func() error { return fan.Run(gctx) })
 	}

@@ -55,7 +55,7 @@ func NATSConnected(tier string, fn func() float64) prometheus.Collector {
 func NATSEvents(tier string) *prometheus.CounterVec {
 	return prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name:        "relay_nats_events_total",
-		Help:        "NATS connection events by type: disconnect, reconnect, error.",
+		Help:        "NATS connection events by type: disconnect, reconnect, closed.",
 		ConstLabels: prometheus.Labels{"tier": tier},
 	}, []string{"event"})
 }
