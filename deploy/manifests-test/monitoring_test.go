@@ -195,11 +195,11 @@ func TestDashboard(t *testing.T) {
 			} `json:"list"`
 		} `json:"templating"`
 		Panels []struct {
-			ID      int    `json:"id"`
-			Type    string `json:"type"`
-			Title   string `json:"title"`
+			ID      int                      `json:"id"`
+			Type    string                   `json:"type"`
+			Title   string                   `json:"title"`
 			GridPos struct{ H, W, X, Y int } `json:"gridPos"`
-			Targets []target `json:"targets"`
+			Targets []target                 `json:"targets"`
 		} `json:"panels"`
 	}
 	if err := json.Unmarshal(data, &d); err != nil {
