@@ -71,6 +71,12 @@ type started struct {
 func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log *slog.Logger, notify func(started)) error {
 	var info started
 	reg := metrics.New()
+	switch role {
+	case config.RoleIngest:
+		reg.KeepTiers("ingest")
+	case config.RoleFanout:
+		reg.KeepTiers("fanout")
+	}
 	info.Registry = reg
 	connectOpts := natsconn.Options{RetryWindow: cfg.NATSRetry, Logger: log}
 	var embedded *server.Server

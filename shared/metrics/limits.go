@@ -1,6 +1,10 @@
 package metrics
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"slices"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // MaxConnections exposes a tier's configured connection limit
 // (RELAY_INGEST_MAX_CONNECTIONS, RELAY_FANOUT_MAX_CONNECTIONS) as the gauge
@@ -14,4 +18,20 @@ func MaxConnections(tier string, limit int) prometheus.Collector {
 	})
 	g.Set(float64(limit))
 	return g
+}
+
+// KeepTiers unregisters the collectors of every tier not named, so that a
+// process serves the metrics of the tiers it runs ('relay ingest' no
+// relay_fanout_* series stuck at 0, which would clutter per-process panels).
+func (r *Registry) KeepTiers(tiers ...string) {
+	if !slices.Contains(tiers, "ingest") {
+		for _, c := range r.Ingest.collectors() {
+			r.reg.Unregister(c)
+		}
+	}
+	if !slices.Contains(tiers, "fanout") {
+		for _, c := range r.Fanout.collectors() {
+			r.reg.Unregister(c)
+		}
+	}
 }
