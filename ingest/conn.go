@@ -16,21 +16,24 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/subjects"
+	"github.com/relaydev/relay/shared/tcpproto"
 )
 
-// Refusal reasons: the values of relay_ingest_refused_total{reason}.
+// Refusal reasons: short local names for the typed label values of
+// relay_ingest_refused_total{reason}, declared in shared/metrics.
 const (
-	reasonBadHandshake       = "bad_handshake"
-	reasonHandshakeTimeout   = "handshake_timeout"
-	reasonTooLarge           = "too_large"
-	reasonTruncated          = "truncated"
-	reasonTooManyConnections = "too_many_connections"
-	reasonPublishFailed      = "publish_failed"
-	reasonShutdown           = "shutdown"
+	reasonBadHandshake       = metrics.IngestBadHandshake
+	reasonHandshakeTimeout   = metrics.IngestHandshakeTimeout
+	reasonTooLarge           = metrics.IngestTooLarge
+	reasonTruncated          = metrics.IngestTruncated
+	reasonTooManyConnections = metrics.IngestTooManyConnections
+	reasonPublishFailed      = metrics.IngestPublishFailed
+	reasonShutdown           = metrics.IngestShutdown
 )
 
-// Format header values (DESIGN.md's NATS contract). A binary message
+// Format header values (docs/architecture.md, NATS). A binary message
 // always carries binaryHeader; a text message carries textHeader only with
 // RELAY_INGEST_TEXT_HEADER. Without a header the contract's rule (valid
 // UTF-8 is text) gives every consumer the same answer, since ingest's text
@@ -143,7 +146,7 @@ func (c *senderConn) handshake() (string, error) {
 	}
 	c.setReadDeadline(time.Time{})
 	c.conn.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	if _, err := c.conn.Write([]byte("+OK\n")); err != nil {
+	if _, err := c.conn.Write(tcpproto.OKLine); err != nil {
 		return "", err
 	}
 	c.conn.SetWriteDeadline(time.Time{})
@@ -210,8 +213,8 @@ func (s *Server) publish(msg *nats.Msg) error {
 }
 
 // fail tells the sender why it is being closed, counts and logs it.
-func (c *senderConn) fail(reason string, err error, msg string) {
-	c.s.m.Refused.WithLabelValues(reason).Inc()
+func (c *senderConn) fail(reason metrics.IngestRefusal, err error, msg string) {
+	c.s.m.Refused.Inc(reason)
 	c.s.logRefusal(reason, "ingest: sender closed with error", "remote", c.conn.RemoteAddr().String(),
 		"listener", c.spec.Addr, "reason", reason, "err", err, "messages", c.msgs)
 	c.errLine(msg)
@@ -219,12 +222,12 @@ func (c *senderConn) fail(reason string, err error, msg string) {
 
 func (c *senderConn) errLine(msg string) {
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	c.conn.Write([]byte("-ERR " + msg + "\n"))
+	c.conn.Write(tcpproto.ErrLine(msg))
 }
 
 // logRefusal rate-limits refusal logs per reason: a misbehaving fleet must
 // not flood the log. The counter still counts every one.
-func (s *Server) logRefusal(reason, msg string, args ...any) {
+func (s *Server) logRefusal(reason metrics.IngestRefusal, msg string, args ...any) {
 	v, _ := refusalLogs.LoadOrStore(reason, &rate.Sometimes{First: 10, Interval: time.Second})
 	v.(*rate.Sometimes).Do(func() { s.log.Warn(msg, args...) })
 }

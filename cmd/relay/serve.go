@@ -107,16 +107,12 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		o.Name = "relay-" + tier + "-" + hostname()
 		o.Logger = log.With("tier", tier)
 		events := metrics.NATSEvents(tier)
-		// Present from the start at 0, so increase() sees the first event.
-		for _, e := range []string{"disconnect", "reconnect", "closed"} {
-			events.WithLabelValues(e)
-		}
-		o.OnEvent = func(e string) { events.WithLabelValues(e).Inc() }
+		o.OnEvent = events.Inc
 		nc, err := natsconn.Connect(ctx, o)
 		if err != nil {
 			return nil, err
 		}
-		reg.MustRegister(events, metrics.NATSConnected(tier, func() float64 {
+		reg.MustRegister(events.Collector(), metrics.NATSConnected(tier, func() float64 {
 			if nc.IsConnected() {
 				return 1
 			}
@@ -194,7 +190,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		for i, l := range listeners {
 			if !l.Handshake() {
 				log.Info("try it", "open", fmt.Sprintf("http://localhost:%d/?channel=%s", port(info.FanoutAddr), l.Channel),
-					"send", fmt.Sprintf("echo hello | nc localhost %d", port(info.IngestAddr[i])))
+					"send", fmt.Sprintf("echo hello | nc -q1 localhost %d", port(info.IngestAddr[i])))
 				break
 			}
 		}

@@ -51,14 +51,17 @@ func NATSConnected(tier string, fn func() float64) prometheus.Collector {
 	}, fn)
 }
 
-// NATSEvents counts NATS connection events (disconnect, reconnect, error) per tier.
-func NATSEvents(tier string) *prometheus.CounterVec {
-	return prometheus.NewCounterVec(prometheus.CounterOpts{
+// NATSEvents counts a tier's NATS connection events; register it with
+// Collector.
+func NATSEvents(tier string) *ReasonCounter[NATSEvent] {
+	return newReasonCounter(prometheus.CounterOpts{
 		Name:        "relay_nats_events_total",
-		Help:        "NATS connection events by type: disconnect, reconnect, closed.",
 		ConstLabels: prometheus.Labels{"tier": tier},
-	}, []string{"event"})
+	}, "event", "NATS connection events,", NATSEventKinds())
 }
+
+// Collector is what to register for c.
+func (c *ReasonCounter[T]) Collector() prometheus.Collector { return c.vec }
 
 // Ingest is the ingest tier's metrics.
 type Ingest struct {
@@ -66,7 +69,7 @@ type Ingest struct {
 	ConnectionsTotal prometheus.Counter
 	Messages         prometheus.Counter
 	Bytes            prometheus.Counter
-	Refused          *prometheus.CounterVec // by reason
+	Refused          *ReasonCounter[IngestRefusal]
 	PublishRetries   prometheus.Counter
 }
 
@@ -84,10 +87,8 @@ func newIngest() *Ingest {
 		Bytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_ingest_bytes_total", Help: "Payload bytes published to NATS.",
 		}),
-		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relay_ingest_refused_total",
-			Help: "Senders or messages refused, by reason (bad_handshake, bad_channel, handshake_timeout, too_large, too_many_connections, publish_failed).",
-		}, []string{"reason"}),
+		Refused: newReasonCounter(prometheus.CounterOpts{Name: "relay_ingest_refused_total"},
+			"reason", "Senders or messages refused (the sender got -ERR and was closed),", IngestRefusals()),
 		PublishRetries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_ingest_publish_retries_total",
 			Help: "Publishes retried because NATS could not take more (sender reads paused meanwhile).",
@@ -96,7 +97,7 @@ func newIngest() *Ingest {
 }
 
 func (m *Ingest) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused, m.PublishRetries}
+	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused.vec, m.PublishRetries}
 }
 
 // Fanout is the fanout tier's metrics.
@@ -107,9 +108,9 @@ type Fanout struct {
 	MessagesIn       prometheus.Counter
 	Deliveries       prometheus.Counter
 	BytesOut         prometheus.Counter
-	Refused          *prometheus.CounterVec // upgrade refusals by reason
-	Disconnects      *prometheus.CounterVec // client closes by reason
-	SlowConsumers    *prometheus.CounterVec // kind: client, nats
+	Refused          *ReasonCounter[FanoutRefusal]    // upgrade refusals
+	Disconnects      *ReasonCounter[FanoutDisconnect] // client closes
+	SlowConsumers    *ReasonCounter[SlowConsumerKind]
 }
 
 func newFanout() *Fanout {
@@ -132,21 +133,15 @@ func newFanout() *Fanout {
 		BytesOut: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_fanout_bytes_total", Help: "Payload bytes written to WebSocket clients.",
 		}),
-		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relay_fanout_refused_total",
-			Help: "WebSocket upgrades refused, by reason (bad_channel, bad_origin, too_many_connections, draining, subscribe_failed, bad_request).",
-		}, []string{"reason"}),
-		Disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relay_fanout_disconnects_total",
-			Help: "WebSocket clients closed, by reason (client_closed, slow_consumer, nats_slow_consumer, client_data, write_error, ping_timeout, shutdown, nats_disconnected).",
-		}, []string{"reason"}),
-		SlowConsumers: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relay_fanout_slow_consumers_total",
-			Help: "Slow-consumer events: kind=client (a WebSocket client's queue was full), kind=nats (NATS dropped messages for a subscription).",
-		}, []string{"kind"}),
+		Refused: newReasonCounter(prometheus.CounterOpts{Name: "relay_fanout_refused_total"},
+			"reason", "WebSocket upgrades refused,", FanoutRefusals()),
+		Disconnects: newReasonCounter(prometheus.CounterOpts{Name: "relay_fanout_disconnects_total"},
+			"reason", "WebSocket clients closed,", FanoutDisconnects()),
+		SlowConsumers: newReasonCounter(prometheus.CounterOpts{Name: "relay_fanout_slow_consumers_total"},
+			"kind", "Slow-consumer events (client: a WebSocket client's queue was full; nats: NATS dropped messages for a subscription),", SlowConsumerKinds()),
 	}
 }
 
 func (m *Fanout) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Subscriptions, m.MessagesIn, m.Deliveries, m.BytesOut, m.Refused, m.Disconnects, m.SlowConsumers}
+	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Subscriptions, m.MessagesIn, m.Deliveries, m.BytesOut, m.Refused.vec, m.Disconnects.vec, m.SlowConsumers.vec}
 }
