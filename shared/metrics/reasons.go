@@ -135,7 +135,14 @@ type ReasonCounter[T ~string] struct{ vec *prometheus.CounterVec }
 
 func newReasonCounter[T ~string](opts prometheus.CounterOpts, label, help string, all []T) *ReasonCounter[T] {
 	opts.Help = help + " by " + label + " " + listing(all) + "."
-	return &ReasonCounter[T]{vec: prometheus.NewCounterVec(opts, []string{label})}
+	vec := prometheus.NewCounterVec(opts, []string{label})
+	// Every reason is served from the start, at 0: Prometheus's increase()
+	// and rate() need a sample before the first event to count it, so an
+	// alert on a reason's first occurrence after a restart would miss it.
+	for _, r := range all {
+		vec.WithLabelValues(string(r))
+	}
+	return &ReasonCounter[T]{vec: vec}
 }
 
 // Inc counts one event for reason r.
