@@ -311,4 +311,3 @@ func (s *Server) logRefusal(reason metrics.IngestRefusal, msg string, args ...an
 var refusalLogs sync.Map // reason -> *rate.Sometimes
 
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
-
