@@ -7,6 +7,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/nats-io/nats-server/v2/server"
 )
 
@@ -254,4 +256,45 @@ func nodeOf(nodes []*server.Server, prefix string) int {
 		}
 	}
 	return -1
+}
+
+// watcher is a wsReceiver the test can also close itself.
+type watcher struct {
+	*wsReceiver
+	conn *websocket.Conn
+}
+
+// dialWatcher is dialWS keeping the connection, for close.
+func dialWatcher(t *testing.T, url string) *watcher {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, url, nil)
+	if err != nil {
+		t.Fatalf("dial %s: %v", url, err)
+	}
+	r := &wsReceiver{closed: make(chan struct{})}
+	go func() {
+		defer close(r.closed)
+		defer c.CloseNow()
+		for {
+			_, data, err := c.Read(context.Background())
+			if err != nil {
+				r.status = websocket.CloseStatus(err)
+				return
+			}
+			r.mu.Lock()
+			r.msgs = append(r.msgs, string(data))
+			r.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { c.CloseNow(); <-r.closed })
+	return &watcher{wsReceiver: r, conn: c}
+}
+
+// close ends the connection from the client's side and waits for the
+// reader to stop.
+func (w *watcher) close() {
+	w.conn.CloseNow()
+	<-w.closed
 }
