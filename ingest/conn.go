@@ -28,6 +28,8 @@ const (
 	reasonTooManyConnections = "too_many_connections"
 	reasonPublishFailed      = "publish_failed"
 	reasonShutdown           = "shutdown"
+	// reasonUpstream: NATS stayed unreachable for RELAY_INGEST_OUTAGE_HOLD.
+	reasonUpstream = "upstream_unavailable"
 )
 
 // Format header values (DESIGN.md's NATS contract). A binary message
@@ -109,18 +111,47 @@ func (c *senderConn) serve() {
 		log.Debug("sender disconnected", "messages", c.msgs, "bytes", c.bytes)
 	case errors.Is(err, ErrTooLarge):
 		c.fail(reasonTooLarge, err, fmt.Sprintf("message too large (max %d bytes)", s.cfg.MaxMessage))
-	case errors.Is(err, ErrTruncated) && c.isStopping():
-		c.fail(reasonShutdown, err, "server shutting down")
+	case c.isStopping() && (isTimeout(err) || errors.Is(err, ErrTruncated) || errors.Is(err, errHeld)):
+		// Shutdown: what was read is published; say how much, once NATS has
+		// confirmed it, so the sender knows exactly where to resume.
+		reply := c.shutdownReply()
+		if errors.Is(err, errHeld) {
+			s.m.Unpublished.WithLabelValues(reasonShutdown).Inc()
+			c.fail(reasonShutdown, err, reply)
+			return
+		}
+		c.errLine(reply)
+		log.Info("sender closed at shutdown", "messages", c.msgs, "bytes", c.bytes)
 	case errors.Is(err, ErrTruncated):
 		c.fail(reasonTruncated, err, "truncated frame")
+	case errors.Is(err, errHeld):
+		s.m.Unpublished.WithLabelValues(reasonUpstream).Inc()
+		c.fail(reasonUpstream, err, fmt.Sprintf("upstream unavailable: %d messages accepted", c.msgs))
 	case errors.Is(err, errPublish):
-		c.fail(reasonPublishFailed, err, "publish failed; message not delivered")
-	case c.isStopping() && isTimeout(err):
-		c.errLine("server shutting down")
-		log.Info("sender closed at shutdown", "messages", c.msgs, "bytes", c.bytes)
+		s.m.Unpublished.WithLabelValues(reasonPublishFailed).Inc()
+		c.fail(reasonPublishFailed, err, fmt.Sprintf("publish failed; message not delivered: %d messages accepted", c.msgs))
 	default:
 		log.Info("sender connection ended", "err", err, "messages", c.msgs, "bytes", c.bytes)
 	}
+}
+
+// shutdownReply waits until NATS has taken every message of this
+// connection (a flush round trip: the server has processed everything
+// published before it) and words the sender's last line.
+func (c *senderConn) shutdownReply() string {
+	s := c.s
+	if c.msgs > 0 {
+		err := errors.New("NATS not connected")
+		if s.nc.IsConnected() {
+			err = s.nc.FlushTimeout(max(time.Until(s.flushBy()), 100*time.Millisecond))
+		}
+		if err != nil {
+			s.logRefusal("shutdown_unconfirmed", "ingest: NATS did not confirm a sender's last messages at shutdown",
+				"remote", c.conn.RemoteAddr().String(), "messages", c.msgs, "err", err)
+			return fmt.Sprintf("server shutting down: %d messages published, the last ones unconfirmed (upstream unavailable)", c.msgs)
+		}
+	}
+	return fmt.Sprintf("server shutting down: %d messages accepted", c.msgs)
 }
 
 // handshake reads `CHANNEL [TOKEN]\n` within the timeout and answers +OK.
@@ -131,7 +162,7 @@ func (c *senderConn) handshake() (string, error) {
 	if err != nil {
 		switch {
 		case c.isStopping() && isTimeout(err):
-			c.fail(reasonShutdown, err, "server shutting down")
+			c.fail(reasonShutdown, err, "server shutting down: 0 messages accepted")
 		case errors.Is(err, ErrBadHandshake):
 			c.fail(reasonBadHandshake, err, strings.TrimPrefix(err.Error(), "ingest: "))
 		case isTimeout(err):
@@ -176,7 +207,7 @@ func (c *senderConn) pump(channel string) error {
 		if text {
 			msg.Header = textHdr
 		}
-		if err := s.publish(msg); err != nil {
+		if err := c.publish(msg); err != nil {
 			return err
 		}
 		c.msgs++
@@ -186,27 +217,53 @@ func (c *senderConn) pump(channel string) error {
 	}
 }
 
-var errPublish = errors.New("ingest: publish failed")
+var (
+	errPublish = errors.New("ingest: publish failed")
+	// errHeld: NATS could not take a message for as long as ingest holds
+	// one (RELAY_INGEST_OUTAGE_HOLD, or until the shutdown deadline).
+	errHeld = errors.New("ingest: NATS unavailable")
+)
 
-// publish hands msg to NATS, waiting while NATS cannot take more (the
-// reconnect buffer is full while disconnected). It gives up only when the
-// connection is closed or the shutdown grace runs out.
-func (s *Server) publish(msg *nats.Msg) error {
-	wait := 5 * time.Millisecond
+// publish hands msg to NATS. The connection has no reconnect buffer, so
+// while NATS is down a publish fails at once instead of being buffered and
+// replayed later: the message is held, reading stops (TCP pushes back on
+// the sender), and publishing resumes when NATS is back. Only a message NATS
+// took counts as accepted. Held longer than RELAY_INGEST_OUTAGE_HOLD, or past
+// the shutdown deadline, it fails with errHeld.
+func (c *senderConn) publish(msg *nats.Msg) error {
+	s := c.s
+	var heldSince time.Time
 	for {
 		err := s.nc.PublishMsg(msg)
 		if err == nil {
+			if !heldSince.IsZero() {
+				s.m.Held.Dec()
+			}
 			return nil
 		}
-		if !errors.Is(err, nats.ErrReconnectBufExceeded) {
+		if permanent(err) {
+			if !heldSince.IsZero() {
+				s.m.Held.Dec()
+			}
 			return fmt.Errorf("%w: %s: %w", errPublish, msg.Subject, err)
 		}
-		s.m.PublishRetries.Inc()
-		if err := sleepCtx(s.hardCtx, wait); err != nil {
-			return fmt.Errorf("%w: %s: NATS still unavailable at shutdown deadline", errPublish, msg.Subject)
+		if heldSince.IsZero() {
+			heldSince = time.Now()
+			s.m.Held.Inc()
 		}
-		wait = min(2*wait, 500*time.Millisecond)
+		s.m.PublishRetries.Inc()
+		if err := s.waitUpstream(heldSince.Add(s.cfg.OutageHold)); err != nil {
+			s.m.Held.Dec()
+			return fmt.Errorf("%w: %s: held %s: %w", errHeld, msg.Subject, time.Since(heldSince).Round(time.Millisecond), err)
+		}
 	}
+}
+
+// permanent reports publish errors that waiting for NATS cannot cure.
+func permanent(err error) bool {
+	return errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrMaxPayload) ||
+		errors.Is(err, nats.ErrBadSubject) || errors.Is(err, nats.ErrHeadersNotSupported) ||
+		errors.Is(err, nats.ErrInvalidConnection)
 }
 
 // fail tells the sender why it is being closed, counts and logs it.

@@ -70,7 +70,12 @@ type started struct {
 func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log *slog.Logger, notify func(started)) error {
 	var info started
 	reg := metrics.New()
-	connectOpts := natsconn.Options{RetryWindow: cfg.NATSRetry, Logger: log}
+	connectOpts := natsconn.Options{
+		RetryWindow:  cfg.NATSRetry,
+		Logger:       log,
+		PingInterval: cfg.NATSPingInterval,
+		MaxPingsOut:  cfg.NATSMaxPings,
+	}
 	var embedded *server.Server
 	if role == config.RoleAll {
 		var err error
@@ -100,6 +105,9 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		o.Logger = log.With("tier", tier)
 		events := metrics.NATSEvents(tier)
 		o.OnEvent = func(e string) { events.WithLabelValues(e).Inc() }
+		// Ingest accepts only what NATS takes: no reconnect buffer to be
+		// replayed as a burst after an outage (see ingest's publish).
+		o.NoReconnectBuffer = tier == "ingest"
 		nc, err := natsconn.Connect(ctx, o)
 		if err != nil {
 			return nil, err
@@ -118,6 +126,9 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 	g, gctx := errgroup.WithContext(ctx)
 	var finished atomic.Bool
 	var handshakePort string
+	// In 'relay all' the fanout closes its clients only after ingest has
+	// published (and NATS confirmed) what its senders wrote before the signal.
+	var ingestDrained <-chan struct{}
 
 	if role == config.RoleAll || role == config.RoleIngest {
 		nc, err := connect("ingest")
@@ -138,6 +149,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			return err
 		}
 		info.IngestAddr = ing.Addrs()
+		ingestDrained = ing.Drained()
 		listeners, _ := cfg.ParseListeners()
 		for i, l := range listeners {
 			if l.Handshake() && handshakePort == "" {
@@ -165,6 +177,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			Logger:         log.With("tier", "fanout"),
 			Metrics:        reg.Fanout,
 			MetricsHandler: reg.Handler(),
+			Upstream:       ingestDrained,
 		})
 		if err != nil {
 			nc.Close()

@@ -36,6 +36,11 @@ type Common struct {
 	LogFormat      string        `envconfig:"LOG_FORMAT" default:"text" desc:"log format: text or json"`
 	ShutdownGrace  time.Duration `envconfig:"SHUTDOWN_GRACE" default:"20s" desc:"on SIGTERM, the longest relay takes to drain senders, close receivers and flush NATS before it exits (keep below the orchestrator's kill timeout)"`
 	EmbeddedListen string        `envconfig:"NATS_LISTEN" default:"" desc:"'relay all' only: also serve the embedded NATS server on this host:port (e.g. 127.0.0.1:4222) so other NATS clients can publish; empty = in-process only"`
+	// NATSPingInterval and NATSMaxPings bound how long a frozen or
+	// blackholed NATS server goes unnoticed: at most interval x (pings + 1),
+	// 12s by default.
+	NATSPingInterval time.Duration `envconfig:"NATS_PING_INTERVAL" default:"4s" desc:"how often each tier pings its NATS server; a server that leaves RELAY_NATS_MAX_PINGS_OUTSTANDING pings unanswered is treated as lost (readiness 503, ingest stops reading, fanout closes watchers with 1012), so a frozen or blackholed NATS is noticed within interval x (pings + 1): 12s by default"`
+	NATSMaxPings     int           `envconfig:"NATS_MAX_PINGS_OUTSTANDING" default:"2" desc:"unanswered NATS pings after which the connection is declared stale and replaced (see RELAY_NATS_PING_INTERVAL)"`
 }
 
 // Ingest settings are read by 'relay ingest' and 'relay all'.
@@ -47,6 +52,7 @@ type Ingest struct {
 	KeepAlive        time.Duration `envconfig:"INGEST_TCP_KEEPALIVE" default:"30s" desc:"TCP keepalive period for sender connections (0 disables), so dead peers are noticed"`
 	MaxConnections   int           `envconfig:"INGEST_MAX_CONNECTIONS" default:"10000" desc:"most concurrent sender connections per process; more get -ERR and are closed"`
 	ReadBuffer       int           `envconfig:"INGEST_READ_BUFFER" default:"32768" desc:"bytes buffered per sender connection while framing"`
+	OutageHold       time.Duration `envconfig:"INGEST_OUTAGE_HOLD" default:"10s" desc:"while NATS is unreachable ingest accepts nothing (it stops reading, so TCP pushes back on senders); a sender held this long gets '-ERR upstream unavailable: N messages accepted' and is closed"`
 	TextHeader       bool          `envconfig:"INGEST_TEXT_HEADER" default:"false" desc:"also send the NATS header Relay-Format: text with text messages (binary ones always carry Relay-Format: binary); off, text travels without a header, which the contract reads as text, and ingest publishes about twice as fast"`
 }
 
@@ -140,6 +146,12 @@ func (c Config) Validate(role Role) error {
 	if c.ShutdownGrace <= 0 {
 		add("RELAY_SHUTDOWN_GRACE=%s: must be positive", c.ShutdownGrace)
 	}
+	if c.NATSPingInterval < 100*time.Millisecond {
+		add("RELAY_NATS_PING_INTERVAL=%s: must be at least 100ms", c.NATSPingInterval)
+	}
+	if c.NATSMaxPings < 1 {
+		add("RELAY_NATS_MAX_PINGS_OUTSTANDING=%d: must be at least 1", c.NATSMaxPings)
+	}
 	if role == RoleAll && c.EmbeddedListen != "" {
 		if err := checkAddr(c.EmbeddedListen); err != nil {
 			add("RELAY_NATS_LISTEN=%q: %v", c.EmbeddedListen, err)
@@ -221,6 +233,9 @@ func (i Ingest) Validate() error {
 	}
 	if i.KeepAlive < 0 {
 		add("RELAY_INGEST_TCP_KEEPALIVE=%s: must not be negative", i.KeepAlive)
+	}
+	if i.OutageHold <= 0 {
+		add("RELAY_INGEST_OUTAGE_HOLD=%s: must be positive", i.OutageHold)
 	}
 	if i.MaxConnections < 1 {
 		add("RELAY_INGEST_MAX_CONNECTIONS=%d: must be at least 1", i.MaxConnections)

@@ -68,6 +68,8 @@ type Ingest struct {
 	Bytes            prometheus.Counter
 	Refused          *prometheus.CounterVec // by reason
 	PublishRetries   prometheus.Counter
+	Unpublished      *prometheus.CounterVec // messages read but never published, by reason
+	Held             prometheus.Gauge       // senders paused because NATS cannot take their message
 }
 
 func newIngest() *Ingest {
@@ -79,24 +81,32 @@ func newIngest() *Ingest {
 			Name: "relay_ingest_connections_total", Help: "Sender TCP connections accepted.",
 		}),
 		Messages: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "relay_ingest_messages_total", Help: "Messages published to NATS.",
+			Name: "relay_ingest_messages_total", Help: "Messages published to NATS (accepted from senders); held or refused ones are not counted.",
 		}),
 		Bytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_ingest_bytes_total", Help: "Payload bytes published to NATS.",
 		}),
 		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_ingest_refused_total",
-			Help: "Senders or messages refused, by reason (bad_handshake, bad_channel, handshake_timeout, too_large, too_many_connections, publish_failed).",
+			Help: "Senders or messages refused, by reason (bad_handshake, bad_channel, handshake_timeout, too_large, too_many_connections, publish_failed, upstream_unavailable, shutdown).",
 		}, []string{"reason"}),
 		PublishRetries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_ingest_publish_retries_total",
 			Help: "Publishes retried because NATS could not take more (sender reads paused meanwhile).",
 		}),
+		Unpublished: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_ingest_unpublished_total",
+			Help: "Messages read from a sender but never published, and so not counted as accepted, by reason (upstream_unavailable: NATS unreachable for RELAY_INGEST_OUTAGE_HOLD; shutdown; publish_failed). The sender was told with -ERR.",
+		}, []string{"reason"}),
+		Held: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_ingest_senders_held",
+			Help: "Senders paused now because NATS cannot take their next message (not reading: TCP pushes back).",
+		}),
 	}
 }
 
 func (m *Ingest) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused, m.PublishRetries}
+	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused, m.PublishRetries, m.Unpublished, m.Held}
 }
 
 // Fanout is the fanout tier's metrics.
@@ -134,7 +144,7 @@ func newFanout() *Fanout {
 		}),
 		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_fanout_refused_total",
-			Help: "WebSocket upgrades refused, by reason (bad_channel, bad_origin, too_many_connections, draining, subscribe_failed, bad_request).",
+			Help: "WebSocket upgrades refused, by reason (bad_channel, bad_origin, too_many_connections, draining, subscribe_failed, bad_request, nats_disconnected).",
 		}, []string{"reason"}),
 		Disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_fanout_disconnects_total",
