@@ -274,3 +274,83 @@ func gapFreeTold(msgs []string, told map[string]bool) (map[string]int64, error) 
 	}
 	return next, nil
 }
+
+// TestNATSPartitionTellsSenders cuts ingest off NATS (every connection
+// through the proxy reset) for longer than RELAY_INGEST_OUTAGE_HOLD while
+// 2 senders write: each is told `-ERR upstream unavailable: N messages
+// accepted` and closed, and the watchers (their fanout still connected to
+// NATS) have exactly that sender's lines 0..N-1: N is a promise, not an
+// estimate.
+func TestNATSPartitionTellsSenders(t *testing.T) {
+	t.Parallel()
+	ns := testutil.NATSServer(t)
+	proxy := toxi.New(t, strings.TrimPrefix(ns.ClientURL(), "nats://"))
+	hs, ingestHTTP, fanoutAddr := freePort(t), freePort(t), freePort(t)
+	const hold = time.Second
+	startRelay(t, []string{"RELAY_NATS_URL=" + proxy.URL(), "RELAY_INGEST_LISTENERS=" + hs + "=*/line",
+		"RELAY_INGEST_HTTP_ADDR=" + ingestHTTP, "RELAY_INGEST_OUTAGE_HOLD=" + hold.String(),
+		"RELAY_NATS_PING_INTERVAL=1s", "RELAY_LOG_LEVEL=debug"}, "ingest")
+	startRelay(t, []string{"RELAY_NATS_URL=" + ns.ClientURL(), "RELAY_FANOUT_ADDR=" + fanoutAddr, burstQueue}, "fanout")
+	waitReady(t, "http://"+ingestHTTP+"/readyz", "http://"+fanoutAddr+"/readyz")
+
+	const channel = "partition"
+	var watchers []*watcher
+	for range 2 {
+		watchers = append(watchers, dialWatcher(t, "ws://"+fanoutAddr+"/ws/"+channel))
+	}
+	testutil.Eventually(t, 20*time.Second, func() error {
+		if v := metricValue(scrape("http://"+fanoutAddr+"/metrics"), "relay_fanout_connections"); v != 2 {
+			return fmt.Errorf("fanout has %v watchers, want 2", v)
+		}
+		return nil
+	})
+	var senders []*numberedSender
+	for i := range 2 {
+		senders = append(senders, startNumberedSender(t, hs, channel, fmt.Sprintf("s%d", i), 300))
+	}
+	time.Sleep(500 * time.Millisecond)
+
+	proxy.Add(toxi.ResetPeer, map[string]any{"timeout": 0})
+	cutAt := time.Now()
+	accepted := map[string]int64{}
+	for _, s := range senders {
+		select {
+		case <-s.replied:
+		case <-time.After(hold + 20*time.Second):
+			t.Fatalf("sender %s not told within %s of the partition", s.name, hold+20*time.Second)
+		}
+		reply := s.replyText()
+		var n int64
+		if _, err := fmt.Sscanf(reply, "-ERR upstream unavailable: %d messages accepted", &n); err != nil {
+			t.Fatalf("sender %s: reply %q, want -ERR upstream unavailable: N messages accepted", s.name, reply)
+		}
+		accepted[s.name] = n
+	}
+	toldAfter := time.Since(cutAt)
+	proxy.Heal()
+
+	var written int64
+	for _, s := range senders {
+		s.finish(t)
+		written += s.written.Load()
+	}
+	for i, w := range watchers {
+		testutil.Eventually(t, 20*time.Second, func() error {
+			counts, err := gapFree(w.messages())
+			if err != nil {
+				t.Fatalf("watcher %d: %v", i, err)
+			}
+			for name, n := range accepted {
+				if counts[name] > n {
+					t.Fatalf("watcher %d has %d lines of sender %s, which was told %d were accepted", i, counts[name], name, n)
+				}
+				if counts[name] < n {
+					return fmt.Errorf("watcher %d has %d of sender %s's %d accepted lines", i, counts[name], name, n)
+				}
+			}
+			return nil
+		})
+	}
+	t.Logf("ingest cut off NATS (hold %s): senders told -ERR after %s with %v accepted; written %d; each watcher has exactly the accepted lines, in order",
+		hold, toldAfter.Round(time.Millisecond), accepted, written)
+}
