@@ -171,29 +171,6 @@ func gapFree(msgs []string) (map[string]int64, error) {
 	return next, nil
 }
 
-// gapFreeFrom is gapFree for a watcher that joined mid-stream: each
-// sender's first number may be any, the rest must follow without a gap.
-func gapFreeFrom(msgs []string) (map[string]int64, error) {
-	next := map[string]int64{}
-	count := map[string]int64{}
-	for _, m := range msgs {
-		name, num, ok := strings.Cut(m, " ")
-		if !ok || len(num) != seqWidth {
-			return count, fmt.Errorf("malformed or cut line %q", m)
-		}
-		seq, err := strconv.ParseInt(num, 10, 64)
-		if err != nil {
-			return count, fmt.Errorf("malformed line %q", m)
-		}
-		if want, seen := next[name]; seen && seq != want {
-			return count, fmt.Errorf("sender %s: got %d after %d: a silent gap", name, seq, want-1)
-		}
-		next[name] = seq + 1
-		count[name]++
-	}
-	return count, nil
-}
-
 // metricValue returns the value of the sample whose name and labels start
 // with series (e.g. `relay_nats_events_total{tier="fanout",event="reconnect"`
 // — label order as the exposition prints it), summed over matches; 0 when
