@@ -274,10 +274,27 @@ func (c *senderConn) fail(reason string, err error, msg string) {
 	c.errLine(msg)
 }
 
+// errLine writes the sender's last line, then closes gently: a sender
+// still writing would otherwise have its unread bytes answered with a TCP
+// reset, which can discard the -ERR line before the sender reads it. So
+// ingest half-closes and discards what still arrives for a moment (bounded
+// in time and bytes) before serve closes the connection.
 func (c *senderConn) errLine(msg string) {
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	c.conn.Write([]byte("-ERR " + msg + "\n"))
+	if _, err := c.conn.Write([]byte("-ERR " + msg + "\n")); err != nil {
+		return
+	}
+	if tc, ok := c.conn.(interface{ CloseWrite() error }); ok && tc.CloseWrite() == nil {
+		c.conn.SetReadDeadline(time.Now().Add(lingerTime))
+		io.Copy(io.Discard, io.LimitReader(c.conn, lingerBytes))
+	}
 }
+
+// lingerTime and lingerBytes bound errLine's gentle close.
+const (
+	lingerTime  = 500 * time.Millisecond
+	lingerBytes = 4 << 20
+)
 
 // logRefusal rate-limits refusal logs per reason: a misbehaving fleet must
 // not flood the log. The counter still counts every one.
