@@ -171,11 +171,11 @@ func gapFree(msgs []string) (map[string]int64, error) {
 	return next, nil
 }
 
-// metricValue returns the value of the sample whose name and labels start
+// metricSum returns the value of the sample whose name and labels start
 // with series (e.g. `relay_nats_events_total{tier="fanout",event="reconnect"`
 // — label order as the exposition prints it), summed over matches; 0 when
 // absent.
-func metricValue(body, series string) float64 {
+func metricSum(body, series string) float64 {
 	var sum float64
 	for line := range strings.SplitSeq(body, "\n") {
 		if !strings.HasPrefix(line, series) || strings.HasPrefix(line, "#") {

@@ -74,7 +74,7 @@ func nodeLoss(t *testing.T, kill string) {
 		watchers = append(watchers, dialWS(t, "ws://"+fanoutAddr+"/ws/"+channel))
 	}
 	testutil.Eventually(t, 20*time.Second, func() error {
-		if v := metricValue(scrape("http://"+fanoutAddr+"/metrics"), "relay_fanout_connections"); v != 3 {
+		if v := metricSum(scrape("http://"+fanoutAddr+"/metrics"), "relay_fanout_connections"); v != 3 {
 			return fmt.Errorf("fanout has %v watchers, want 3", v)
 		}
 		return nil
@@ -179,7 +179,7 @@ func nodeLoss(t *testing.T, kill string) {
 		waitReady(t, "http://"+fanoutAddr+"/readyz")
 		w := dialWS(t, "ws://"+fanoutAddr+"/ws/"+channel)
 		testutil.Eventually(t, 20*time.Second, func() error {
-			if v := metricValue(scrape("http://"+fanoutAddr+"/metrics"), "relay_fanout_connections"); v != 1 {
+			if v := metricSum(scrape("http://"+fanoutAddr+"/metrics"), "relay_fanout_connections"); v != 1 {
 				return fmt.Errorf("fanout has %v watchers, want 1", v)
 			}
 			return nil

@@ -83,8 +83,8 @@ func networkFault(t *testing.T, tier string, tc toxicCase) {
 	// Baseline: the tier connected to NATS, no clients.
 	time.Sleep(200 * time.Millisecond)
 	m := scrape(base + "/metrics")
-	baseGoroutines := metricValue(m, "go_goroutines")
-	baseHeap := metricValue(m, "go_memstats_heap_inuse_bytes")
+	baseGoroutines := metricSum(m, "go_goroutines")
+	baseHeap := metricSum(m, "go_memstats_heap_inuse_bytes")
 
 	const channel = "toxic"
 	var watchers []*watcher
@@ -92,7 +92,7 @@ func networkFault(t *testing.T, tier string, tc toxicCase) {
 		watchers = append(watchers, dialWatcher(t, "ws://"+fanoutAddr+"/ws/"+channel))
 	}
 	testutil.Eventually(t, 20*time.Second, func() error {
-		if v := metricValue(scrape("http://"+fanoutAddr+"/metrics"), "relay_fanout_connections"); v != 2 {
+		if v := metricSum(scrape("http://"+fanoutAddr+"/metrics"), "relay_fanout_connections"); v != 2 {
 			return fmt.Errorf("fanout has %v watchers, want 2", v)
 		}
 		return nil
@@ -121,7 +121,7 @@ func networkFault(t *testing.T, tier string, tc toxicCase) {
 				deadline = time.Now().Add(time.Second)
 			}
 		}
-		maxHeap = max(maxHeap, metricValue(scrape(base+"/metrics"), "go_memstats_heap_inuse_bytes"))
+		maxHeap = max(maxHeap, metricSum(scrape(base+"/metrics"), "go_memstats_heap_inuse_bytes"))
 		time.Sleep(50 * time.Millisecond)
 	}
 	if tc.outage && !saw503 {
@@ -190,7 +190,7 @@ func networkFault(t *testing.T, tier string, tc toxicCase) {
 	// Healed: a new watcher gets a new sender's lines.
 	w := dialWatcher(t, "ws://"+fanoutAddr+"/ws/"+channel+"-after")
 	testutil.Eventually(t, 20*time.Second, func() error {
-		if v := metricValue(scrape("http://"+fanoutAddr+"/metrics"), "relay_fanout_subscriptions"); v < 1 {
+		if v := metricSum(scrape("http://"+fanoutAddr+"/metrics"), "relay_fanout_subscriptions"); v < 1 {
 			return fmt.Errorf("no subscription yet")
 		}
 		return nil
@@ -217,7 +217,7 @@ func networkFault(t *testing.T, tier string, tc toxicCase) {
 	}
 	var goroutines float64
 	testutil.Eventually(t, 20*time.Second, func() error {
-		goroutines = metricValue(scrape(base+"/metrics"), "go_goroutines")
+		goroutines = metricSum(scrape(base+"/metrics"), "go_goroutines")
 		if goroutines > baseGoroutines {
 			return fmt.Errorf("%s has %v goroutines, %v before the clients came", tier, goroutines, baseGoroutines)
 		}
@@ -306,7 +306,7 @@ func TestNATSPartitionTellsSenders(t *testing.T) {
 		watchers = append(watchers, dialWatcher(t, "ws://"+fanoutAddr+"/ws/"+channel))
 	}
 	testutil.Eventually(t, 20*time.Second, func() error {
-		if v := metricValue(scrape("http://"+fanoutAddr+"/metrics"), "relay_fanout_connections"); v != 2 {
+		if v := metricSum(scrape("http://"+fanoutAddr+"/metrics"), "relay_fanout_connections"); v != 2 {
 			return fmt.Errorf("fanout has %v watchers, want 2", v)
 		}
 		return nil
