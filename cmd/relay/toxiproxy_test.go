@@ -22,14 +22,18 @@ type toxicCase struct {
 	// outage: NATS is unusable through this toxic, so /readyz must answer
 	// 503 while it lasts (and 200 again after healing).
 	outage bool
+	// usable: NATS is slower but works, well within the ping budget, so
+	// /readyz must stay 200. (A link below the load's bandwidth may delay
+	// pings past it: either answer is right there.)
+	usable bool
 }
 
 var toxicCases = []toxicCase{
-	{"latency", toxi.Latency, map[string]any{"latency": 250, "jitter": 50}, false},
-	{"bandwidth", toxi.Bandwidth, map[string]any{"rate": 4}, false}, // KB/s: below what the load needs
-	{"reset_peer", toxi.ResetPeer, map[string]any{"timeout": 0}, true},
-	{"slicer", toxi.Slicer, map[string]any{"average_size": 8, "size_variation": 4, "delay": 200}, false},
-	{"blackhole", toxi.Timeout, map[string]any{"timeout": 0}, true},
+	{"latency", toxi.Latency, map[string]any{"latency": 250, "jitter": 50}, false, true},
+	{"bandwidth", toxi.Bandwidth, map[string]any{"rate": 4}, false, false}, // KB/s: below what the load needs
+	{"reset_peer", toxi.ResetPeer, map[string]any{"timeout": 0}, true, false},
+	{"slicer", toxi.Slicer, map[string]any{"average_size": 8, "size_variation": 4, "delay": 200}, false, true},
+	{"blackhole", toxi.Timeout, map[string]any{"timeout": 0}, true, false},
 }
 
 // faultGrace is RELAY_SHUTDOWN_GRACE for the tiers under a fault: short,
@@ -126,6 +130,9 @@ func networkFault(t *testing.T, tier string, tc toxicCase) {
 	}
 	if tc.outage && !saw503 {
 		t.Errorf("%s /readyz never answered 503 in %s of %s", tier, time.Since(faultAt).Round(time.Millisecond), tc.name)
+	}
+	if tc.usable && saw503 {
+		t.Errorf("%s /readyz answered 503 after %s of %s, although NATS still worked", tier, noticed.Round(time.Millisecond), tc.name)
 	}
 
 	proxy.Heal()
