@@ -44,8 +44,8 @@ const faultGrace = 3 * time.Second
 // one tier (the built binary) and NATS and, for each toxic, with 2 senders
 // and 2 watchers running: nothing is lost silently (a watcher still
 // connected has no gap from a sender that was not told -ERR; a closed one
-// got 1012), /readyz answers 503 while NATS is unusable and 200 after
-// healing, messages flow again after healing, the tier's heap stays
+// got 1012), /readyz answers 503 while NATS is unusable (and stays 200
+// while it is merely slow) and 200 after healing, messages flow again after healing, the tier's heap stays
 // bounded, its goroutines return to their baseline once the clients have
 // gone, and with the fault in place again it still shuts down within its
 // grace period.
