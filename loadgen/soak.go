@@ -149,6 +149,11 @@ type SoakResult struct {
 	// client has left at the end: equal when nothing leaked.
 	GoroutinesBefore int `json:"goroutines_before,omitempty"`
 	GoroutinesAfter  int `json:"goroutines_after,omitempty"`
+	// RSS after a GC (when the probe can ask for one) before the first
+	// client and after the last has left: what a leak would leave behind,
+	// apart from memory the runtime merely kept.
+	RSSBeforeBytes int64 `json:"rss_before_bytes"`
+	RSSAfterBytes  int64 `json:"rss_after_bytes"`
 
 	SendersOpened  int    `json:"senders_opened"`
 	WatchersOpened int    `json:"watchers_opened"`
@@ -271,8 +276,8 @@ loop:
 		Measured: cfg.Probe.Describe(), Seconds: elapsed.Seconds(), Rate: cfg.Rate,
 		Senders: cfg.Senders, Watchers: cfg.Watchers, Channels: cfg.Channels, Size: cfg.Size,
 		Lifetime: cfg.Lifetime.String(), Warmup: cfg.Warmup.String(),
-		GoroutinesBefore: before.Goroutines,
-		SendersOpened:    int(s.sendersOpened.Load()), WatchersOpened: int(s.watchersOpened.Load()),
+		GoroutinesBefore: before.Goroutines, RSSBeforeBytes: before.RSSBytes,
+		SendersOpened: int(s.sendersOpened.Load()), WatchersOpened: int(s.watchersOpened.Load()),
 		Written: s.written.Load(), Delivered: s.delivered.Load(), Gaps: s.gaps.Load(),
 		SenderErrors: s.senderErrs, DialErrors: s.dialErrs, FirstErrors: s.firstErrs,
 		Samples: samples,
@@ -294,6 +299,9 @@ loop:
 			break
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	if st, err := cfg.Probe.Stats(true); err == nil {
+		res.RSSAfterBytes = st.RSSBytes
 	}
 	return res, nil
 }
@@ -514,7 +522,8 @@ func (r *SoakResult) WriteText(w io.Writer) {
 		fmt.Fprintf(w, "watchers closed by the server: %v\n", r.WatcherCloses)
 	}
 	fmt.Fprintf(w, "server (%s), slopes after the first %s by least squares:\n", r.Measured, r.Warmup)
-	fmt.Fprintf(w, "  RSS        %+.3f MiB/min (mean %s, max %s)\n", r.RSSSlopeMiBPerMin, mib(r.RSSMeanBytes), mib(r.RSSMaxBytes))
+	fmt.Fprintf(w, "  RSS        %+.3f MiB/min (mean %s, max %s; after GC: %s before the first client, %s after the last left)\n",
+		r.RSSSlopeMiBPerMin, mib(r.RSSMeanBytes), mib(r.RSSMaxBytes), mib(r.RSSBeforeBytes), mib(r.RSSAfterBytes))
 	if r.GoroutinesMax > 0 {
 		fmt.Fprintf(w, "  heap       %+.3f MiB/min\n", r.HeapSlopeMiBPerMin)
 		fmt.Fprintf(w, "  goroutines %+.2f /min (between %d and %d; %d before the first client, %d after the last left)\n",
