@@ -56,10 +56,11 @@ type senderConn struct {
 	stopping bool // shutdown set a read deadline: a timeout is the end
 
 	msgs, bytes int
+	ledger      *ledger // which of msgs NATS has confirmed
 }
 
 func newSenderConn(s *Server, conn net.Conn, spec config.Listener) *senderConn {
-	return &senderConn{s: s, conn: conn, spec: spec}
+	return &senderConn{s: s, conn: conn, spec: spec, ledger: newLedger(s.k)}
 }
 
 // stopReading makes reads end at deadline (shutdown).
@@ -126,32 +127,26 @@ func (c *senderConn) serve() {
 		c.fail(reasonTruncated, err, "truncated frame")
 	case errors.Is(err, errHeld):
 		s.m.Unpublished.WithLabelValues(reasonUpstream).Inc()
-		c.fail(reasonUpstream, err, fmt.Sprintf("upstream unavailable: %d messages accepted", c.msgs))
+		c.fail(reasonUpstream, err, fmt.Sprintf("upstream unavailable: %d messages accepted", c.ledger.confirmed(c.msgs)))
 	case errors.Is(err, errPublish):
 		s.m.Unpublished.WithLabelValues(reasonPublishFailed).Inc()
-		c.fail(reasonPublishFailed, err, fmt.Sprintf("publish failed; message not delivered: %d messages accepted", c.msgs))
+		c.fail(reasonPublishFailed, err, fmt.Sprintf("publish failed; message not delivered: %d messages accepted", c.ledger.confirmed(c.msgs)))
 	default:
 		log.Info("sender connection ended", "err", err, "messages", c.msgs, "bytes", c.bytes)
 	}
 }
 
-// shutdownReply waits until NATS has taken every message of this
-// connection (a flush round trip: the server has processed everything
-// published before it) and words the sender's last line.
+// shutdownReply confirms this connection's messages with NATS (a flush
+// round trip: the server has processed everything published before it)
+// and words the sender's last line: N is how many of its first messages
+// NATS confirmed, so the sender knows exactly where to resume.
 func (c *senderConn) shutdownReply() string {
-	s := c.s
-	if c.msgs > 0 {
-		err := errors.New("NATS not connected")
-		if s.nc.IsConnected() {
-			err = s.nc.FlushTimeout(max(time.Until(s.flushBy()), 100*time.Millisecond))
-		}
-		if err != nil {
-			s.logRefusal("shutdown_unconfirmed", "ingest: NATS did not confirm a sender's last messages at shutdown",
-				"remote", c.conn.RemoteAddr().String(), "messages", c.msgs, "err", err)
-			return fmt.Sprintf("server shutting down: %d messages published, the last ones unconfirmed (upstream unavailable)", c.msgs)
-		}
+	n := c.ledger.flush(c.msgs, max(time.Until(c.s.flushBy()), 100*time.Millisecond))
+	if n < c.msgs {
+		c.s.logRefusal("shutdown_unconfirmed", "ingest: NATS did not confirm all of a sender's messages at shutdown",
+			"remote", c.conn.RemoteAddr().String(), "published", c.msgs, "confirmed", n)
 	}
-	return fmt.Sprintf("server shutting down: %d messages accepted", c.msgs)
+	return fmt.Sprintf("server shutting down: %d messages accepted", n)
 }
 
 // handshake reads `CHANNEL [TOKEN]\n` within the timeout and answers +OK.
@@ -207,6 +202,7 @@ func (c *senderConn) pump(channel string) error {
 		if text {
 			msg.Header = textHdr
 		}
+		c.ledger.beforePublish(c.msgs)
 		if err := c.publish(msg); err != nil {
 			return err
 		}
@@ -234,22 +230,30 @@ func (c *senderConn) publish(msg *nats.Msg) error {
 	s := c.s
 	var heldSince time.Time
 	for {
-		err := s.nc.PublishMsg(msg)
-		if err == nil {
-			if !heldSince.IsZero() {
-				s.m.Held.Dec()
+		// A stalled confirmation means NATS has stopped answering while the
+		// connection still looks up (a frozen server): publishing more
+		// would only fill socket buffers that may never be read.
+		if !s.k.stalled() {
+			err := s.nc.PublishMsg(msg)
+			if err == nil {
+				if !heldSince.IsZero() {
+					s.m.Held.Dec()
+				}
+				return nil
 			}
-			return nil
-		}
-		if permanent(err) {
-			if !heldSince.IsZero() {
-				s.m.Held.Dec()
+			if permanent(err) {
+				if !heldSince.IsZero() {
+					s.m.Held.Dec()
+				}
+				return fmt.Errorf("%w: %s: %w", errPublish, msg.Subject, err)
 			}
-			return fmt.Errorf("%w: %s: %w", errPublish, msg.Subject, err)
 		}
 		if heldSince.IsZero() {
 			heldSince = time.Now()
 			s.m.Held.Inc()
+			// Mark what went out on this connection before it dropped, so
+			// the count told later is exact.
+			c.ledger.take(c.msgs)
 		}
 		s.m.PublishRetries.Inc()
 		if err := s.waitUpstream(heldSince.Add(s.cfg.OutageHold)); err != nil {

@@ -70,6 +70,8 @@ type Server struct {
 	backMu sync.Mutex
 	back   chan struct{}
 
+	k            *confirmer // which publishes NATS has confirmed; detects a stalled server
+	stopConfirm  chan struct{}
 	drained      chan struct{} // closed once shutdown has published and flushed what it read
 	shutdownOnce sync.Once
 }
@@ -105,18 +107,20 @@ func New(o Options) (*Server, error) {
 	}
 	hardCtx, hardCancel := context.WithCancel(context.Background())
 	s := &Server{
-		cfg:        o.Config,
-		grace:      o.ShutdownGrace,
-		nc:         o.NATS,
-		log:        o.Logger,
-		m:          o.Metrics,
-		mapper:     mapper,
-		slots:      make(chan struct{}, o.Config.MaxConnections),
-		conns:      map[*senderConn]struct{}{},
-		hardCtx:    hardCtx,
-		hardCancel: hardCancel,
-		back:       make(chan struct{}),
-		drained:    make(chan struct{}),
+		cfg:         o.Config,
+		grace:       o.ShutdownGrace,
+		nc:          o.NATS,
+		log:         o.Logger,
+		m:           o.Metrics,
+		mapper:      mapper,
+		slots:       make(chan struct{}, o.Config.MaxConnections),
+		conns:       map[*senderConn]struct{}{},
+		hardCtx:     hardCtx,
+		hardCancel:  hardCancel,
+		back:        make(chan struct{}),
+		k:           newConfirmer(o.NATS),
+		stopConfirm: make(chan struct{}),
+		drained:     make(chan struct{}),
 	}
 	if o.NATS.Opts.ReconnectBufSize >= 0 {
 		o.Logger.Warn("ingest: the NATS connection buffers publishes while disconnected; " +
@@ -206,7 +210,7 @@ func (s *Server) waitUpstream(until time.Time) error {
 		s.backMu.Lock()
 		back := s.back
 		s.backMu.Unlock()
-		if s.nc.IsConnected() {
+		if s.nc.IsConnected() && !s.k.stalled() {
 			return nil
 		}
 		left := time.Until(until)
@@ -215,7 +219,7 @@ func (s *Server) waitUpstream(until time.Time) error {
 		}
 		// The reconnect handler wakes us; the poll covers a publish that
 		// failed for another reason while the connection stayed up.
-		poll.Reset(min(left, 250*time.Millisecond))
+		poll.Reset(min(left, confirmEvery))
 		select {
 		case <-back:
 		case <-poll.C:
@@ -239,6 +243,7 @@ func (s *Server) flushBy() time.Time {
 func (s *Server) Run(ctx context.Context) error {
 	errc := make(chan error, len(s.lns)+1)
 	var loops sync.WaitGroup
+	loops.Go(func() { s.k.run(s.stopConfirm) })
 	for _, ln := range s.lns {
 		s.log.Info("ingest listening", "addr", ln.Addr().String(), "channel", ln.spec.Channel, "framing", string(ln.spec.Framing))
 		loops.Go(func() {
@@ -294,10 +299,13 @@ func (s *Server) shutdown() {
 		timer.Stop()
 		s.hardCancel()
 
-		if err := s.nc.FlushTimeout(max(time.Until(deadline), 100*time.Millisecond)); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		if !s.nc.IsConnected() {
+			s.log.Warn("ingest: NATS not connected at shutdown; messages published since its last confirmation may be lost")
+		} else if err := s.nc.FlushTimeout(max(time.Until(deadline), 100*time.Millisecond)); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 			s.log.Warn("ingest: NATS flush at shutdown failed", "err", err)
 		}
 		close(s.drained)
+		close(s.stopConfirm)
 		s.nc.Close()
 		if s.httpSrv != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), max(time.Until(deadline), 100*time.Millisecond))

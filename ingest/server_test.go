@@ -507,6 +507,15 @@ func TestOutageHoldRefusesWithCount(t *testing.T) {
 			t.Fatalf("after %d of %d: %v", i, before, err)
 		}
 	}
+	// The confirmer's round trip proves NATS took them (within 100 ms).
+	testutil.Eventually(t, 10*time.Second, func() error {
+		h.ing.k.mu.Lock()
+		defer h.ing.k.mu.Unlock()
+		if out := h.ing.nc.Stats().OutMsgs; h.ing.k.confirmed < out {
+			return fmt.Errorf("confirmed %d of %d", h.ing.k.confirmed, out)
+		}
+		return nil
+	})
 	srv.Shutdown()
 	srv.WaitForShutdown()
 	testutil.Eventually(t, 10*time.Second, func() error {

@@ -381,8 +381,12 @@ func TestSplitNATSOutage(t *testing.T) {
 	n := accepted(t, s.waitReply(t, 30*time.Second), "upstream unavailable")
 	told := time.Since(down)
 	written := int(s.written.Load())
-	if got := metricValue(t, ingestMetrics, "relay_ingest_messages_total"); got != float64(n) {
-		t.Errorf("relay_ingest_messages_total = %v, want %d (what the sender was told)", got, n)
+	// N counts what NATS confirmed (round trips every 100 ms); a few more
+	// may have been published just before NATS went, and reached watchers
+	// or not: the sender resends from N+1, watchers were told with 1012.
+	published := int(metricValue(t, ingestMetrics, "relay_ingest_messages_total"))
+	if n > published || published > written {
+		t.Errorf("accepted %d, published %d, written %d: want accepted <= published <= written", n, published, written)
 	}
 	if got := metricValue(t, ingestMetrics, `relay_ingest_unpublished_total{reason="upstream_unavailable"}`); got != 1 {
 		t.Errorf(`relay_ingest_unpublished_total{reason="upstream_unavailable"} = %v, want 1`, got)
@@ -391,8 +395,8 @@ func TestSplitNATSOutage(t *testing.T) {
 	if err != nil {
 		t.Fatalf("watcher: %v", err)
 	}
-	if got["a"] > n {
-		t.Fatalf("watcher got %d lines, more than the %d accepted", got["a"], n)
+	if got["a"] > published {
+		t.Fatalf("watcher got %d lines, more than the %d published", got["a"], published)
 	}
 
 	// NATS returns on the same port: both tiers recover, nothing accepted
@@ -422,8 +426,8 @@ func TestSplitNATSOutage(t *testing.T) {
 	if err := checkOrder(w2.messages(), map[string]int{"b": 500}); err != nil {
 		t.Errorf("new watcher: %v (anything from sender a would be a replay)", err)
 	}
-	if got := metricValue(t, ingestMetrics, "relay_ingest_messages_total"); got != float64(n+500) {
-		t.Errorf("relay_ingest_messages_total = %v, want %d", got, n+500)
+	if got := metricValue(t, ingestMetrics, "relay_ingest_messages_total"); got != float64(published+500) {
+		t.Errorf("relay_ingest_messages_total = %v, want %d: nothing may be published but the new lines", got, published+500)
 	}
 	if v := metricValue(t, fanoutMetrics, `relay_fanout_disconnects_total{reason="slow_consumer"}`); v > 0 {
 		t.Errorf("%v watchers cut as slow consumers", v)
@@ -431,8 +435,8 @@ func TestSplitNATSOutage(t *testing.T) {
 	if !strings.Contains(ingest.stderr.String(), "nats disconnected") {
 		t.Error("ingest did not log the NATS loss")
 	}
-	t.Logf("NATS down under 1k lines/s: written %d, accepted %d (told after %s, hold %s), watcher received %d then 1012; after NATS returned: 500 of 500 new lines, 0 replayed",
-		written, n, told.Round(100*time.Millisecond), hold, got["a"])
+	t.Logf("NATS down under 1k lines/s: written %d, published %d, accepted %d (told after %s, hold %s), watcher received %d then 1012; after NATS returned: 500 of 500 new lines, 0 replayed",
+		written, published, n, told.Round(100*time.Millisecond), hold, got["a"])
 }
 
 // TestNATSFreezeDetected (issue 11, finding 3): the NATS server process is
@@ -443,7 +447,11 @@ func TestNATSFreezeDetected(t *testing.T) {
 	t.Parallel()
 	natsAddr := freePort(t)
 	child := startNATSChild(t, natsAddr)
-	sendAddr, fanoutAddr, ingestHTTP, ingest, fanout := splitTiers(t, "nats://"+natsAddr)
+	// burstQueue: when NATS returns, ingest reads the sender's backlog (its
+	// kernel buffers) at full speed, a burst of thousands of lines that the
+	// default client queue of 1024 messages does not survive (issue 11,
+	// finding 4, is that fix); here the subject is the freeze.
+	sendAddr, fanoutAddr, ingestHTTP, ingest, fanout := splitTiers(t, "nats://"+natsAddr, burstQueue)
 	ingestMetrics, fanoutMetrics := "http://"+ingestHTTP+"/metrics", "http://"+fanoutAddr+"/metrics"
 
 	w := dialWS(t, "ws://"+fanoutAddr+"/ws/f")
