@@ -293,8 +293,10 @@ func gapFreeTold(msgs []string, told map[string]bool) (map[string]int64, error) 
 // through the proxy reset) for longer than RELAY_INGEST_OUTAGE_HOLD while
 // 2 senders write: each is told `-ERR upstream unavailable: N messages
 // accepted` and closed, and the watchers (their fanout still connected to
-// NATS) have exactly that sender's lines 0..N-1: N is a promise, not an
-// estimate.
+// NATS) have that sender's lines 0..N-1 at least, without a gap: N is a
+// promise. Lines after N may have arrived too (NATS had them but had not
+// confirmed them yet); the sender cannot know, so resending from N gives
+// duplicates, never a loss.
 func TestNATSPartitionTellsSenders(t *testing.T) {
 	t.Parallel()
 	ns := testutil.NATSServer(t)
@@ -370,13 +372,13 @@ func TestNATSPartitionTellsSenders(t *testing.T) {
 			}
 			for name, n := range accepted {
 				delivered[name] = append(delivered[name], counts[name])
-				if counts[name] != n {
+				if counts[name] < n {
 					t.Errorf("watcher %d has %d lines of sender %s, which was told %d were accepted", i, counts[name], name, n)
 				}
 			}
 			return nil
 		})
 	}
-	t.Logf("ingest cut off NATS (hold %s): senders told -ERR after %s with %v accepted; written %d; delivered to the 2 watchers per sender: %v",
+	t.Logf("ingest cut off NATS (hold %s): senders told -ERR after %s with %v accepted; written %d; delivered to the 2 watchers per sender (at least N, beyond N unconfirmed): %v",
 		hold, toldAfter.Round(time.Millisecond), accepted, written, delivered)
 }
