@@ -154,6 +154,10 @@ type SoakResult struct {
 	// apart from memory the runtime merely kept.
 	RSSBeforeBytes int64 `json:"rss_before_bytes"`
 	RSSAfterBytes  int64 `json:"rss_after_bytes"`
+	// The Go heap in use at the same two moments (0: the probe cannot
+	// tell): equal when no live object was left behind.
+	HeapBeforeBytes uint64 `json:"heap_before_bytes,omitempty"`
+	HeapAfterBytes  uint64 `json:"heap_after_bytes,omitempty"`
 
 	SendersOpened  int    `json:"senders_opened"`
 	WatchersOpened int    `json:"watchers_opened"`
@@ -276,7 +280,7 @@ loop:
 		Measured: cfg.Probe.Describe(), Seconds: elapsed.Seconds(), Rate: cfg.Rate,
 		Senders: cfg.Senders, Watchers: cfg.Watchers, Channels: cfg.Channels, Size: cfg.Size,
 		Lifetime: cfg.Lifetime.String(), Warmup: cfg.Warmup.String(),
-		GoroutinesBefore: before.Goroutines, RSSBeforeBytes: before.RSSBytes,
+		GoroutinesBefore: before.Goroutines, RSSBeforeBytes: before.RSSBytes, HeapBeforeBytes: before.HeapInuse,
 		SendersOpened: int(s.sendersOpened.Load()), WatchersOpened: int(s.watchersOpened.Load()),
 		Written: s.written.Load(), Delivered: s.delivered.Load(), Gaps: s.gaps.Load(),
 		SenderErrors: s.senderErrs, DialErrors: s.dialErrs, FirstErrors: s.firstErrs,
@@ -301,7 +305,7 @@ loop:
 		time.Sleep(200 * time.Millisecond)
 	}
 	if st, err := cfg.Probe.Stats(true); err == nil {
-		res.RSSAfterBytes = st.RSSBytes
+		res.RSSAfterBytes, res.HeapAfterBytes = st.RSSBytes, st.HeapInuse
 	}
 	return res, nil
 }
@@ -525,7 +529,8 @@ func (r *SoakResult) WriteText(w io.Writer) {
 	fmt.Fprintf(w, "  RSS        %+.3f MiB/min (mean %s, max %s; after GC: %s before the first client, %s after the last left)\n",
 		r.RSSSlopeMiBPerMin, mib(r.RSSMeanBytes), mib(r.RSSMaxBytes), mib(r.RSSBeforeBytes), mib(r.RSSAfterBytes))
 	if r.GoroutinesMax > 0 {
-		fmt.Fprintf(w, "  heap       %+.3f MiB/min\n", r.HeapSlopeMiBPerMin)
+		fmt.Fprintf(w, "  heap       %+.3f MiB/min (after GC: %s before the first client, %s after the last left)\n",
+			r.HeapSlopeMiBPerMin, mib(int64(r.HeapBeforeBytes)), mib(int64(r.HeapAfterBytes)))
 		fmt.Fprintf(w, "  goroutines %+.2f /min (between %d and %d; %d before the first client, %d after the last left)\n",
 			r.GoroutineSlopePerMin, r.GoroutinesMin, r.GoroutinesMax, r.GoroutinesBefore, r.GoroutinesAfter)
 	}
