@@ -16,23 +16,25 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/subjects"
+	"github.com/relaydev/relay/shared/tcpproto"
 )
 
-// Refusal reasons: the values of relay_ingest_refused_total{reason}.
+// Refusal reasons: short local names for the typed label values of
+// relay_ingest_refused_total{reason}, declared in shared/metrics.
 const (
-	reasonBadHandshake       = "bad_handshake"
-	reasonHandshakeTimeout   = "handshake_timeout"
-	reasonTooLarge           = "too_large"
-	reasonTruncated          = "truncated"
-	reasonTooManyConnections = "too_many_connections"
-	reasonPublishFailed      = "publish_failed"
-	reasonShutdown           = "shutdown"
-	// reasonUpstream: NATS stayed unreachable for RELAY_INGEST_OUTAGE_HOLD.
-	reasonUpstream = "upstream_unavailable"
+	reasonBadHandshake       = metrics.IngestBadHandshake
+	reasonHandshakeTimeout   = metrics.IngestHandshakeTimeout
+	reasonTooLarge           = metrics.IngestTooLarge
+	reasonTruncated          = metrics.IngestTruncated
+	reasonTooManyConnections = metrics.IngestTooManyConnections
+	reasonPublishFailed      = metrics.IngestPublishFailed
+	reasonShutdown           = metrics.IngestShutdown
+	reasonUpstream           = metrics.IngestUpstream
 )
 
-// Format header values (DESIGN.md's NATS contract). A binary message
+// Format header values (docs/architecture.md, NATS). A binary message
 // always carries binaryHeader; a text message carries textHeader only with
 // RELAY_INGEST_TEXT_HEADER. Without a header the contract's rule (valid
 // UTF-8 is text) gives every consumer the same answer, since ingest's text
@@ -117,7 +119,7 @@ func (c *senderConn) serve() {
 		// confirmed it, so the sender knows exactly where to resume.
 		reply := c.shutdownReply()
 		if errors.Is(err, errHeld) {
-			s.m.Unpublished.WithLabelValues(reasonShutdown).Inc()
+			s.m.Unpublished.Inc(metrics.UnpublishedShutdown)
 			c.fail(reasonShutdown, err, reply)
 			return
 		}
@@ -126,10 +128,10 @@ func (c *senderConn) serve() {
 	case errors.Is(err, ErrTruncated):
 		c.fail(reasonTruncated, err, "truncated frame")
 	case errors.Is(err, errHeld):
-		s.m.Unpublished.WithLabelValues(reasonUpstream).Inc()
+		s.m.Unpublished.Inc(metrics.UnpublishedUpstream)
 		c.fail(reasonUpstream, err, fmt.Sprintf("upstream unavailable: %d messages accepted", c.ledger.confirmed(c.msgs)))
 	case errors.Is(err, errPublish):
-		s.m.Unpublished.WithLabelValues(reasonPublishFailed).Inc()
+		s.m.Unpublished.Inc(metrics.UnpublishedPublishFailed)
 		c.fail(reasonPublishFailed, err, fmt.Sprintf("publish failed; message not delivered: %d messages accepted", c.ledger.confirmed(c.msgs)))
 	default:
 		log.Info("sender connection ended", "err", err, "messages", c.msgs, "bytes", c.bytes)
@@ -169,7 +171,7 @@ func (c *senderConn) handshake() (string, error) {
 	}
 	c.setReadDeadline(time.Time{})
 	c.conn.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	if _, err := c.conn.Write([]byte("+OK\n")); err != nil {
+	if _, err := c.conn.Write(tcpproto.OKLine); err != nil {
 		return "", err
 	}
 	c.conn.SetWriteDeadline(time.Time{})
@@ -271,8 +273,8 @@ func permanent(err error) bool {
 }
 
 // fail tells the sender why it is being closed, counts and logs it.
-func (c *senderConn) fail(reason string, err error, msg string) {
-	c.s.m.Refused.WithLabelValues(reason).Inc()
+func (c *senderConn) fail(reason metrics.IngestRefusal, err error, msg string) {
+	c.s.m.Refused.Inc(reason)
 	c.s.logRefusal(reason, "ingest: sender closed with error", "remote", c.conn.RemoteAddr().String(),
 		"listener", c.spec.Addr, "reason", reason, "err", err, "messages", c.msgs)
 	c.errLine(msg)
@@ -285,7 +287,7 @@ func (c *senderConn) fail(reason string, err error, msg string) {
 // in time and bytes) before serve closes the connection.
 func (c *senderConn) errLine(msg string) {
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	if _, err := c.conn.Write([]byte("-ERR " + msg + "\n")); err != nil {
+	if _, err := c.conn.Write(tcpproto.ErrLine(msg)); err != nil {
 		return
 	}
 	if tc, ok := c.conn.(interface{ CloseWrite() error }); ok && tc.CloseWrite() == nil {
@@ -302,7 +304,7 @@ const (
 
 // logRefusal rate-limits refusal logs per reason: a misbehaving fleet must
 // not flood the log. The counter still counts every one.
-func (s *Server) logRefusal(reason, msg string, args ...any) {
+func (s *Server) logRefusal(reason metrics.IngestRefusal, msg string, args ...any) {
 	v, _ := refusalLogs.LoadOrStore(reason, &rate.Sometimes{First: 10, Interval: time.Second})
 	v.(*rate.Sometimes).Do(func() { s.log.Warn(msg, args...) })
 }

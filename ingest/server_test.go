@@ -216,7 +216,7 @@ func TestBadHandshakes(t *testing.T) {
 	tests := []struct {
 		name   string
 		send   string
-		reason string
+		reason metrics.IngestRefusal
 		errHas string
 	}{
 		{"bad channel", "bad channel!\n", reasonBadHandshake, "bad handshake"},
@@ -242,10 +242,10 @@ func TestBadHandshakes(t *testing.T) {
 			expectClosed(t, c, br)
 		})
 	}
-	if got := ptestutil.ToFloat64(h.m.Refused.WithLabelValues(reasonBadHandshake)); got != 5 {
+	if got := ptestutil.ToFloat64(h.m.Refused.With(reasonBadHandshake)); got != 5 {
 		t.Errorf("refused{bad_handshake} = %v, want 5", got)
 	}
-	if got := ptestutil.ToFloat64(h.m.Refused.WithLabelValues(reasonHandshakeTimeout)); got != 1 {
+	if got := ptestutil.ToFloat64(h.m.Refused.With(reasonHandshakeTimeout)); got != 1 {
 		t.Errorf("refused{handshake_timeout} = %v, want 1", got)
 	}
 }
@@ -277,7 +277,7 @@ func TestLen32OverMaxIsRefused(t *testing.T) {
 	if msg, err := sub.NextMsg(200 * time.Millisecond); err == nil {
 		t.Fatalf("oversized frame was published (%d bytes)", len(msg.Data))
 	}
-	if got := ptestutil.ToFloat64(h.m.Refused.WithLabelValues(reasonTooLarge)); got != 1 {
+	if got := ptestutil.ToFloat64(h.m.Refused.With(reasonTooLarge)); got != 1 {
 		t.Fatalf("refused{too_large} = %v", got)
 	}
 }
@@ -533,10 +533,10 @@ func TestOutageHoldRefusesWithCount(t *testing.T) {
 	if got := ptestutil.ToFloat64(h.m.Messages); got != before {
 		t.Errorf("relay_ingest_messages_total = %v, want %d (only what NATS took)", got, before)
 	}
-	if got := ptestutil.ToFloat64(h.m.Unpublished.WithLabelValues(reasonUpstream)); got != 1 {
+	if got := ptestutil.ToFloat64(h.m.Unpublished.With(metrics.UnpublishedUpstream)); got != 1 {
 		t.Errorf("relay_ingest_unpublished_total{upstream_unavailable} = %v, want 1 (the held message)", got)
 	}
-	if got := ptestutil.ToFloat64(h.m.Refused.WithLabelValues(reasonUpstream)); got != 1 {
+	if got := ptestutil.ToFloat64(h.m.Refused.With(reasonUpstream)); got != 1 {
 		t.Errorf("relay_ingest_refused_total{upstream_unavailable} = %v, want 1", got)
 	}
 	if got := ptestutil.ToFloat64(h.m.Held); got != 0 {

@@ -72,7 +72,7 @@ func TestBrowserPage(t *testing.T) {
 	// Without ?channel: "default", and how to send to it.
 	b.do(t, chromedp.Navigate(base+"/"))
 	b.waitState(t, "open")
-	wantNC := fmt.Sprintf(`printf 'default\nhello\n' | nc 127.0.0.1 %s`, hsPort)
+	wantNC := fmt.Sprintf(`printf 'default\nhello\n' | nc -q1 127.0.0.1 %s`, hsPort)
 	wantSend := fmt.Sprintf("echo hello | relay send 127.0.0.1:%s default", hsPort)
 	if got := b.eval(t, `document.getElementById("cmd-nc").textContent`); got != wantNC {
 		t.Errorf("nc command %q, want %q", got, wantNC)

@@ -235,14 +235,14 @@ func nodeOf(nodes []*server.Server, prefix string) int {
 	return -1
 }
 
-// watcher is a wsReceiver the test can also close itself.
-type watcher struct {
+// testWatcher is a wsReceiver the test can also close itself.
+type testWatcher struct {
 	*wsReceiver
 	conn *websocket.Conn
 }
 
 // dialWatcher is dialWS keeping the connection, for close.
-func dialWatcher(t *testing.T, url string) *watcher {
+func dialWatcher(t *testing.T, url string) *testWatcher {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -266,12 +266,12 @@ func dialWatcher(t *testing.T, url string) *watcher {
 		}
 	}()
 	t.Cleanup(func() { c.CloseNow(); <-r.closed })
-	return &watcher{wsReceiver: r, conn: c}
+	return &testWatcher{wsReceiver: r, conn: c}
 }
 
 // close ends the connection from the client's side and waits for the
 // reader to stop.
-func (w *watcher) close() {
+func (w *testWatcher) close() {
 	w.conn.CloseNow()
 	<-w.closed
 }

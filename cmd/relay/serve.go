@@ -104,7 +104,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		o.Name = "relay-" + tier + "-" + hostname()
 		o.Logger = log.With("tier", tier)
 		events := metrics.NATSEvents(tier)
-		o.OnEvent = func(e string) { events.WithLabelValues(e).Inc() }
+		o.OnEvent = events.Inc
 		// Ingest accepts only what NATS takes: no reconnect buffer to be
 		// replayed as a burst after an outage (see ingest's publish).
 		o.NoReconnectBuffer = tier == "ingest"
@@ -112,7 +112,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		if err != nil {
 			return nil, err
 		}
-		reg.MustRegister(events, metrics.NATSConnected(tier, func() float64 {
+		reg.MustRegister(events.Collector(), metrics.NATSConnected(tier, func() float64 {
 			if nc.IsConnected() {
 				return 1
 			}
@@ -193,7 +193,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		for i, l := range listeners {
 			if !l.Handshake() {
 				log.Info("try it", "open", fmt.Sprintf("http://localhost:%d/?channel=%s", port(info.FanoutAddr), l.Channel),
-					"send", fmt.Sprintf("echo hello | nc localhost %d", port(info.IngestAddr[i])))
+					"send", fmt.Sprintf("echo hello | nc -q1 localhost %d", port(info.IngestAddr[i])))
 				break
 			}
 		}

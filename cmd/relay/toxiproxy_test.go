@@ -91,7 +91,7 @@ func networkFault(t *testing.T, tier string, tc toxicCase) {
 	baseHeap := metricSum(m, "go_memstats_heap_inuse_bytes")
 
 	const channel = "toxic"
-	var watchers []*watcher
+	var watchers []*testWatcher
 	for range 2 {
 		watchers = append(watchers, dialWatcher(t, "ws://"+fanoutAddr+"/ws/"+channel))
 	}
@@ -310,7 +310,7 @@ func TestNATSPartitionTellsSenders(t *testing.T) {
 	waitReady(t, "http://"+ingestHTTP+"/readyz", "http://"+fanoutAddr+"/readyz")
 
 	const channel = "partition"
-	var watchers []*watcher
+	var watchers []*testWatcher
 	for range 2 {
 		watchers = append(watchers, dialWatcher(t, "ws://"+fanoutAddr+"/ws/"+channel))
 	}

@@ -12,7 +12,10 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+
+	"github.com/relaydev/relay/shared/metrics"
 )
 
 // Defaults of Options.PingInterval and Options.MaxPingsOut.
@@ -47,8 +50,8 @@ type Options struct {
 	// replaying the buffer as a burst on reconnect. Ingest sets it: it
 	// accepts no message it cannot hand to NATS.
 	NoReconnectBuffer bool
-	// OnEvent, when set, is called with "disconnect", "reconnect" or "closed".
-	OnEvent func(event string)
+	// OnEvent, when set, is called on each connection event.
+	OnEvent func(event metrics.NATSEvent)
 	// Extra options appended last (tests, tuning).
 	Extra []nats.Option
 }
@@ -70,7 +73,7 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 	if o.MaxPingsOut <= 0 {
 		o.MaxPingsOut = DefaultMaxPingsOut
 	}
-	event := func(e string) {
+	event := func(e metrics.NATSEvent) {
 		if o.OnEvent != nil {
 			o.OnEvent(e)
 		}
@@ -93,13 +96,13 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 				return
 			}
 			log.Warn("nats disconnected", "err", err)
-			event("disconnect")
+			event(metrics.NATSDisconnect)
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			log.Info("nats reconnected", "url", c.ConnectedUrlRedacted())
-			event("reconnect")
+			event(metrics.NATSReconnect)
 		}),
-		nats.ClosedHandler(func(*nats.Conn) { event("closed") }),
+		nats.ClosedHandler(func(*nats.Conn) { event(metrics.NATSClosed) }),
 	}
 	if o.NoReconnectBuffer {
 		opts = append(opts, nats.ReconnectBufSize(-1))
@@ -118,7 +121,7 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 	for attempt := 1; ; attempt++ {
 		nc, err := nats.Connect(url, opts...)
 		if err == nil {
-			log.Info("nats connected", "url", nc.ConnectedUrlRedacted(), "name", o.Name)
+			log.Info("nats connected", "url", where(nc, o.InProcess), "name", o.Name)
 			return nc, nil
 		}
 		if time.Now().Add(wait).After(deadline) {
@@ -132,6 +135,20 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 		}
 		wait = min(wait*2, 2*time.Second)
 	}
+}
+
+// where names the server a connection reached, for logs. An in-process
+// connection reports nats.go's default URL, where nothing may listen: say
+// "in-process" instead, or, when the embedded server also listens
+// (RELAY_NATS_LISTEN), the address other NATS clients can reach it on.
+func where(nc *nats.Conn, inProcess nats.InProcessConnProvider) string {
+	if inProcess == nil {
+		return nc.ConnectedUrlRedacted()
+	}
+	if s, ok := inProcess.(*server.Server); ok && s.Addr() != nil {
+		return "nats://" + s.Addr().String()
+	}
+	return "in-process"
 }
 
 func joinURLs(urls []string) string {
