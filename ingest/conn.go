@@ -50,27 +50,43 @@ var (
 // senderConn is one TCP sender.
 type senderConn struct {
 	s    *Server
-	conn net.Conn
+	raw  net.Conn // as accepted
 	spec config.Listener
 	br   *bufio.Reader
 
+	// remote is the client: the socket peer, or who a trusted PROXY header names.
+	remote   net.Addr
+	release  func() // gives back the per-address slot; nil if none was taken
+	peerName string // an mTLS sender's certificate common name
+	idle     *idleReader
+	throttle *rate.Limiter // RELAY_INGEST_MAX_RATE; nil: unlimited
+
 	mu       sync.Mutex
-	stopping bool // shutdown set a read deadline: a timeout is the end
+	conn     net.Conn // raw, or raw wrapped in PROXY and TLS; written under mu
+	stopping bool     // shutdown set a read deadline: a timeout is the end
 
 	msgs, bytes int
 	ledger      *ledger // which of msgs NATS has confirmed
 }
 
 func newSenderConn(s *Server, conn net.Conn, spec config.Listener) *senderConn {
-	return &senderConn{s: s, conn: conn, spec: spec, ledger: newLedger(s.k)}
+	return &senderConn{s: s, raw: conn, conn: conn, spec: spec, remote: conn.RemoteAddr(), throttle: newThrottle(s.cfg.MaxRate), ledger: newLedger(s.k)}
+}
+
+// setConn replaces the connection read from (PROXY and TLS wrappers).
+func (c *senderConn) setConn(nc net.Conn) {
+	c.mu.Lock()
+	c.conn = nc
+	c.mu.Unlock()
 }
 
 // stopReading makes reads end at deadline (shutdown).
 func (c *senderConn) stopReading(deadline time.Time) {
 	c.mu.Lock()
 	c.stopping = true
+	conn := c.conn
 	c.mu.Unlock()
-	c.conn.SetReadDeadline(deadline)
+	conn.SetReadDeadline(deadline)
 }
 
 // setReadDeadline applies t unless shutdown has set its own, shorter one.
@@ -94,9 +110,22 @@ func (c *senderConn) serve() {
 	s := c.s
 	s.m.Connections.Inc()
 	defer s.m.Connections.Dec()
-	defer c.conn.Close()
-	remote := c.conn.RemoteAddr().String()
-	c.br = bufio.NewReaderSize(c.conn, s.cfg.ReadBuffer)
+	defer func() {
+		c.conn.Close()
+		if c.release != nil {
+			c.release()
+		}
+	}()
+	if err := c.secure(); err != nil {
+		return
+	}
+	remote := c.remote.String()
+	var r io.Reader = c.conn
+	if c.spec.Idle > 0 {
+		c.idle = &idleReader{c: c, idle: c.spec.Idle}
+		r = c.idle
+	}
+	c.br = bufio.NewReaderSize(r, s.cfg.ReadBuffer)
 
 	channel := c.spec.Channel
 	if c.spec.Handshake() {
@@ -106,12 +135,20 @@ func (c *senderConn) serve() {
 		}
 	}
 	log := s.log.With("remote", remote, "channel", channel, "listener", c.spec.Addr)
+	if c.peerName != "" {
+		log = log.With("cert", c.peerName)
+	}
 	log.Debug("sender connected")
+	if c.idle != nil {
+		c.idle.on = true
+	}
 
 	err := c.pump(channel)
 	switch {
 	case err == nil:
 		log.Debug("sender disconnected", "messages", c.msgs, "bytes", c.bytes)
+	case c.idle != nil && isTimeout(err) && !c.isStopping():
+		c.fail(reasonIdleTimeout, err, fmt.Sprintf(replyIdleTimeoutTmpl, c.spec.Idle))
 	case errors.Is(err, ErrTooLarge):
 		c.fail(reasonTooLarge, err, fmt.Sprintf("message too large (max %d bytes)", s.cfg.MaxMessage))
 	case c.isStopping() && (isTimeout(err) || errors.Is(err, ErrTruncated) || errors.Is(err, errHeld)):
@@ -212,6 +249,13 @@ func (c *senderConn) pump(channel string) error {
 		c.bytes += len(data)
 		s.m.Messages.Inc()
 		s.m.Bytes.Add(float64(len(data)))
+		if c.throttle != nil && !c.throttle.Allow() {
+			// Over RELAY_INGEST_MAX_RATE: pause before reading on.
+			s.m.Throttled.Inc()
+			if err := c.throttle.Wait(s.hardCtx); err != nil {
+				return nil
+			}
+		}
 	}
 }
 
@@ -275,7 +319,7 @@ func permanent(err error) bool {
 // fail tells the sender why it is being closed, counts and logs it.
 func (c *senderConn) fail(reason metrics.IngestRefusal, err error, msg string) {
 	c.s.m.Refused.Inc(reason)
-	c.s.logRefusal(reason, "ingest: sender closed with error", "remote", c.conn.RemoteAddr().String(),
+	c.s.logRefusal(reason, "ingest: sender closed with error", "remote", c.remote.String(),
 		"listener", c.spec.Addr, "reason", reason, "err", err, "messages", c.msgs)
 	c.errLine(msg)
 }

@@ -52,6 +52,7 @@ type Server struct {
 	lns     []*listener
 	httpLn  net.Listener
 	httpSrv *http.Server
+	guard   *guard
 
 	slots chan struct{} // one per allowed concurrent connection
 
@@ -101,7 +102,6 @@ func New(o Options) (*Server, error) {
 	if err := o.Config.Validate(); err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
-	specs, _ := config.ParseListeners(o.Config.Listeners) // checked by Validate
 	if mp := o.NATS.MaxPayload(); mp > 0 && int64(o.Config.MaxMessage)+headerRoom > mp {
 		return nil, fmt.Errorf("ingest: RELAY_INGEST_MAX_MESSAGE=%d does not fit the NATS server's max payload of %d bytes (headers need %d)", o.Config.MaxMessage, mp, headerRoom)
 	}
@@ -138,6 +138,10 @@ func New(o Options) (*Server, error) {
 		s.back = make(chan struct{})
 		s.backMu.Unlock()
 	})
+	if s.guard, err = newGuard(o.Config, o.Config.Listeners, s); err != nil {
+		hardCancel()
+		return nil, err
+	}
 	s.health = health.New(func() error {
 		if !s.nc.IsConnected() {
 			return errors.New("ingest: NATS not connected")
@@ -149,7 +153,7 @@ func New(o Options) (*Server, error) {
 		keepAlive = -1 // net.ListenConfig: negative disables keepalive
 	}
 	lc := net.ListenConfig{KeepAlive: keepAlive}
-	for _, spec := range specs {
+	for _, spec := range o.Config.Listeners {
 		ln, err := lc.Listen(context.Background(), "tcp", spec.Addr)
 		if err != nil {
 			s.closeListeners()

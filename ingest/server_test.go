@@ -34,7 +34,7 @@ type harness struct {
 
 func defaultConfig(listeners string) config.Ingest {
 	return config.Ingest{
-		Listeners:        listeners,
+		Listeners:        config.MustParseListeners(listeners),
 		MaxMessage:       65536,
 		HandshakeTimeout: 5 * time.Second,
 		KeepAlive:        30 * time.Second,

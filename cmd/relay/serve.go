@@ -35,10 +35,16 @@ func serve(roleName string, args []string, stderr io.Writer) int {
 	role := config.Role(roleName)
 	cfg, err := loadConfig(role)
 	if err != nil {
+		for _, w := range unknownVariables() {
+			fmt.Fprintf(stderr, "relay %s: warning: %s\n", role, w)
+		}
 		fmt.Fprintf(stderr, "relay %s: %v\n", role, err)
 		return 2
 	}
 	log := newLogger(cfg, stderr)
+	for _, w := range unknownVariables() {
+		log.Warn(w)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// A second signal during shutdown gets the default behaviour: exit now.
@@ -63,6 +69,7 @@ type started struct {
 	NATS       *server.Server // the embedded server of 'relay all'
 	IngestAddr []net.Addr     // in RELAY_INGEST_LISTENERS order
 	FanoutAddr net.Addr
+	Registry   *metrics.Registry // every metric the role serves on /metrics
 }
 
 // runRoleNotify is runRole that calls notify (when not nil) once every
@@ -70,6 +77,13 @@ type started struct {
 func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log *slog.Logger, notify func(started)) error {
 	var info started
 	reg := metrics.New()
+	switch role {
+	case config.RoleIngest:
+		reg.KeepTiers("ingest")
+	case config.RoleFanout:
+		reg.KeepTiers("fanout")
+	}
+	info.Registry = reg
 	connectOpts := natsconn.Options{
 		RetryWindow:  cfg.NATSRetry,
 		Logger:       log,
@@ -148,10 +162,10 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			nc.Close()
 			return err
 		}
+		reg.MustRegister(metrics.MaxConnections("ingest", cfg.Ingest.MaxConnections))
 		info.IngestAddr = ing.Addrs()
 		ingestDrained = ing.Drained()
-		listeners, _ := cfg.ParseListeners()
-		for i, l := range listeners {
+		for i, l := range cfg.Listeners {
 			if l.Handshake() && handshakePort == "" {
 				handshakePort = strconv.Itoa(port(ing.Addrs()[i]))
 			}
@@ -183,14 +197,14 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			nc.Close()
 			return errors.Join(err, abort(g, &finished))
 		}
+		reg.MustRegister(metrics.MaxConnections("fanout", fcfg.MaxConnections))
 		info.FanoutAddr = fan.Addr()
 		g.Go(func() error { return fan.Run(gctx) })
 	}
 	log.Info("relay started", "role", string(role))
 	if role == config.RoleAll {
 		// The first thing a new user wants to know: where to look, how to send.
-		listeners, _ := cfg.ParseListeners()
-		for i, l := range listeners {
+		for i, l := range cfg.Listeners {
 			if !l.Handshake() {
 				log.Info("try it", "open", fmt.Sprintf("http://localhost:%d/?channel=%s", port(info.FanoutAddr), l.Channel),
 					"send", fmt.Sprintf("echo hello | nc -q1 localhost %d", port(info.IngestAddr[i])))

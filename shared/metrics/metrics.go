@@ -73,6 +73,7 @@ type Ingest struct {
 	PublishRetries   prometheus.Counter
 	Unpublished      *ReasonCounter[IngestUnpublished] // messages read but never published
 	Held             prometheus.Gauge                  // senders paused because NATS cannot take their message
+	Throttled        prometheus.Counter // pauses for RELAY_INGEST_MAX_RATE
 }
 
 func newIngest() *Ingest {
@@ -101,11 +102,15 @@ func newIngest() *Ingest {
 			Name: "relay_ingest_publish_retries_total",
 			Help: "Publishes retried because NATS could not take more (sender reads paused meanwhile).",
 		}),
+		Throttled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_ingest_throttled_total",
+			Help: "Times a sender over RELAY_INGEST_MAX_RATE was read more slowly (paused before its next message; nothing dropped).",
+		}),
 	}
 }
 
 func (m *Ingest) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused.vec, m.PublishRetries, m.Unpublished.vec, m.Held}
+	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused.vec, m.PublishRetries, m.Unpublished.vec, m.Held, m.Throttled}
 }
 
 // Fanout is the fanout tier's metrics.
