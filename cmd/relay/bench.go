@@ -346,6 +346,23 @@ func benchConfig() (config.Config, error) {
 	cfg.Fanout.Addr = "127.0.0.1:0"
 	cfg.EmbeddedListen = "127.0.0.1:0"
 	cfg.ShutdownGrace = 5 * time.Second
+	// Every sender and receiver of the load generator comes from one
+	// address, 127.0.0.1: per-address limits meant for the internet would
+	// refuse most of them (4429, -ERR rate limited). Lifted unless the
+	// environment sets them, so a run can still measure the limits.
+	unset := func(name string) bool { _, ok := os.LookupEnv(name); return !ok }
+	if unset("RELAY_INGEST_MAX_CONNECTIONS_PER_IP") {
+		cfg.Ingest.MaxConnectionsPerIP = 0
+	}
+	if unset("RELAY_INGEST_CONNECT_RATE_PER_IP") {
+		cfg.Ingest.ConnectRatePerIP = ""
+	}
+	if unset("RELAY_FANOUT_MAX_CONNECTIONS_PER_IP") {
+		cfg.Fanout.MaxConnectionsPerIP = 0
+	}
+	if unset("RELAY_FANOUT_CONNECT_RATE_PER_IP") {
+		cfg.Fanout.ConnectRatePerIP = ""
+	}
 	if os.Getenv("RELAY_LOG_LEVEL") == "" {
 		cfg.LogLevel = "warn"
 	}
