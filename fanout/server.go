@@ -26,6 +26,7 @@ import (
 	"github.com/relaydev/relay/shared/health"
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/subjects"
+	"github.com/relaydev/relay/shared/tierkit"
 )
 
 // Sentinel errors.
@@ -33,7 +34,7 @@ var (
 	// ErrInvalidOptions is returned (wrapped, with every problem) by New.
 	ErrInvalidOptions = errors.New("fanout: invalid options")
 	// ErrNATSDisconnected is reported by Ready while the NATS connection is down.
-	ErrNATSDisconnected = errors.New("fanout: NATS not connected")
+	ErrNATSDisconnected = tierkit.ErrNATSDisconnected
 	// ErrAlreadyRun is returned by a second call to Run.
 	ErrAlreadyRun = errors.New("fanout: Run called twice")
 )
@@ -56,7 +57,8 @@ type Options struct {
 	// SubjectPrefix is RELAY_SUBJECT_PREFIX: channel C is read from
 	// <prefix>.ch.C.
 	SubjectPrefix string
-	// ShutdownGrace is the whole budget for a graceful shutdown.
+	// ShutdownGrace is the whole budget for a graceful shutdown. Defaults to
+	// tierkit.DefaultShutdownGrace.
 	ShutdownGrace time.Duration
 	// NATS is owned by the Server from New on: New sets its async error
 	// handler and Run drains it before returning.
@@ -64,7 +66,7 @@ type Options struct {
 	// Logger receives the tier's logs (the caller adds attributes such as
 	// tier=fanout). Defaults to slog.Default() with tier=fanout.
 	Logger *slog.Logger
-	// Metrics is updated by the Server.
+	// Metrics is updated by the Server. Defaults to a set nobody serves.
 	Metrics *metrics.Fanout
 	// MetricsHandler is served at GET /metrics; nil leaves the route out.
 	MetricsHandler http.Handler
@@ -86,7 +88,7 @@ type Server struct {
 	mux      *http.ServeMux
 	health   *health.Checker
 	hub      *hub
-	refusals *logLimiter
+	refusals *tierkit.LogLimiter
 
 	active atomic.Int64 // upgrades in progress and connected clients, for MaxConnections
 	ran    atomic.Bool
@@ -106,11 +108,12 @@ func New(o Options) (*Server, error) {
 	if err := validate(o); err != nil {
 		return nil, err
 	}
+	tierkit.Defaults("fanout", &o.Logger, &o.ShutdownGrace)
+	if o.Metrics == nil {
+		o.Metrics = metrics.New().Fanout
+	}
 	mapper, _ := subjects.NewMapper(o.SubjectPrefix) // checked by validate
 	log := o.Logger
-	if log == nil {
-		log = slog.Default().With("tier", "fanout")
-	}
 	cfg := o.Config
 
 	page, err := renderPage(pageConfig{PublicIngestAddr: cfg.PublicIngestAddr})
@@ -137,19 +140,14 @@ func New(o Options) (*Server, error) {
 		},
 		ln:       ln,
 		mux:      http.NewServeMux(),
-		refusals: newLogLimiter(time.Second),
+		refusals: tierkit.NewLogLimiter(time.Second),
 		clients:  make(map[*client]struct{}),
 	}
 	for _, p := range cfg.AllowedOrigins {
 		s.origins = append(s.origins, strings.ToLower(strings.TrimSpace(p)))
 	}
 	s.hub = newHub(o.NATS, mapper, o.Metrics, log, cfg.SubPendingMsgs, cfg.SubPendingBytes, cfg.WriteTimeout)
-	s.health = health.New(func() error {
-		if !s.nc.IsConnected() {
-			return ErrNATSDisconnected
-		}
-		return nil
-	})
+	s.health = health.New(tierkit.NATSReady(o.NATS))
 	s.routes(page, o.MetricsHandler)
 	s.http = &http.Server{
 		Handler:           s.mux,
@@ -178,21 +176,9 @@ func New(o Options) (*Server, error) {
 	return s, nil
 }
 
+// validate reports every problem with o, the way ingest's does.
 func validate(o Options) error {
-	var errs []error
-	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if o.NATS == nil {
-		add("NATS connection is nil")
-	}
-	if o.Metrics == nil {
-		add("Metrics is nil")
-	}
-	if err := subjects.ValidatePrefix(o.SubjectPrefix); err != nil {
-		add("subject prefix %q: %v", o.SubjectPrefix, err)
-	}
-	if o.ShutdownGrace <= 0 {
-		add("ShutdownGrace %s: must be positive", o.ShutdownGrace)
-	}
+	errs := tierkit.Check(o.NATS, o.SubjectPrefix)
 	if err := o.Config.Validate(); err != nil {
 		errs = append(errs, err)
 	}

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"golang.org/x/time/rate"
 
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/metrics"
@@ -225,14 +224,14 @@ func (c *senderConn) errLine(msg string) {
 	c.conn.Write(tcpproto.ErrLine(msg))
 }
 
-// logRefusal rate-limits refusal logs per reason: a misbehaving fleet must
-// not flood the log. The counter still counts every one.
+// logRefusal rate-limits refusal logs per reason, as fanout does (one line
+// per reason per second, saying how many it stands for): a misbehaving fleet
+// must not flood the log. The counter still counts every one.
 func (s *Server) logRefusal(reason metrics.IngestRefusal, msg string, args ...any) {
-	v, _ := refusalLogs.LoadOrStore(reason, &rate.Sometimes{First: 10, Interval: time.Second})
-	v.(*rate.Sometimes).Do(func() { s.log.Warn(msg, args...) })
+	if n, ok := s.refusals.Allow(string(reason)); ok {
+		s.log.Warn(msg, append(args, "suppressed", n)...)
+	}
 }
-
-var refusalLogs sync.Map // reason -> *rate.Sometimes
 
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
