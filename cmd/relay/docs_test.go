@@ -100,3 +100,39 @@ func TestDocsAgreeWithTheCode(t *testing.T) {
 		t.Errorf("found %d idle-connection figures in the docs; the test's pattern may be stale", found)
 	}
 }
+
+// TestREADMEMetricsTableMatchesRelayAll: the relay_ metrics a running
+// 'relay all' serves are exactly the rows of README's metrics table (which
+// shared/metrics generates without running relay).
+func TestREADMEMetricsTableMatchesRelayAll(t *testing.T) {
+	t.Parallel()
+	fixed, httpAddr, ingestHTTP := freePort(t), freePort(t), freePort(t)
+	startRelay(t, []string{
+		"RELAY_INGEST_LISTENERS=" + fixed + "=default/line",
+		"RELAY_FANOUT_ADDR=" + httpAddr,
+		"RELAY_INGEST_HTTP_ADDR=" + ingestHTTP,
+	}, "all")
+	waitReady(t, "http://"+httpAddr+"/readyz")
+	served := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^# TYPE (relay_\S+) `).FindAllStringSubmatch(metricsText(t, "http://"+httpAddr+"/metrics"), -1) {
+		served[m[1]] = true
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := map[string]bool{}
+	for _, m := range regexp.MustCompile("(?m)^\\| `(relay_[a-z_]+)` \\|").FindAllStringSubmatch(string(readme), -1) {
+		table[m[1]] = true
+	}
+	for name := range served {
+		if !table[name] {
+			t.Errorf("relay all serves %s, which README's metrics table lacks", name)
+		}
+	}
+	for name := range table {
+		if !served[name] {
+			t.Errorf("README's metrics table lists %s, which relay all does not serve", name)
+		}
+	}
+}

@@ -69,6 +69,7 @@ type started struct {
 	NATS       *server.Server // the embedded server of 'relay all'
 	IngestAddr []net.Addr     // in RELAY_INGEST_LISTENERS order
 	FanoutAddr net.Addr
+	Registry   *metrics.Registry // every metric the role serves on /metrics
 }
 
 // runRoleNotify is runRole that calls notify (when not nil) once every
@@ -76,7 +77,19 @@ type started struct {
 func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log *slog.Logger, notify func(started)) error {
 	var info started
 	reg := metrics.New()
-	connectOpts := natsconn.Options{RetryWindow: cfg.NATSRetry, Logger: log}
+	switch role {
+	case config.RoleIngest:
+		reg.KeepTiers("ingest")
+	case config.RoleFanout:
+		reg.KeepTiers("fanout")
+	}
+	info.Registry = reg
+	connectOpts := natsconn.Options{
+		RetryWindow:  cfg.NATSRetry,
+		Logger:       log,
+		PingInterval: cfg.NATSPingInterval,
+		MaxPingsOut:  cfg.NATSMaxPings,
+	}
 	var embedded *server.Server
 	if role == config.RoleAll {
 		var err error
@@ -106,6 +119,9 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		o.Logger = log.With("tier", tier)
 		events := metrics.NATSEvents(tier)
 		o.OnEvent = events.Inc
+		// Ingest accepts only what NATS takes: no reconnect buffer to be
+		// replayed as a burst after an outage (see ingest's publish).
+		o.NoReconnectBuffer = tier == "ingest"
 		nc, err := natsconn.Connect(ctx, o)
 		if err != nil {
 			return nil, err
@@ -124,6 +140,9 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 	g, gctx := errgroup.WithContext(ctx)
 	var finished atomic.Bool
 	var handshakePort string
+	// In 'relay all' the fanout closes its clients only after ingest has
+	// published (and NATS confirmed) what its senders wrote before the signal.
+	var ingestDrained <-chan struct{}
 
 	if role == config.RoleAll || role == config.RoleIngest {
 		nc, err := connect("ingest")
@@ -143,7 +162,9 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			nc.Close()
 			return err
 		}
+		reg.MustRegister(metrics.MaxConnections("ingest", cfg.Ingest.MaxConnections))
 		info.IngestAddr = ing.Addrs()
+		ingestDrained = ing.Drained()
 		for i, l := range cfg.Listeners {
 			if l.Handshake() && handshakePort == "" {
 				handshakePort = strconv.Itoa(port(ing.Addrs()[i]))
@@ -170,11 +191,13 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			Logger:         log.With("tier", "fanout"),
 			Metrics:        reg.Fanout,
 			MetricsHandler: reg.Handler(),
+			Upstream:       ingestDrained,
 		})
 		if err != nil {
 			nc.Close()
 			return errors.Join(err, abort(g, &finished))
 		}
+		reg.MustRegister(metrics.MaxConnections("fanout", fcfg.MaxConnections))
 		info.FanoutAddr = fan.Addr()
 		g.Go(func() error { return fan.Run(gctx) })
 	}

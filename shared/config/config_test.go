@@ -160,12 +160,16 @@ func TestParseListeners(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Listener{{":7070", "default", FramingLine}, {"127.0.0.1:7071", "*", FramingLen32}, {"[::1]:7072", "x.y", FramingRaw}}
+	want := []Listener{
+		{Addr: ":7070", Channel: "default", Framing: FramingLine},
+		{Addr: "127.0.0.1:7071", Channel: "*", Framing: FramingLen32},
+		{Addr: "[::1]:7072", Channel: "x.y", Framing: FramingRaw},
+	}
 	if len(ls) != len(want) {
 		t.Fatalf("got %v", ls)
 	}
 	for i := range want {
-		if ls[i] != want[i] {
+		if !ls[i].Equal(want[i]) {
 			t.Errorf("listener %d = %+v, want %+v", i, ls[i], want[i])
 		}
 	}

@@ -34,7 +34,8 @@ func TestMetricsTableIsComplete(t *testing.T) {
 	t.Parallel()
 	r := New()
 	cs := append(r.Ingest.collectors(), r.Fanout.collectors()...)
-	cs = append(cs, NATSConnected("ingest", func() float64 { return 0 }), NATSEvents("ingest").Collector())
+	cs = append(cs, NATSConnected("ingest", func() float64 { return 0 }), NATSEvents("ingest").Collector(),
+		MaxConnections("ingest", 0), MaxConnections("fanout", 0))
 	descs := make(chan *prometheus.Desc, 100)
 	for _, c := range cs {
 		c.Describe(descs)
