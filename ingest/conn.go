@@ -356,13 +356,13 @@ const (
 	lingerBytes = 4 << 20
 )
 
-// logRefusal rate-limits refusal logs per reason: a misbehaving fleet must
-// not flood the log. The counter still counts every one.
+// logRefusal rate-limits refusal logs per reason, as fanout does (one line
+// per reason per second, saying how many it stands for): a misbehaving fleet
+// must not flood the log. The counter still counts every one.
 func (s *Server) logRefusal(reason metrics.IngestRefusal, msg string, args ...any) {
-	v, _ := refusalLogs.LoadOrStore(reason, &rate.Sometimes{First: 10, Interval: time.Second})
-	v.(*rate.Sometimes).Do(func() { s.log.Warn(msg, args...) })
+	if n, ok := s.refusals.Allow(string(reason)); ok {
+		s.log.Warn(msg, append(args, "suppressed", n)...)
+	}
 }
-
-var refusalLogs sync.Map // reason -> *rate.Sometimes
 
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
