@@ -70,6 +70,9 @@ type Options struct {
 	Metrics *metrics.Fanout
 	// MetricsHandler is served at GET /metrics; nil leaves the route out.
 	MetricsHandler http.Handler
+	// NoHealthRoutes leaves /healthz and /readyz off the public address
+	// (RELAY_ADMIN_ADDR serves them); Ready still reports readiness.
+	NoHealthRoutes bool
 }
 
 // Server is the fanout tier: one HTTP server for WebSockets, the demo page,
@@ -165,7 +168,7 @@ func New(o Options) (*Server, error) {
 		}
 		return nil
 	})
-	s.routes(page, o.MetricsHandler)
+	s.routes(page, o.MetricsHandler, !o.NoHealthRoutes)
 	s.http = &http.Server{
 		Handler:           s.guard.wrap(s, s.mux),
 		ConnState:         s.connState,
@@ -284,7 +287,7 @@ func staticHandler() http.Handler {
 	})
 }
 
-func (s *Server) routes(page []byte, metricsHandler http.Handler) {
+func (s *Server) routes(page []byte, metricsHandler http.Handler, healthRoutes bool) {
 	s.mux.HandleFunc("GET /ws/{channel}", s.serveWS)
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
@@ -293,7 +296,9 @@ func (s *Server) routes(page []byte, metricsHandler http.Handler) {
 		w.Write(page)
 	})
 	s.mux.Handle("GET /static/", staticHandler())
-	s.health.Register(s.mux)
+	if healthRoutes {
+		s.health.Register(s.mux)
+	}
 	if metricsHandler != nil {
 		s.mux.Handle("GET /metrics", metricsHandler)
 	}

@@ -63,6 +63,7 @@ type started struct {
 	NATS       *server.Server // the embedded server of 'relay all'
 	IngestAddr []net.Addr     // in RELAY_INGEST_LISTENERS order
 	FanoutAddr net.Addr
+	AdminAddr  net.Addr // RELAY_ADMIN_ADDR's listener, when set
 }
 
 // runRoleNotify is runRole that calls notify (when not nil) once every
@@ -70,7 +71,23 @@ type started struct {
 func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log *slog.Logger, notify func(started)) error {
 	var info started
 	reg := metrics.New()
-	connectOpts := natsconn.Options{RetryWindow: cfg.NATSRetry, Logger: log}
+	connectOpts := natsconn.Options{RetryWindow: cfg.NATSRetry, Logger: log, Auth: natsconn.Auth{
+		CredsFile: cfg.NATSCredsFile, NkeySeedFile: cfg.NATSNkeySeedFile, User: cfg.NATSUser,
+		PasswordFile: cfg.NATSPasswordFile, TokenFile: cfg.NATSTokenFile,
+		TLSCAFile: cfg.NATSTLSCAFile, TLSCertFile: cfg.NATSTLSCertFile, TLSKeyFile: cfg.NATSTLSKeyFile,
+	}}
+	// With RELAY_ADMIN_ADDR, metrics and health move there, off the public ports.
+	var adm *admin
+	publicMetrics := reg.Handler()
+	if cfg.AdminAddr != "" {
+		var err error
+		if adm, err = listenAdmin(cfg.AdminAddr, log); err != nil {
+			return err
+		}
+		defer adm.close()
+		publicMetrics = nil
+	}
+	var readiness []func() error
 	var embedded *server.Server
 	if role == config.RoleAll {
 		var err error
@@ -131,13 +148,14 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			NATS:           nc,
 			Logger:         log.With("tier", "ingest"),
 			Metrics:        reg.Ingest,
-			MetricsHandler: reg.Handler(),
+			MetricsHandler: publicMetrics,
 		})
 		if err != nil {
 			nc.Close()
 			return err
 		}
 		info.IngestAddr = ing.Addrs()
+		readiness = append(readiness, ing.Ready)
 		listeners, _ := cfg.ParseListeners()
 		for i, l := range listeners {
 			if l.Handshake() && handshakePort == "" {
@@ -164,14 +182,20 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			NATS:           nc,
 			Logger:         log.With("tier", "fanout"),
 			Metrics:        reg.Fanout,
-			MetricsHandler: reg.Handler(),
+			MetricsHandler: publicMetrics,
+			NoHealthRoutes: adm != nil,
 		})
 		if err != nil {
 			nc.Close()
 			return errors.Join(err, abort(g, &finished))
 		}
 		info.FanoutAddr = fan.Addr()
+		readiness = append(readiness, fan.Ready)
 		g.Go(func() error { return fan.Run(gctx) })
+	}
+	if adm != nil {
+		adm.serve(reg.Handler(), cfg.AdminPprof, readiness...)
+		info.AdminAddr = adm.ln.Addr()
 	}
 	log.Info("relay started", "role", string(role))
 	if role == config.RoleAll {
@@ -179,7 +203,11 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		listeners, _ := cfg.ParseListeners()
 		for i, l := range listeners {
 			if !l.Handshake() {
-				log.Info("try it", "open", fmt.Sprintf("http://localhost:%d/?channel=%s", port(info.FanoutAddr), l.Channel),
+				scheme := "http"
+				if cfg.Fanout.TLSCertFile != "" {
+					scheme = "https"
+				}
+				log.Info("try it", "open", fmt.Sprintf("%s://localhost:%d/?channel=%s", scheme, port(info.FanoutAddr), l.Channel),
 					"send", fmt.Sprintf("echo hello | nc -q1 localhost %d", port(info.IngestAddr[i])))
 				break
 			}
