@@ -2,7 +2,6 @@ package ingest
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -356,14 +355,3 @@ func (s *Server) logRefusal(reason metrics.IngestRefusal, msg string, args ...an
 var refusalLogs sync.Map // reason -> *rate.Sometimes
 
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
