@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -33,6 +34,9 @@ type batchConn struct {
 	buf    *[]byte // from batchPool while corked
 	err    error   // sticky: after a failed write every write fails at once
 	writes int     // network writes, for tests and benchmarks
+	// written counts bytes the socket has taken: the client's measure of
+	// whether it is draining.
+	written atomic.Uint64
 
 	// The library's own writes (pings, pongs, close frames) are scanned
 	// for frame boundaries: once its close frame has gone out, writeFrames
@@ -219,12 +223,16 @@ func (b *batchConn) writeLocked(p, q []byte) error {
 	}
 	b.writes++
 	var err error
+	var n int64
 	if q == nil {
-		_, err = b.Conn.Write(p)
+		var k int
+		k, err = b.Conn.Write(p)
+		n = int64(k)
 	} else {
 		bufs := net.Buffers{p, q}
-		_, err = bufs.WriteTo(b.Conn)
+		n, err = bufs.WriteTo(b.Conn)
 	}
+	b.written.Add(uint64(n))
 	if err != nil {
 		b.err = err
 	}

@@ -235,8 +235,8 @@ func (ch *channel) deliver(m *nats.Msg) {
 	ch.h.m.MessagesIn.Inc()
 	ch.mu.RLock()
 	for _, c := range ch.clients {
-		if !c.enqueue(msg) && c.close(websocket.StatusPolicyViolation, reasonSlowConsumer, disconnectSlowConsumer) {
-			ch.h.m.SlowConsumers.WithLabelValues("client").Inc()
+		if !c.enqueue(msg) {
+			c.cutSlow()
 		}
 	}
 	ch.mu.RUnlock()

@@ -129,8 +129,12 @@ func New(o Options) (*Server, error) {
 		log:   log,
 		m:     o.Metrics,
 		limits: clientLimits{
-			queueMsgs:    cfg.ClientQueue,
-			queueBytes:   cfg.ClientQueueBytes,
+			queueMsgs:  cfg.ClientQueue,
+			queueBytes: cfg.ClientQueueBytes,
+			maxBytes:   cfg.ClientQueueMaxBytes,
+			// Judged before the write timeout would fail a stuck write
+			// (1011), so a stuck reader is told it is a slow consumer.
+			slowGrace:    min(cfg.SlowGrace, cfg.WriteTimeout/2),
 			writeTimeout: cfg.WriteTimeout,
 			pingInterval: cfg.PingInterval,
 			closeGrace:   min(maxCloseGrace, cfg.WriteTimeout),

@@ -342,7 +342,10 @@ func TestNATSLossKeepsClientsWhenConfigured(t *testing.T) {
 // queue.
 func TestShutdownDeliversQueuedBeforeGoingAway(t *testing.T) {
 	t.Parallel()
-	e := startEnv(t, func(o *Options) { o.Config.ClientQueueBytes = 256 << 20 })
+	e := startEnv(t, func(o *Options) {
+		o.Config.ClientQueueBytes = 256 << 20
+		o.Config.ClientQueueMaxBytes = 256 << 20
+	})
 	c := e.dial("q", nil)
 	const n, size = 300, 32 << 10
 	for range n {
