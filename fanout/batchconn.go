@@ -265,6 +265,51 @@ func (b *batchConn) Close() error {
 	return b.Conn.Close()
 }
 
+// cut closes the TCP connection like Close, but first sends a close frame
+// with code and reason if none has gone out and nothing holds the
+// connection: the client's writer may not have been scheduled yet (ten
+// thousand clients closed together on a busy machine), and a client cut
+// without a close frame sees 1006 and cannot tell a shutdown from a crash.
+// A writer blocked on a full window holds the lock, and then no frame could
+// get through anyway; but the lock may also be held by a writer about to
+// send the library's own close frame (descheduled on a busy machine), so cut
+// waits up to wait for it before cutting regardless.
+//
+// It reports whether it sent the frame.
+func (b *batchConn) cut(code uint16, reason string, wait time.Duration) (sent bool) {
+	if b.lockWithin(wait) {
+		if !b.closeSent && b.err == nil && b.libRest == 0 && b.libHdrLen == 0 && !b.corked {
+			frame := make([]byte, 0, 4+len(reason))
+			frame = append(frame, 0x88, byte(2+len(reason)), byte(code>>8), byte(code))
+			frame = append(frame, reason...)
+			if b.Conn.SetWriteDeadline(time.Now().Add(min(b.timeout, closeFlushTimeout))) == nil {
+				b.writes++
+				_, err := b.Conn.Write(frame)
+				sent = err == nil
+			}
+			b.closeSent = true
+		}
+		if b.err == nil {
+			b.err = net.ErrClosed // nothing more after the close frame
+		}
+		b.mu.Unlock()
+	}
+	_ = b.Close()
+	return sent
+}
+
+// lockWithin takes b.mu if it is free within d.
+func (b *batchConn) lockWithin(d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for !b.mu.TryLock() {
+		if !time.Now().Before(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return true
+}
+
 // networkWrites reports how many write syscalls (or writev) were made.
 func (b *batchConn) networkWrites() int {
 	b.mu.Lock()

@@ -218,7 +218,7 @@ func (c *client) attach(conn *websocket.Conn, bc *batchConn) {
 	c.mu.Lock()
 	c.conn, c.bc = conn, bc
 	if c.closed && c.forceClose == nil {
-		c.forceClose = time.AfterFunc(c.lim.closeGrace, func() { bc.Close() })
+		c.forceClose = time.AfterFunc(c.lim.closeGrace, c.cut)
 	}
 	c.mu.Unlock()
 }
@@ -246,8 +246,8 @@ func (c *client) close(code websocket.StatusCode, text, reason string) bool {
 		clear(c.queue)
 		c.queue = nil
 	}
-	if bc := c.bc; bc != nil {
-		c.forceClose = time.AfterFunc(c.lim.closeGrace, func() { bc.Close() })
+	if c.bc != nil {
+		c.forceClose = time.AfterFunc(c.lim.closeGrace, c.cut)
 	}
 	// The writer sends the close frame: make sure one runs.
 	c.startWriterLocked()
@@ -255,6 +255,18 @@ func (c *client) close(code websocket.StatusCode, text, reason string) bool {
 	close(c.closing)
 	c.m.Disconnects.WithLabelValues(reason).Inc()
 	return true
+}
+
+// cut ends a client whose close handshake has not finished within
+// closeGrace: its TCP connection is closed, after its close frame if that
+// has not gone out yet (see batchConn.cut).
+func (c *client) cut() {
+	c.mu.Lock()
+	bc, code, text := c.bc, c.closeCode, c.closeText
+	c.mu.Unlock()
+	if bc.cut(uint16(code), text, closeFlushTimeout) {
+		c.log.Debug("close handshake not started within the close grace; close frame sent at the cut")
+	}
 }
 
 // serve runs the connection until it is closed and everything it started

@@ -287,10 +287,11 @@ func TestBurstDoesNotCutDrainingReaders(t *testing.T) {
 // same channel gets everything.
 func TestStuckReaderIsCutAfterGrace(t *testing.T) {
 	t.Parallel()
-	const grace = 300 * time.Millisecond
+	const grace = 3 * time.Second // long enough that a starved good reader still drains in it
 	e := startEnv(t, func(o *Options) {
-		o.Config.ClientQueueBytes = 256 << 10
+		o.Config.ClientQueueBytes = 1 << 20
 		o.Config.ClientQueueMaxBytes = 256 << 20 // only the stall may cut it
+		o.Config.WriteTimeout = 4 * grace        // the stall, not the write deadline
 		o.Config.SlowGrace = grace
 	})
 	good := e.dial("stuck", nil)

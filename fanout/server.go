@@ -347,10 +347,9 @@ func (s *Server) shutdown() {
 	}
 	cancel()
 
-	// 3. Close every client; an upgrade that registers later closes itself.
-	for _, c := range clients {
-		c.close(websocket.StatusGoingAway, reasonShutdown, disconnectShutdown)
-	}
+	// 3. Close every client, spread out; an upgrade that registers later
+	// closes itself.
+	s.closeSpread(clients, min(s.cfg.DrainSpread, s.grace/4))
 
 	// 4. Wait for them; each cuts its TCP connection after closeGrace at
 	// the latest, so only a stuck client would use up the budget.
@@ -361,16 +360,28 @@ func (s *Server) shutdown() {
 	select {
 	case <-done:
 	case <-t.C:
-		s.log.Warn("clients still open at the shutdown deadline; cutting them")
+		// Cut with the close frame where nothing holds the connection, so
+		// a client sees 1001 rather than 1006 (see batchConn.cut).
 		s.mu.Lock()
+		n, unclosed, sent := 0, 0, 0
 		for c := range s.clients {
 			c.mu.Lock()
-			if c.bc != nil {
-				c.bc.Close()
-			}
+			bc, closed := c.bc, c.closed
 			c.mu.Unlock()
+			if bc == nil {
+				continue
+			}
+			n++
+			if !closed {
+				unclosed++
+			}
+			if bc.cut(uint16(websocket.StatusGoingAway), reasonShutdown, 0) {
+				sent++
+			}
 		}
 		s.mu.Unlock()
+		s.log.Warn("clients still open at the shutdown deadline; cut them", "clients", n,
+			"not_yet_closed", unclosed, "close_frame_sent_at_cut", sent)
 		// Cut connections fail every pending operation at once.
 		t.Reset(natsBudget / 2)
 		select {
@@ -398,6 +409,27 @@ func (s *Server) shutdown() {
 		time.Sleep(10 * time.Millisecond)
 	}
 	s.log.Info("fanout stopped", "took", time.Since(start).Round(time.Millisecond))
+}
+
+// closeSpread closes clients with 1001 evenly over spread rather than all
+// at once: each reconnects at once (to another replica, since /readyz
+// fails here), and ten thousand reconnects in the same millisecond are a
+// storm the remaining replicas would have to absorb. Clients not yet closed
+// keep receiving messages meanwhile.
+func (s *Server) closeSpread(clients []*client, spread time.Duration) {
+	start := time.Now()
+	for i, c := range clients {
+		due := start.Add(spread * time.Duration(i) / time.Duration(len(clients)))
+		// Sleeping per client would cost a timer each at 10,000 clients;
+		// closing a few milliseconds' worth together is spread enough.
+		if wait := time.Until(due); wait > 5*time.Millisecond {
+			time.Sleep(wait)
+		}
+		c.close(websocket.StatusGoingAway, reasonShutdown, disconnectShutdown)
+	}
+	if len(clients) > 0 {
+		s.log.Info("clients closed", "clients", len(clients), "spread", spread, "took", time.Since(start).Round(time.Millisecond))
+	}
 }
 
 // track counts an upgrade handler unless shutdown has begun.

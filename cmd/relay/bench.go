@@ -71,6 +71,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		burstStart  = fs.Int("burst-start", 1000, "with --burst: lines in the first burst; doubled until one fails, then bisected")
 		burstMax    = fs.Int("burst-max", 1<<20, "with --burst: the largest burst tried (lines)")
 		burstSteps  = fs.Int("burst-steps", 3, "with --burst: bisections after the first failure")
+		restart     = fs.Bool("restart", false, "rolling restart: R watchers on one of two 'relay fanout' children (NATS in this process), SIGTERM to it; reports 1001s, 1006s and the other's reconnects/s and peak RSS")
 		jsonOut     = fs.Bool("json", false, "print the report as JSON on stdout (progress still goes to stderr)")
 		quiet       = fs.Bool("quiet", false, "no progress lines")
 		cpuProfile  = fs.String("cpuprofile", "", "write a CPU profile of the server over the measurement window to this file")
@@ -96,6 +97,9 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	}
 	if *serveMode {
 		return benchServe(ctx, *serveFor, stdout, stderr)
+	}
+	if *restart {
+		return benchRestart(ctx, *receivers, *channels, *jsonOut, stdout, stderr)
 	}
 
 	base := loadgen.Config{

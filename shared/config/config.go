@@ -63,6 +63,7 @@ type Fanout struct {
 	MaxConnections      int           `envconfig:"FANOUT_MAX_CONNECTIONS" default:"100000" desc:"most concurrent WebSocket clients per process; more get HTTP 503"`
 	SubPendingMsgs      int           `envconfig:"FANOUT_SUB_PENDING_MSGS" default:"262144" desc:"messages the fanout's NATS subscription may buffer before NATS reports a slow consumer (the channel's clients are then closed); with small messages about as much memory as RELAY_FANOUT_SUB_PENDING_BYTES"`
 	SubPendingBytes     int           `envconfig:"FANOUT_SUB_PENDING_BYTES" default:"67108864" desc:"bytes the fanout's NATS subscription may buffer before NATS reports a slow consumer"`
+	DrainSpread         time.Duration `envconfig:"FANOUT_DRAIN_SPREAD" default:"5s" desc:"on shutdown, WebSocket clients are closed with 1001 evenly over this long, so they do not all reconnect to the other replicas at once (at most a quarter of RELAY_SHUTDOWN_GRACE is used; 0: all at once)"`
 	CloseOnNATSLoss     bool          `envconfig:"FANOUT_CLOSE_ON_NATS_LOSS" default:"true" desc:"when the fanout's NATS connection drops, close its clients with 1012 so they know messages may have been missed (false: keep them connected through the gap)"`
 	PublicIngestAddr    string        `envconfig:"FANOUT_PUBLIC_INGEST_ADDR" default:"" desc:"host:port of the ingest handshake listener as users reach it, shown on the demo page (empty: this host, first handshake listener's port)"`
 }
@@ -251,6 +252,9 @@ func (f Fanout) Validate() error {
 	}
 	if f.SlowGrace <= 0 {
 		add("RELAY_FANOUT_SLOW_GRACE=%s: must be positive", f.SlowGrace)
+	}
+	if f.DrainSpread < 0 {
+		add("RELAY_FANOUT_DRAIN_SPREAD=%s: must not be negative", f.DrainSpread)
 	}
 	if f.PingInterval < 0 {
 		add("RELAY_FANOUT_PING_INTERVAL=%s: must not be negative", f.PingInterval)
