@@ -3,6 +3,7 @@ package fanout
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"runtime"
@@ -17,24 +18,27 @@ import (
 
 // Close reasons sent to clients (at most 123 bytes each).
 const (
-	reasonSlowConsumer = "slow consumer"
-	reasonClientData   = "receive-only: clients may not send data"
-	reasonShutdown     = "server shutting down"
-	reasonPingTimeout  = "ping timeout"
-	reasonWriteFailed  = "write failed"
-	reasonNATSLost     = "upstream connection lost; messages may have been missed"
+	reasonSlowConsumer  = "slow consumer"
+	reasonClientData    = "receive-only: clients may not send data"
+	reasonShutdown      = "server shutting down"
+	reasonPingTimeout   = "ping timeout"
+	reasonWriteFailed   = "write failed"
+	reasonNATSLost      = "upstream connection lost; messages may have been missed"
+	reasonProtocolError = "protocol error"
 )
 
-// Disconnect reasons: the label values of Metrics.Disconnects.
+// Disconnect reasons: short local names for the typed label values of
+// relay_fanout_disconnects_total{reason}, declared in shared/metrics.
 const (
-	disconnectClientClosed     = "client_closed"
-	disconnectSlowConsumer     = "slow_consumer"
-	disconnectNATSSlowConsumer = "nats_slow_consumer"
-	disconnectClientData       = "client_data"
-	disconnectWriteError       = "write_error"
-	disconnectPingTimeout      = "ping_timeout"
-	disconnectShutdown         = "shutdown"
-	disconnectNATSLost         = "nats_disconnected"
+	disconnectClientClosed     = metrics.DisconnectClientClosed
+	disconnectSlowConsumer     = metrics.DisconnectSlowConsumer
+	disconnectNATSSlowConsumer = metrics.DisconnectNATSSlowConsumer
+	disconnectClientData       = metrics.DisconnectClientData
+	disconnectWriteError       = metrics.DisconnectWriteError
+	disconnectPingTimeout      = metrics.DisconnectPingTimeout
+	disconnectShutdown         = metrics.DisconnectShutdown
+	disconnectNATSLost         = metrics.DisconnectNATSLost
+	disconnectProtocolError    = metrics.DisconnectProtocolError
 )
 
 // writerLinger is how long a client's writer goroutine waits for more to
@@ -92,7 +96,7 @@ type client struct {
 	flushOnClose bool
 	closeCode    websocket.StatusCode
 	closeText    string
-	reason       string
+	reason       metrics.FanoutDisconnect
 	conn         *websocket.Conn
 	bc           *batchConn
 	forceClose   *time.Timer
@@ -194,7 +198,7 @@ func (c *client) checkStall() {
 // cutSlow closes a client that cannot take the channel's messages.
 func (c *client) cutSlow() {
 	if c.close(websocket.StatusPolicyViolation, reasonSlowConsumer, disconnectSlowConsumer) {
-		c.m.SlowConsumers.WithLabelValues("client").Inc()
+		c.m.SlowConsumers.Inc(metrics.SlowClient)
 	}
 }
 
@@ -229,7 +233,7 @@ func (c *client) attach(conn *websocket.Conn, bc *batchConn) {
 // not finished within closeGrace (a slow consumer's TCP window may be full,
 // so the frame may never get out) the TCP connection is cut. Only the first
 // call counts; it reports whether this call was it.
-func (c *client) close(code websocket.StatusCode, text, reason string) bool {
+func (c *client) close(code websocket.StatusCode, text string, reason metrics.FanoutDisconnect) bool {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -246,14 +250,18 @@ func (c *client) close(code websocket.StatusCode, text, reason string) bool {
 		clear(c.queue)
 		c.queue = nil
 	}
-	if c.bc != nil {
+	// The close grace bounds the close handshake. Queued messages still
+	// to be sent first are bounded by the write timeout per write (and the
+	// shutdown deadline): a client that is taking them should not be cut
+	// a second into a large flush, so their writer starts the clock.
+	if c.bc != nil && !(c.flushOnClose && len(c.queue) > 0) {
 		c.forceClose = time.AfterFunc(c.lim.closeGrace, c.cut)
 	}
 	// The writer sends the close frame: make sure one runs.
 	c.startWriterLocked()
 	c.mu.Unlock()
 	close(c.closing)
-	c.m.Disconnects.WithLabelValues(reason).Inc()
+	c.m.Disconnects.Inc(reason)
 	return true
 }
 
@@ -301,11 +309,29 @@ func (c *client) serve() {
 // connection is closed or refused.
 func (c *client) readLoop() {
 	_, _, err := c.conn.Reader(context.Background())
-	if err == nil {
+	switch {
+	case err == nil:
 		c.close(websocket.StatusUnsupportedData, reasonClientData, disconnectClientData)
-		return
+	case isProtocolError(err):
+		// RFC 6455: a frame that breaks the protocol (unmasked, reserved
+		// bits, unknown opcode, bad control frame) ends with 1002.
+		c.close(websocket.StatusProtocolError, reasonProtocolError, disconnectProtocolError)
+	default:
+		c.close(websocket.StatusNormalClosure, "", disconnectClientClosed)
 	}
-	c.close(websocket.StatusNormalClosure, "", disconnectClientClosed)
+}
+
+// isProtocolError tells a peer that broke the WebSocket protocol from one
+// that closed (a close frame) or went away (the connection ended). The
+// library wraps network errors, so what is neither a close frame nor a
+// network error is the peer's protocol violation.
+func isProtocolError(err error) bool {
+	if websocket.CloseStatus(err) != -1 {
+		return false
+	}
+	var ne net.Error
+	return !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, net.ErrClosed) &&
+		!errors.As(err, &ne) && !errors.Is(err, context.Canceled)
 }
 
 // writeLoop is the client's only writer of data frames. It runs while
@@ -321,10 +347,16 @@ func (c *client) writeLoop() {
 			c.mu.Lock()
 			code, text, flush := c.closeCode, c.closeText, c.flushOnClose
 			c.mu.Unlock()
-			// Both bounded by forceClose, which cuts the connection after closeGrace.
+			// The flush is bounded by the write timeout per write; the
+			// handshake by forceClose, which cuts after closeGrace.
 			if flush {
 				_ = c.flush(true)
 			}
+			c.mu.Lock()
+			if c.forceClose == nil {
+				c.forceClose = time.AfterFunc(c.lim.closeGrace, c.cut)
+			}
+			c.mu.Unlock()
 			_ = c.conn.Close(code, text)
 			return // writing stays set: no writer is needed after this one
 		default:
@@ -440,7 +472,7 @@ func (c *client) pingTick() {
 }
 
 // stats returns the close reason and what was delivered; valid after serve.
-func (c *client) stats() (reason string, delivered, bytes int) {
+func (c *client) stats() (reason metrics.FanoutDisconnect, delivered, bytes int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.reason, c.delivered, c.bytesOut

@@ -49,10 +49,10 @@ func TestSlowClientIsClosedOthersGetEverything(t *testing.T) {
 	}
 	// Loopback TCP buffers hold a few MB; the slow client is detected well
 	// before this bound (3000 messages of 64 KiB).
-	for sent < 3000 && val(e.m.SlowConsumers.WithLabelValues("client")) == 0 {
+	for sent < 3000 && val(e.m.SlowConsumers.With(metrics.SlowClient)) == 0 {
 		publishStep()
 	}
-	if val(e.m.SlowConsumers.WithLabelValues("client")) != 1 {
+	if val(e.m.SlowConsumers.With(metrics.SlowClient)) != 1 {
 		t.Fatalf("slow client not detected after %d messages", sent)
 	}
 	// The server cuts the slow client's connection by itself.
@@ -65,7 +65,7 @@ func TestSlowClientIsClosedOthersGetEverything(t *testing.T) {
 	for range 4 {
 		publishStep() // the good receiver carries on
 	}
-	if got := val(e.m.Disconnects.WithLabelValues(disconnectSlowConsumer)); got != 1 {
+	if got := val(e.m.Disconnects.With(disconnectSlowConsumer)); got != 1 {
 		t.Errorf("Disconnects{slow_consumer} = %v, want 1", got)
 	}
 
@@ -100,7 +100,7 @@ func TestClientDataIsRefused(t *testing.T) {
 		t.Fatalf("got %v, want close 1003 %q", err, reasonClientData)
 	}
 	eventually(t, 10*time.Second, func() error {
-		if got := val(e.m.Disconnects.WithLabelValues(disconnectClientData)); got != 1 {
+		if got := val(e.m.Disconnects.With(disconnectClientData)); got != 1 {
 			return fmt.Errorf("Disconnects{client_data} = %v", got)
 		}
 		if got := val(e.m.Connections); got != 0 {
@@ -125,7 +125,7 @@ func TestLargeClientFrameIsRefused(t *testing.T) {
 		t.Fatalf("connection still open: %v", err)
 	}
 	eventually(t, 10*time.Second, func() error {
-		if got := val(e.m.Disconnects.WithLabelValues(disconnectClientData)); got != 1 {
+		if got := val(e.m.Disconnects.With(disconnectClientData)); got != 1 {
 			return fmt.Errorf("Disconnects{client_data} = %v", got)
 		}
 		return nil
@@ -140,7 +140,7 @@ func TestPingTimeoutClosesSilentClient(t *testing.T) {
 	})
 	_ = e.dial("quiet", nil) // never reads, so never answers a ping
 	eventually(t, 15*time.Second, func() error {
-		if got := val(e.m.Disconnects.WithLabelValues(disconnectPingTimeout)); got != 1 {
+		if got := val(e.m.Disconnects.With(disconnectPingTimeout)); got != 1 {
 			return fmt.Errorf("Disconnects{ping_timeout} = %v", got)
 		}
 		if got := val(e.m.Connections); got != 0 {
@@ -179,7 +179,7 @@ func TestPingKeepsReadingClient(t *testing.T) {
 	if err := <-readDone; err != nil {
 		t.Fatalf("read after pings: %v", err)
 	}
-	if got := val(e.m.Disconnects.WithLabelValues(disconnectPingTimeout)); got != 0 {
+	if got := val(e.m.Disconnects.With(disconnectPingTimeout)); got != 0 {
 		t.Errorf("Disconnects{ping_timeout} = %v", got)
 	}
 }
@@ -276,7 +276,7 @@ func TestBurstDoesNotCutDrainingReaders(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if v := val(e.m.SlowConsumers.WithLabelValues("client")); v != 0 {
+	if v := val(e.m.SlowConsumers.With(metrics.SlowClient)); v != 0 {
 		t.Errorf("SlowConsumers{client} = %v, want 0", v)
 	}
 }
@@ -319,12 +319,12 @@ func TestStuckReaderIsCutAfterGrace(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 30*time.Second, func() error {
-		if v := val(e.m.Disconnects.WithLabelValues(disconnectSlowConsumer)); v != 1 {
+		if v := val(e.m.Disconnects.With(disconnectSlowConsumer)); v != 1 {
 			return fmt.Errorf("Disconnects{slow_consumer} = %v", v)
 		}
 		return nil
 	})
-	if v := val(e.m.SlowConsumers.WithLabelValues("client")); v != 1 {
+	if v := val(e.m.SlowConsumers.With(metrics.SlowClient)); v != 1 {
 		t.Errorf("SlowConsumers{client} = %v, want 1", v)
 	}
 	// Its TCP connection is cut by the server: reading what the kernel

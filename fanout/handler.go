@@ -11,18 +11,25 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/subjects"
 )
 
-// Refusal reasons: the label values of Metrics.Refused.
+// Refusal reasons: short local names for the typed label values of
+// relay_fanout_refused_total{reason}, declared in shared/metrics.
 const (
-	refusedBadChannel      = "bad_channel"
-	refusedBadOrigin       = "bad_origin"
-	refusedTooMany         = "too_many_connections"
-	refusedDraining        = "draining"
-	refusedSubscribeFailed = "subscribe_failed"
-	refusedBadRequest      = "bad_request"
+	refusedBadChannel      = metrics.FanoutBadChannel
+	refusedBadOrigin       = metrics.FanoutBadOrigin
+	refusedTooMany         = metrics.FanoutTooMany
+	refusedDraining        = metrics.FanoutDraining
+	refusedSubscribeFailed = metrics.FanoutSubscribeFailed
+	refusedBadRequest      = metrics.FanoutBadRequest
+	refusedNATSDown        = metrics.FanoutNATSDown
 )
+
+// reasonNATSDown is the close reason of an upgrade refused while this
+// fanout has no NATS connection (code 1012).
+const reasonNATSDown = "upstream unavailable; retry later"
 
 // acceptOptions skips the library's origin check: serveWS has already done
 // the same check itself, so that a refusal is counted and logged. Compression
@@ -49,8 +56,14 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	if !isUpgrade(r) {
 		// Let the library answer with its precise status (426, 400, 405).
-		s.m.Refused.WithLabelValues(refusedBadRequest).Inc()
+		s.m.Refused.Inc(refusedBadRequest)
 		_, _ = websocket.Accept(w, r, acceptOptions)
+		return
+	}
+	if !s.nc.IsConnected() {
+		// A browser cannot read an HTTP status (it sees 1006 and retries
+		// blindly), so complete the upgrade and close at once with 1012.
+		s.refuseUpgraded(w, r, websocket.StatusServiceRestart, refusedNATSDown, reasonNATSDown)
 		return
 	}
 	if s.active.Add(1) > int64(s.cfg.MaxConnections) {
@@ -58,7 +71,13 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, http.StatusServiceUnavailable, refusedTooMany, "too many connections")
 		return
 	}
+	release, ok := s.acquire(w, r)
+	if !ok {
+		s.active.Add(-1)
+		return
+	}
 	if !s.track() {
+		release()
 		s.active.Add(-1)
 		s.refuse(w, r, http.StatusServiceUnavailable, refusedDraining, "server is shutting down")
 		return
@@ -68,17 +87,18 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	handedOff := false
 	defer func() {
 		if !handedOff {
+			release()
 			s.wg.Done()
 			s.active.Add(-1)
 		}
 	}()
 
-	log := s.log.With("channel", name, "remote", r.RemoteAddr)
+	log := s.log.With("channel", name, "remote", clientOf(r).addr.String())
 	c := newClient(name, s.limits, s.m, log)
 	ch, err := s.hub.join(name, c)
 	if err != nil {
 		log.Warn("subscribe failed; upgrade refused", "err", err)
-		s.refuse(w, r, http.StatusServiceUnavailable, refusedSubscribeFailed, "subscription failed, retry")
+		s.refuseUpgraded(w, r, websocket.StatusServiceRestart, refusedSubscribeFailed, reasonNATSDown)
 		return
 	}
 
@@ -94,7 +114,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.unregister(c)
 		s.hub.leave(ch, c)
 		// Accept has answered the request (or the connection is gone).
-		s.m.Refused.WithLabelValues(refusedBadRequest).Inc()
+		s.m.Refused.Inc(refusedBadRequest)
 		log.Debug("upgrade failed", "err", err)
 		return
 	}
@@ -107,7 +127,10 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// goroutine serves the client with a shallow stack, and net/http's
 	// goroutine, its grown stack and the request are freed. For a
 	// connection that idles for hours that is most of its memory.
-	go s.serveClient(c, ch, log)
+	go func() {
+		defer release()
+		s.serveClient(c, ch, log)
+	}()
 }
 
 // serveClient runs a connected client until it is closed, then releases
@@ -127,11 +150,14 @@ func (s *Server) serveClient(c *client, ch *channel, log *slog.Logger) {
 		"messages", delivered, "bytes", bytes)
 }
 
-// originAllowed applies coder/websocket's origin rule (same host, or a host
-// pattern from AllowedOrigins matched with path.Match; a pattern with "://"
-// is matched against scheme://host) so a refusal can be counted and logged.
-// A request without Origin is not from a browser and is allowed; "*" allows
-// every origin.
+// originAllowed applies the same-origin rule (scheme and host:port equal to
+// the request's, the scheme being https when the client reached us over TLS,
+// directly or through a trusted proxy), or a host pattern from
+// AllowedOrigins matched with path.Match (a pattern with "://" is matched
+// against scheme://host), so a refusal can be counted and logged. A request
+// without Origin is not from a browser and is allowed; "*" allows every
+// origin. Same origin alone cannot stop DNS rebinding (there the page's
+// Host and Origin are both the attacker's name): the Host check does.
 func (s *Server) originAllowed(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" {
@@ -141,7 +167,7 @@ func (s *Server) originAllowed(r *http.Request) bool {
 	if err != nil || u.Host == "" {
 		return false
 	}
-	if strings.EqualFold(r.Host, u.Host) {
+	if strings.EqualFold(r.Host, u.Host) && strings.EqualFold(u.Scheme, clientOf(r).scheme) {
 		return true
 	}
 	for _, p := range s.origins {
@@ -176,13 +202,13 @@ func headerHasToken(h http.Header, key, token string) bool {
 // refuse answers an upgrade with an HTTP error, counts it by reason and logs
 // it, at most once per second per reason so a misbehaving page cannot flood
 // the log.
-func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, reason, msg string) {
-	s.m.Refused.WithLabelValues(reason).Inc()
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, reason metrics.FanoutRefusal, msg string) {
+	s.m.Refused.Inc(reason)
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")
 	}
 	http.Error(w, msg, status)
-	if n, ok := s.refusals.allow(reason); ok {
+	if n, ok := s.refusals.allow(string(reason)); ok {
 		s.log.Info("upgrade refused", "reason", reason, "status", status, "remote", r.RemoteAddr,
 			"origin", r.Header.Get("Origin"), "path", r.URL.Path, "suppressed", n)
 	}

@@ -6,6 +6,9 @@ import (
 	"time"
 
 	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/metrics"
+	"github.com/relaydev/relay/shared/netguard"
+	"github.com/relaydev/relay/shared/tcpproto"
 )
 
 // listener is one bound ADDR=CHANNEL/FRAMING entry.
@@ -32,16 +35,33 @@ func (s *Server) acceptLoop(ln *listener) error {
 		}
 		delay = 0
 		s.m.ConnectionsTotal.Inc()
+		// Address rules and per-address limits come before the global
+		// slot, so one address cannot take every slot (a ;proxy
+		// listener learns the client's address later, in secure).
+		var release func()
+		if !ln.spec.Proxy {
+			var ok bool
+			if release, ok = s.admit(nc, ln.spec, netguard.AddrOf(nc.RemoteAddr())); !ok {
+				continue
+			}
+		}
 		select {
 		case s.slots <- struct{}{}:
 		default:
+			if release != nil {
+				release()
+			}
 			s.refuse(nc, reasonTooManyConnections, "too many connections")
 			continue
 		}
 		c := newSenderConn(s, nc, ln.spec)
+		c.release = release
 		if !s.track(c) {
 			<-s.slots
-			s.refuse(nc, reasonShutdown, "server shutting down")
+			if release != nil {
+				release()
+			}
+			s.refuse(nc, reasonShutdown, "server shutting down: 0 messages accepted")
 			continue
 		}
 		go func() {
@@ -54,10 +74,17 @@ func (s *Server) acceptLoop(ln *listener) error {
 
 // refuse answers a connection with -ERR and closes it, without a goroutine
 // of its own: the write is small and bounded by a short deadline.
-func (s *Server) refuse(nc net.Conn, reason, msg string) {
-	s.m.Refused.WithLabelValues(reason).Inc()
+func (s *Server) refuse(nc net.Conn, reason metrics.IngestRefusal, msg string) {
+	s.m.Refused.Inc(reason)
 	s.logRefusal(reason, "ingest: sender refused", "remote", nc.RemoteAddr().String(), "reason", msg)
 	nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-	nc.Write([]byte("-ERR " + msg + "\n"))
+	nc.Write(tcpproto.ErrLine(msg))
+	nc.Close()
+}
+
+// refuseClose is refuse without the -ERR line (TLS listeners before the handshake).
+func (s *Server) refuseClose(nc net.Conn, reason metrics.IngestRefusal, msg string) {
+	s.m.Refused.Inc(reason)
+	s.logRefusal(reason, "ingest: sender refused", "remote", nc.RemoteAddr().String(), "reason", msg)
 	nc.Close()
 }

@@ -140,7 +140,7 @@ func startStack(t *testing.T, queue int) stack {
 		return nc
 	}
 	ing, err := ingest.New(ingest.Options{
-		Config: config.Ingest{Listeners: "127.0.0.1:0=*/line", MaxMessage: 65536, HandshakeTimeout: 5 * time.Second,
+		Config: config.Ingest{Listeners: config.MustParseListeners("127.0.0.1:0=*/line"), MaxMessage: 65536, HandshakeTimeout: 5 * time.Second,
 			MaxConnections: 100, ReadBuffer: 32768},
 		SubjectPrefix: "relay", ShutdownGrace: 2 * time.Second, NATS: connect(), Logger: log, Metrics: reg.Ingest,
 	})
@@ -199,8 +199,9 @@ func TestSlowReceivers(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkStream(t, res)
-	// The close frame may not get through the full window (DESIGN.md); the
-	// TCP close must, and a close code that does arrive must be 1008.
+	// The close frame may not get through the full window
+	// (docs/architecture.md, close codes); the TCP close must, and a close
+	// code that does arrive must be 1008.
 	if res.SlowReceivers != 1 || res.SlowClosed != 1 {
 		t.Fatalf("slow receiver not cut off: %+v", res)
 	}

@@ -51,14 +51,17 @@ func NATSConnected(tier string, fn func() float64) prometheus.Collector {
 	}, fn)
 }
 
-// NATSEvents counts NATS connection events (disconnect, reconnect, error) per tier.
-func NATSEvents(tier string) *prometheus.CounterVec {
-	return prometheus.NewCounterVec(prometheus.CounterOpts{
+// NATSEvents counts a tier's NATS connection events; register it with
+// Collector.
+func NATSEvents(tier string) *ReasonCounter[NATSEvent] {
+	return newReasonCounter(prometheus.CounterOpts{
 		Name:        "relay_nats_events_total",
-		Help:        "NATS connection events by type: disconnect, reconnect, error.",
 		ConstLabels: prometheus.Labels{"tier": tier},
-	}, []string{"event"})
+	}, "event", "NATS connection events,", NATSEventKinds())
 }
+
+// Collector is what to register for c.
+func (c *ReasonCounter[T]) Collector() prometheus.Collector { return c.vec }
 
 // Ingest is the ingest tier's metrics.
 type Ingest struct {
@@ -66,8 +69,11 @@ type Ingest struct {
 	ConnectionsTotal prometheus.Counter
 	Messages         prometheus.Counter
 	Bytes            prometheus.Counter
-	Refused          *prometheus.CounterVec // by reason
+	Refused          *ReasonCounter[IngestRefusal]
 	PublishRetries   prometheus.Counter
+	Unpublished      *ReasonCounter[IngestUnpublished] // messages read but never published
+	Held             prometheus.Gauge                  // senders paused because NATS cannot take their message
+	Throttled        prometheus.Counter // pauses for RELAY_INGEST_MAX_RATE
 }
 
 func newIngest() *Ingest {
@@ -79,24 +85,32 @@ func newIngest() *Ingest {
 			Name: "relay_ingest_connections_total", Help: "Sender TCP connections accepted.",
 		}),
 		Messages: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "relay_ingest_messages_total", Help: "Messages published to NATS.",
+			Name: "relay_ingest_messages_total", Help: "Messages published to NATS (accepted from senders); held or refused ones are not counted.",
 		}),
 		Bytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_ingest_bytes_total", Help: "Payload bytes published to NATS.",
 		}),
-		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relay_ingest_refused_total",
-			Help: "Senders or messages refused, by reason (bad_handshake, bad_channel, handshake_timeout, too_large, too_many_connections, publish_failed).",
-		}, []string{"reason"}),
+		Refused: newReasonCounter(prometheus.CounterOpts{Name: "relay_ingest_refused_total"},
+			"reason", "Senders or messages refused (the sender got -ERR and was closed),", IngestRefusals()),
+		Unpublished: newReasonCounter(prometheus.CounterOpts{Name: "relay_ingest_unpublished_total"},
+			"reason", "Messages read from a sender but never published, so not counted as accepted (the sender was told with -ERR and N accepted),", IngestUnpublishedReasons()),
+		Held: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_ingest_senders_held",
+			Help: "Senders paused now because NATS cannot take their next message (not reading: TCP pushes back).",
+		}),
 		PublishRetries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_ingest_publish_retries_total",
 			Help: "Publishes retried because NATS could not take more (sender reads paused meanwhile).",
+		}),
+		Throttled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_ingest_throttled_total",
+			Help: "Times a sender over RELAY_INGEST_MAX_RATE was read more slowly (paused before its next message; nothing dropped).",
 		}),
 	}
 }
 
 func (m *Ingest) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused, m.PublishRetries}
+	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused.vec, m.PublishRetries, m.Unpublished.vec, m.Held, m.Throttled}
 }
 
 // Fanout is the fanout tier's metrics.
@@ -107,9 +121,9 @@ type Fanout struct {
 	MessagesIn       prometheus.Counter
 	Deliveries       prometheus.Counter
 	BytesOut         prometheus.Counter
-	Refused          *prometheus.CounterVec // upgrade refusals by reason
-	Disconnects      *prometheus.CounterVec // client closes by reason
-	SlowConsumers    *prometheus.CounterVec // kind: client, nats
+	Refused          *ReasonCounter[FanoutRefusal]    // upgrade refusals
+	Disconnects      *ReasonCounter[FanoutDisconnect] // client closes
+	SlowConsumers    *ReasonCounter[SlowConsumerKind]
 }
 
 func newFanout() *Fanout {
@@ -132,21 +146,15 @@ func newFanout() *Fanout {
 		BytesOut: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_fanout_bytes_total", Help: "Payload bytes written to WebSocket clients.",
 		}),
-		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relay_fanout_refused_total",
-			Help: "WebSocket upgrades refused, by reason (bad_channel, bad_origin, too_many_connections, draining, subscribe_failed, bad_request).",
-		}, []string{"reason"}),
-		Disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relay_fanout_disconnects_total",
-			Help: "WebSocket clients closed, by reason (client_closed, slow_consumer, nats_slow_consumer, client_data, write_error, ping_timeout, shutdown, nats_disconnected).",
-		}, []string{"reason"}),
-		SlowConsumers: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relay_fanout_slow_consumers_total",
-			Help: "Slow-consumer events: kind=client (a WebSocket client's queue was full), kind=nats (NATS dropped messages for a subscription).",
-		}, []string{"kind"}),
+		Refused: newReasonCounter(prometheus.CounterOpts{Name: "relay_fanout_refused_total"},
+			"reason", "WebSocket upgrades refused,", FanoutRefusals()),
+		Disconnects: newReasonCounter(prometheus.CounterOpts{Name: "relay_fanout_disconnects_total"},
+			"reason", "WebSocket clients closed,", FanoutDisconnects()),
+		SlowConsumers: newReasonCounter(prometheus.CounterOpts{Name: "relay_fanout_slow_consumers_total"},
+			"kind", "Slow-consumer events (client: a WebSocket client's queue was full; nats: NATS dropped messages for a subscription),", SlowConsumerKinds()),
 	}
 }
 
 func (m *Fanout) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Subscriptions, m.MessagesIn, m.Deliveries, m.BytesOut, m.Refused, m.Disconnects, m.SlowConsumers}
+	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Subscriptions, m.MessagesIn, m.Deliveries, m.BytesOut, m.Refused.vec, m.Disconnects.vec, m.SlowConsumers.vec}
 }

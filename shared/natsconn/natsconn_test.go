@@ -1,15 +1,19 @@
 package natsconn
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/relaydev/relay/shared/metrics"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -80,8 +84,8 @@ func TestEmbeddedInProcess(t *testing.T) {
 	if srv.Addr() != nil {
 		t.Fatalf("in-process server listens on %v", srv.Addr())
 	}
-	events := make(chan string, 4)
-	nc, err := Connect(context.Background(), Options{InProcess: srv, OnEvent: func(e string) { events <- e }})
+	events := make(chan metrics.NATSEvent, 4)
+	nc, err := Connect(context.Background(), Options{InProcess: srv, OnEvent: func(e metrics.NATSEvent) { events <- e }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +101,7 @@ func TestEmbeddedInProcess(t *testing.T) {
 		t.Fatalf("NextMsg = %v, %v", msg, err)
 	}
 	nc.Close()
-	if e := <-events; e != "closed" {
+	if e := <-events; e != metrics.NATSClosed {
 		t.Fatalf("event %q, want closed", e)
 	}
 }
@@ -112,5 +116,35 @@ func TestEmbeddedPortInUse(t *testing.T) {
 	if srv, err := StartEmbedded(EmbeddedOptions{Listen: l.Addr().String()}); err == nil {
 		srv.Shutdown()
 		t.Fatal("StartEmbedded on a busy port succeeded")
+	}
+}
+
+// TestConnectLogsWhereNATSIs: an in-process connection is logged as
+// "in-process", not as nats.go's default URL where nothing listens; when the
+// embedded server also listens, as the address it listens on.
+func TestConnectLogsWhereNATSIs(t *testing.T) {
+	t.Parallel()
+	for _, listen := range []string{"", "127.0.0.1:0"} {
+		t.Run("listen="+listen, func(t *testing.T) {
+			t.Parallel()
+			srv, err := StartEmbedded(EmbeddedOptions{Listen: listen})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+			var buf bytes.Buffer
+			nc, err := Connect(context.Background(), Options{InProcess: srv, Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			nc.Close()
+			want := "url=in-process"
+			if listen != "" {
+				want = "url=nats://" + srv.Addr().String()
+			}
+			if !strings.Contains(buf.String(), want+" ") || strings.Contains(buf.String(), "4222") {
+				t.Errorf("log %q, want %s", buf.String(), want)
+			}
+		})
 	}
 }
