@@ -282,6 +282,14 @@ func benchConfig() (config.Config, error) {
 	if os.Getenv("RELAY_LOG_LEVEL") == "" {
 		cfg.LogLevel = "warn"
 	}
+	// Every bench connection comes from 127.0.0.1: the per-address limits
+	// would refuse most receivers (4429) unless set explicitly.
+	if _, set := os.LookupEnv("RELAY_FANOUT_MAX_CONNECTIONS_PER_IP"); !set {
+		cfg.Fanout.MaxConnectionsPerIP = 0
+	}
+	if _, set := os.LookupEnv("RELAY_FANOUT_CONNECT_RATE_PER_IP"); !set {
+		cfg.Fanout.ConnectRatePerIP = ""
+	}
 	return cfg, cfg.Validate(config.RoleAll)
 }
 

@@ -90,6 +90,13 @@ func startFanoutChild(natsURL string, stderr io.Writer) (*fanoutChild, error) {
 	if os.Getenv("RELAY_LOG_LEVEL") == "" {
 		cmd.Env = append(cmd.Env, "RELAY_LOG_LEVEL=warn")
 	}
+	// Every watcher comes from 127.0.0.1: the per-address limits would
+	// refuse all but the first few (4429).
+	for _, kv := range [][2]string{{"RELAY_FANOUT_MAX_CONNECTIONS_PER_IP", "0"}, {"RELAY_FANOUT_CONNECT_RATE_PER_IP", ""}} {
+		if _, set := os.LookupEnv(kv[0]); !set {
+			cmd.Env = append(cmd.Env, kv[0]+"="+kv[1])
+		}
+	}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err
