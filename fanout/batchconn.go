@@ -11,29 +11,26 @@ import (
 	"time"
 )
 
-// maxBatch bounds the bytes a batchConn holds back while corked: large
-// enough that a burst of small messages goes out in one write syscall, small
-// enough that the pooled buffers stay cheap.
+// maxBatch bounds the bytes writeFrames gathers for one write syscall: large
+// enough that a burst of small messages goes out in one write, small enough
+// that the pooled buffers stay cheap.
 const maxBatch = 64 << 10
 
 var batchPool = sync.Pool{New: func() any { b := make([]byte, 0, maxBatch); return &b }}
 
-// batchConn is the hijacked TCP connection under a WebSocket. coder/websocket
-// flushes its buffer after every frame, so writing N queued messages would
-// cost N write syscalls; while the client's writer has it corked, batchConn
-// collects those flushes and sends them with one write when uncorked (or
-// when maxBatch fills). It also puts a deadline on every network write,
-// including control frames the library writes on its own, so no write can
-// block past the write timeout.
+// batchConn is the hijacked TCP connection under a WebSocket. The client's
+// writer sends data frames through writeFrames, which frames a whole batch
+// of queued messages and writes it with one syscall per maxBatch bytes
+// (the library would cost a flush, so a syscall, per frame). The library
+// writes only its control frames (pong, ping, close) through Write. Every
+// network write has a deadline, so none can block past the write timeout.
 type batchConn struct {
 	net.Conn
 	timeout time.Duration
 
 	mu     sync.Mutex
-	corked bool
-	buf    *[]byte // from batchPool while corked
-	err    error   // sticky: after a failed write every write fails at once
-	writes int     // network writes, for tests and benchmarks
+	err    error // sticky: after a failed write every write fails at once
+	writes int   // network writes, for tests and benchmarks
 	// written counts bytes the socket has taken: the client's measure of
 	// whether it is draining.
 	written atomic.Uint64
@@ -52,32 +49,8 @@ func newBatchConn(c net.Conn, timeout time.Duration) *batchConn {
 	return &batchConn{Conn: c, timeout: timeout}
 }
 
-// cork makes writes collect in memory until uncork.
-func (b *batchConn) cork() {
-	b.mu.Lock()
-	b.corked = true
-	b.buf = batchPool.Get().(*[]byte)
-	b.mu.Unlock()
-}
-
-// uncork sends what was collected with one write.
-func (b *batchConn) uncork() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var err error
-	if len(*b.buf) > 0 {
-		err = b.writeLocked(*b.buf, nil)
-	} else {
-		err = b.err
-	}
-	*b.buf = (*b.buf)[:0]
-	batchPool.Put(b.buf)
-	b.buf = nil
-	b.corked = false
-	return err
-}
-
-// Write is called by the WebSocket library, one flush at a time.
+// Write is called by the WebSocket library, one flush (of its control
+// frames) at a time.
 func (b *batchConn) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -85,20 +58,7 @@ func (b *batchConn) Write(p []byte) (int, error) {
 		return 0, b.err
 	}
 	b.scanLibrary(p)
-	if !b.corked {
-		if err := b.writeLocked(p, nil); err != nil {
-			return 0, err
-		}
-		return len(p), nil
-	}
-	if len(*b.buf)+len(p) <= maxBatch {
-		*b.buf = append(*b.buf, p...)
-		return len(p), nil
-	}
-	// Full: what is held and p go out together (writev), and p is not copied.
-	err := b.writeLocked(*b.buf, p)
-	*b.buf = (*b.buf)[:0]
-	if err != nil {
+	if err := b.writeLocked(p, nil); err != nil {
 		return 0, err
 	}
 	return len(p), nil
@@ -239,24 +199,14 @@ func (b *batchConn) writeLocked(p, q []byte) error {
 	return err
 }
 
-// closeFlushTimeout bounds the last write of bytes still held at Close.
+// closeFlushTimeout bounds the close frame a cut sends, and how long a cut
+// waits for a writer holding the connection.
 const closeFlushTimeout = 100 * time.Millisecond
 
 // Close closes the TCP connection promptly; a blocked Write returns. It never
 // waits for the lock, so it works while a write is stuck on a full window.
-// When the lock is free it first sends what a corked batch holds: the
-// library may write a close frame and close the connection in the middle of
-// the writer's batch (a client-initiated close), and that frame should not
-// be lost.
 func (b *batchConn) Close() error {
 	if b.mu.TryLock() {
-		if b.corked && len(*b.buf) > 0 && b.err == nil {
-			if b.Conn.SetWriteDeadline(time.Now().Add(min(b.timeout, closeFlushTimeout))) == nil {
-				b.writes++
-				_, _ = b.Conn.Write(*b.buf)
-			}
-			*b.buf = (*b.buf)[:0]
-		}
 		if b.err == nil {
 			b.err = net.ErrClosed
 		}
@@ -278,7 +228,7 @@ func (b *batchConn) Close() error {
 // It reports whether it sent the frame.
 func (b *batchConn) cut(code uint16, reason string, wait time.Duration) (sent bool) {
 	if b.lockWithin(wait) {
-		if !b.closeSent && b.err == nil && b.libRest == 0 && b.libHdrLen == 0 && !b.corked {
+		if !b.closeSent && b.err == nil && b.libRest == 0 && b.libHdrLen == 0 {
 			frame := make([]byte, 0, 4+len(reason))
 			frame = append(frame, 0x88, byte(2+len(reason)), byte(code>>8), byte(code))
 			frame = append(frame, reason...)
