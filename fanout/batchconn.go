@@ -2,13 +2,14 @@ package fanout
 
 import (
 	"bufio"
-	"encoding/binary"
 	"errors"
 	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/relaydev/relay/shared/wsframe"
 )
 
 // maxBatch bounds the bytes writeFrames gathers for one write syscall: large
@@ -39,7 +40,7 @@ type batchConn struct {
 	// for frame boundaries: once its close frame has gone out, writeFrames
 	// sends no more data frames (RFC 6455 5.5.1), as the library's Write
 	// would refuse them.
-	libHdr    [14]byte
+	libHdr    [wsframe.MaxHeaderLen]byte
 	libHdrLen int
 	libRest   uint64 // payload bytes of the library's current frame still to come
 	closeSent bool
@@ -80,36 +81,14 @@ func (b *batchConn) scanLibrary(p []byte) {
 		b.libHdr[b.libHdrLen] = p[0]
 		b.libHdrLen++
 		p = p[1:]
-		h := b.libHdr[:b.libHdrLen]
-		if len(h) < 2 {
+		h, _, ok := wsframe.ParseHeader(b.libHdr[:b.libHdrLen])
+		if !ok {
 			continue
 		}
-		need := 2
-		switch h[1] & 0x7f {
-		case 126:
-			need = 4
-		case 127:
-			need = 10
-		}
-		if h[1]&0x80 != 0 {
-			need += 4 // masking key (a client's frames; kept general)
-		}
-		if len(h) < need {
-			continue
-		}
-		var n uint64
-		switch h[1] & 0x7f {
-		case 126:
-			n = uint64(binary.BigEndian.Uint16(h[2:4]))
-		case 127:
-			n = binary.BigEndian.Uint64(h[2:10])
-		default:
-			n = uint64(h[1] & 0x7f)
-		}
-		if h[0]&0x0f == 0x8 {
+		if h.Op == wsframe.OpClose {
 			b.closeSent = true
 		}
-		b.libRest, b.libHdrLen = n, 0
+		b.libRest, b.libHdrLen = h.Len, 0
 	}
 }
 
@@ -229,9 +208,7 @@ func (b *batchConn) Close() error {
 func (b *batchConn) cut(code uint16, reason string, wait time.Duration) (sent bool) {
 	if b.lockWithin(wait) {
 		if !b.closeSent && b.err == nil && b.libRest == 0 && b.libHdrLen == 0 {
-			frame := make([]byte, 0, 4+len(reason))
-			frame = append(frame, 0x88, byte(2+len(reason)), byte(code>>8), byte(code))
-			frame = append(frame, reason...)
+			frame, _ := wsframe.AppendClose(nil, code, reason, nil) // reasons are at most 123 bytes
 			if b.Conn.SetWriteDeadline(time.Now().Add(min(b.timeout, closeFlushTimeout))) == nil {
 				b.writes++
 				_, err := b.Conn.Write(frame)

@@ -3,7 +3,6 @@ package fanout
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/metrics"
+	"github.com/relaydev/relay/shared/wsframe"
 )
 
 // A receiver that stops reading fills its TCP buffers and then its queue;
@@ -346,27 +346,15 @@ func TestStuckReaderIsCutAfterGrace(t *testing.T) {
 // lastCloseFrame walks the server frames in b and returns the close frame's
 // code and reason, if b holds one.
 func lastCloseFrame(b []byte) (code int, reason string, ok bool) {
-	for len(b) >= 2 {
-		op, n, h := b[0]&0x0f, int(b[1]&0x7f), 2
-		switch n {
-		case 126:
-			if len(b) < 4 {
-				return 0, "", false
-			}
-			n, h = int(binary.BigEndian.Uint16(b[2:])), 4
-		case 127:
-			if len(b) < 10 {
-				return 0, "", false
-			}
-			n, h = int(binary.BigEndian.Uint64(b[2:])), 10
-		}
-		if len(b) < h+n {
+	for {
+		h, n, hok := wsframe.ParseHeader(b)
+		if !hok || uint64(len(b)-n) < h.Len {
 			return 0, "", false
 		}
-		if op == 0x8 && n >= 2 {
-			return int(binary.BigEndian.Uint16(b[h:])), string(b[h+2 : h+n]), true
+		p := b[n : n+int(h.Len)]
+		if h.Op == wsframe.OpClose && len(p) >= 2 {
+			return wsframe.CloseCode(p), string(p[2:]), true
 		}
-		b = b[h+n:]
+		b = b[n+int(h.Len):]
 	}
-	return 0, "", false
 }
