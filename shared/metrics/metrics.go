@@ -73,7 +73,7 @@ type Ingest struct {
 	PublishRetries   prometheus.Counter
 	Unpublished      *ReasonCounter[IngestUnpublished] // messages read but never published
 	Held             prometheus.Gauge                  // senders paused because NATS cannot take their message
-	Throttled        prometheus.Counter // pauses for RELAY_INGEST_MAX_RATE
+	Throttled        prometheus.Counter                // pauses for RELAY_INGEST_MAX_RATE
 }
 
 func newIngest() *Ingest {
