@@ -338,7 +338,10 @@ func TestNATSLossKeepsClientsWhenConfigured(t *testing.T) {
 // queue.
 func TestShutdownDeliversQueuedBeforeGoingAway(t *testing.T) {
 	t.Parallel()
-	e := startEnv(t, func(o *Options) { o.Config.ClientQueueBytes = 256 << 20 })
+	e := startEnv(t, func(o *Options) {
+		o.Config.ClientQueueBytes = 256 << 20
+		o.Config.ClientQueueMaxBytes = 256 << 20
+	})
 	c := e.dial("q", nil)
 	// 2.4 MB: far more than the socket buffers hold, little enough to write
 	// within the 1 s close grace on a loaded machine with -race.
