@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"golang.org/x/time/rate"
 
+	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/subjects"
 )
@@ -28,6 +29,9 @@ const (
 	reasonTooManyConnections = "too_many_connections"
 	reasonPublishFailed      = "publish_failed"
 	reasonShutdown           = "shutdown"
+	reasonUnauthorized       = "unauthorized"  // no, bad or expired token at the handshake
+	reasonForbidden          = "forbidden"     // valid token, channel not permitted
+	reasonTokenExpired       = "token_expired" // the token's exp ended a sending connection
 )
 
 // Format header values (DESIGN.md's NATS contract). A binary message
@@ -52,6 +56,7 @@ type senderConn struct {
 
 	mu       sync.Mutex
 	stopping bool // shutdown set a read deadline: a timeout is the end
+	expired  bool // the token's exp set a read deadline: a timeout is the end
 
 	msgs, bytes int
 }
@@ -83,6 +88,23 @@ func (c *senderConn) isStopping() bool {
 	return c.stopping
 }
 
+// expire ends reading when the token expires: the read in progress returns
+// a timeout, what was read before is published, and the sender is told.
+func (c *senderConn) expire() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.stopping {
+		c.expired = true
+		c.conn.SetReadDeadline(time.Now())
+	}
+}
+
+func (c *senderConn) isExpired() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.expired
+}
+
 // serve runs the connection: handshake (on * listeners), then frame and
 // publish until EOF, an error, or shutdown. It logs once, when it ends.
 func (c *senderConn) serve() {
@@ -94,17 +116,28 @@ func (c *senderConn) serve() {
 	c.br = bufio.NewReaderSize(c.conn, s.cfg.ReadBuffer)
 
 	channel := c.spec.Channel
+	var id auth.Identity
 	if c.spec.Handshake() {
 		var err error
-		if channel, err = c.handshake(); err != nil {
+		if channel, id, err = c.handshake(); err != nil {
 			return
 		}
 	}
 	log := s.log.With("remote", remote, "channel", channel, "listener", c.spec.Addr)
+	if id.Sub != "" {
+		log = log.With("sub", id.Sub)
+	}
 	log.Debug("sender connected")
+	if !id.Expires.IsZero() {
+		t := time.AfterFunc(time.Until(id.Expires), c.expire)
+		defer t.Stop()
+	}
 
 	err := c.pump(channel)
 	switch {
+	case c.isExpired() && (err == nil || isTimeout(err) || errors.Is(err, ErrTruncated)):
+		s.m.AuthRefused.WithLabelValues(string(auth.ReasonExpired)).Inc()
+		c.fail(reasonTokenExpired, errTokenExpired, "token expired", "channel", channel, "sub", id.Sub)
 	case err == nil:
 		log.Debug("sender disconnected", "messages", c.msgs, "bytes", c.bytes)
 	case errors.Is(err, ErrTooLarge):
@@ -123,8 +156,11 @@ func (c *senderConn) serve() {
 	}
 }
 
-// handshake reads `CHANNEL [TOKEN]\n` within the timeout and answers +OK.
-func (c *senderConn) handshake() (string, error) {
+var errTokenExpired = errors.New("ingest: token expired")
+
+// handshake reads `CHANNEL [TOKEN]\n` within the timeout, checks that the
+// token may send to CHANNEL, and answers +OK.
+func (c *senderConn) handshake() (string, auth.Identity, error) {
 	s := c.s
 	c.setReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	h, err := readHandshake(c.br)
@@ -139,15 +175,40 @@ func (c *senderConn) handshake() (string, error) {
 		default: // the sender went away before a full line
 			c.fail(reasonBadHandshake, err, "no handshake line")
 		}
-		return "", err
+		return "", auth.Identity{}, err
 	}
+	id, err := s.auth.Authorize(h.Token, auth.ActionSend, h.Channel)
+	if err != nil {
+		c.refuseAuth(err, h.Channel, id.Sub)
+		return "", id, err
+	}
+	return c.acceptHandshake(h.Channel, id)
+}
+
+// acceptHandshake answers +OK.
+func (c *senderConn) acceptHandshake(channel string, id auth.Identity) (string, auth.Identity, error) {
 	c.setReadDeadline(time.Time{})
-	c.conn.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	c.conn.SetWriteDeadline(time.Now().Add(c.s.cfg.HandshakeTimeout))
 	if _, err := c.conn.Write([]byte("+OK\n")); err != nil {
-		return "", err
+		return "", id, err
 	}
 	c.conn.SetWriteDeadline(time.Time{})
-	return h.Channel, nil
+	return channel, id, nil
+}
+
+// refuseAuth answers a handshake the token does not allow: -ERR
+// unauthorized: … or -ERR forbidden: … (fixed texts, never the token).
+func (c *senderConn) refuseAuth(err error, channel, sub string) {
+	var r *auth.Refusal
+	if !errors.As(err, &r) {
+		r = auth.ErrInvalid
+	}
+	reason := reasonUnauthorized
+	if !r.Unauthorized() {
+		reason = reasonForbidden
+	}
+	c.s.m.AuthRefused.WithLabelValues(string(r.Reason)).Inc()
+	c.fail(reason, r, r.Text, "channel", channel, "sub", sub, "auth_reason", string(r.Reason))
 }
 
 // pump frames the stream and publishes each message in order. Publishing
@@ -209,11 +270,13 @@ func (s *Server) publish(msg *nats.Msg) error {
 	}
 }
 
-// fail tells the sender why it is being closed, counts and logs it.
-func (c *senderConn) fail(reason string, err error, msg string) {
+// fail tells the sender why it is being closed, counts and logs it (with
+// extra attributes, e.g. channel and sub).
+func (c *senderConn) fail(reason string, err error, msg string, extra ...any) {
 	c.s.m.Refused.WithLabelValues(reason).Inc()
-	c.s.logRefusal(reason, "ingest: sender closed with error", "remote", c.conn.RemoteAddr().String(),
-		"listener", c.spec.Addr, "reason", reason, "err", err, "messages", c.msgs)
+	args := append([]any{"remote", c.conn.RemoteAddr().String(),
+		"listener", c.spec.Addr, "reason", reason, "err", err, "messages", c.msgs}, extra...)
+	c.s.logRefusal(reason, "ingest: sender closed with error", args...)
 	c.errLine(msg)
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/health"
 	"github.com/relaydev/relay/shared/metrics"
@@ -37,6 +38,8 @@ type Options struct {
 	Logger         *slog.Logger
 	Metrics        *metrics.Ingest
 	MetricsHandler http.Handler // served at GET /metrics; may be nil
+	// Auth checks handshake tokens; nil or disabled lets everyone send.
+	Auth *auth.Authenticator
 }
 
 // Server is the ingest tier.
@@ -47,6 +50,7 @@ type Server struct {
 	log     *slog.Logger
 	m       *metrics.Ingest
 	mapper  subjects.Mapper
+	auth    *auth.Authenticator
 	health  *health.Checker
 	lns     []*listener
 	httpLn  net.Listener
@@ -89,6 +93,15 @@ func New(o Options) (*Server, error) {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
 	specs, _ := config.ParseListeners(o.Config.Listeners) // checked by Validate
+	if o.Auth.Enabled() {
+		var errs []error
+		for _, spec := range specs {
+			errs = append(errs, spec.CheckAuth())
+		}
+		if err := errors.Join(errs...); err != nil {
+			return nil, fmt.Errorf("ingest: %w", err)
+		}
+	}
 	if mp := o.NATS.MaxPayload(); mp > 0 && int64(o.Config.MaxMessage)+headerRoom > mp {
 		return nil, fmt.Errorf("ingest: RELAY_INGEST_MAX_MESSAGE=%d does not fit the NATS server's max payload of %d bytes (headers need %d)", o.Config.MaxMessage, mp, headerRoom)
 	}
@@ -100,6 +113,7 @@ func New(o Options) (*Server, error) {
 		log:        o.Logger,
 		m:          o.Metrics,
 		mapper:     mapper,
+		auth:       o.Auth,
 		slots:      make(chan struct{}, o.Config.MaxConnections),
 		conns:      map[*senderConn]struct{}{},
 		hardCtx:    hardCtx,

@@ -159,6 +159,7 @@ type Options struct {
 type Authenticator struct {
 	mode        Mode
 	skew        time.Duration
+	issuer      string
 	publicWatch []string
 	publicSend  []string
 	parser      *jwt.Parser
@@ -175,7 +176,7 @@ func New(o Options) (*Authenticator, error) {
 	if o.Mode == "" {
 		o.Mode = ModeOff
 	}
-	a := &Authenticator{mode: o.Mode, skew: o.ClockSkew, log: o.Logger,
+	a := &Authenticator{mode: o.Mode, skew: o.ClockSkew, issuer: o.Issuer, log: o.Logger,
 		publicWatch: o.PublicWatch, publicSend: o.PublicSend}
 	switch o.Mode {
 	case ModeOff:
@@ -263,7 +264,7 @@ func (a *Authenticator) Verify(token string) (Identity, error) {
 	var c Claims
 	t, err := a.parser.ParseWithClaims(token, &c, a.keys.keyFunc)
 	if err != nil {
-		return Identity{}, refusalFor(t, err)
+		return Identity{}, refusalFor(t, &c, a.issuer != "", err)
 	}
 	id := Identity{Sub: c.Subject, Expires: c.ExpiresAt.Add(a.skew)}
 	if c.Relay != nil {
@@ -277,7 +278,7 @@ func (a *Authenticator) Verify(token string) (Identity, error) {
 
 // refusalFor maps a jwt error to one of the fixed refusals: the library's
 // messages are never shown, so nothing of the token can leak through them.
-func refusalFor(t *jwt.Token, err error) *Refusal {
+func refusalFor(t *jwt.Token, c *Claims, requireIss bool, err error) *Refusal {
 	var r *Refusal
 	switch {
 	case errors.As(err, &r):
@@ -295,7 +296,14 @@ func refusalFor(t *jwt.Token, err error) *Refusal {
 		// unsafe key, or a made-up one).
 		return ErrAlgNotAllowed
 	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
-		return ErrNoExpiry
+		// exp, or iss/aud when they are checked: say which.
+		switch {
+		case c.ExpiresAt == nil:
+			return ErrNoExpiry
+		case c.Issuer == "" && requireIss:
+			return ErrWrongIssuer
+		}
+		return ErrWrongAudience
 	case errors.Is(err, jwt.ErrTokenExpired):
 		return ErrExpired
 	case errors.Is(err, jwt.ErrTokenNotValidYet):

@@ -105,11 +105,15 @@ func TestValidate(t *testing.T) {
 }
 
 func TestParseListeners(t *testing.T) {
-	ls, err := ParseListeners(" :7070=default/line , 127.0.0.1:7071=*/len32,[::1]:7072=x.y/raw")
+	ls, err := ParseListeners(" :7070=default/line , 127.0.0.1:7071=*/len32,[::1]:7072=x.y/raw;public")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Listener{{":7070", "default", FramingLine}, {"127.0.0.1:7071", "*", FramingLen32}, {"[::1]:7072", "x.y", FramingRaw}}
+	want := []Listener{
+		{Addr: ":7070", Channel: "default", Framing: FramingLine},
+		{Addr: "127.0.0.1:7071", Channel: "*", Framing: FramingLen32},
+		{Addr: "[::1]:7072", Channel: "x.y", Framing: FramingRaw, Public: true},
+	}
 	if len(ls) != len(want) {
 		t.Fatalf("got %v", ls)
 	}
@@ -142,6 +146,41 @@ func TestREADMEConfigTable(t *testing.T) {
 	for _, v := range (Config{}).Vars() {
 		if v.Desc == "" {
 			t.Errorf("%s has no desc tag", v.Name)
+		}
+	}
+}
+
+// TestAuthRefusesOpenFixedListeners: under RELAY_AUTH=jwt every fixed
+// listener not marked public is an error naming it and the fix.
+func TestAuthRefusesOpenFixedListeners(t *testing.T) {
+	c, _ := Load()
+	c.AuthMode = "jwt"
+	c.HMACSecretFile = "/dev/null" // not read by Validate
+	c.Listeners = ":7070=default/line,:7071=*/line,:7072=board/raw;public,:7073=x/len32"
+	err := c.Validate(RoleIngest)
+	if err == nil {
+		t.Fatal("Validate accepted open fixed listeners under RELAY_AUTH=jwt")
+	}
+	for _, want := range []string{"fixed listener :7070=default/line carries no token", ":7070=default/line;public", "fixed listener :7073=x/len32"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), ":7072") || strings.Contains(err.Error(), ":7071") {
+		t.Errorf("error names a public or handshake listener:\n%v", err)
+	}
+	if err := c.Validate(RoleFanout); err != nil {
+		t.Errorf("fanout role: %v", err)
+	}
+	c.Listeners = ":7071=*/line,:7072=board/raw;public"
+	if err := c.Validate(RoleAll); err != nil {
+		t.Errorf("handshake and public listeners: %v", err)
+	}
+	c.AuthMode, c.HMACSecretFile, c.PublicWatch = "maybe", "", []string{"a.>.b"}
+	err = c.Validate(RoleAll)
+	for _, want := range []string{`RELAY_AUTH="maybe"`, "RELAY_AUTH_PUBLIC_WATCH"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q: %v", want, err)
 		}
 	}
 }

@@ -27,12 +27,32 @@ type Listener struct {
 	Addr    string
 	Channel string // a channel name, or HandshakeChannel
 	Framing Framing
+	// Public (option ;public): no token needed even with RELAY_AUTH=jwt.
+	Public bool
 }
 
 // Handshake reports whether senders name their channel in a first line.
 func (l Listener) Handshake() bool { return l.Channel == HandshakeChannel }
 
-func (l Listener) String() string { return fmt.Sprintf("%s=%s/%s", l.Addr, l.Channel, l.Framing) }
+func (l Listener) String() string {
+	s := fmt.Sprintf("%s=%s/%s", l.Addr, l.Channel, l.Framing)
+	if l.Public {
+		s += ";public"
+	}
+	return s
+}
+
+// CheckAuth reports why the listener cannot run under RELAY_AUTH=jwt: a
+// fixed listener carries no token, so unless it is marked public anyone who
+// reaches it could send to its channel.
+func (l Listener) CheckAuth() error {
+	if l.Handshake() || l.Public {
+		return nil
+	}
+	return fmt.Errorf("RELAY_INGEST_LISTENERS: fixed listener %s carries no token, so with RELAY_AUTH=jwt anyone who reaches it could send to %q: "+
+		"mark it public (%s;public) if that is intended, restrict who reaches it, or remove it and send through a handshake listener (ADDR=*/%s) with a token",
+		l, l.Channel, l, l.Framing)
+}
 
 // ParseListeners parses RELAY_INGEST_LISTENERS, reporting every bad entry.
 func (c Config) ParseListeners() ([]Listener, error) {
@@ -68,6 +88,17 @@ func ParseListeners(spec string) ([]Listener, error) {
 }
 
 func parseListener(entry string) (Listener, error) {
+	entry, opts, _ := strings.Cut(entry, ";")
+	public := false
+	for opt := range strings.SplitSeq(opts, ";") {
+		switch strings.TrimSpace(opt) {
+		case "":
+		case "public":
+			public = true
+		default:
+			return Listener{}, fmt.Errorf("option %q: must be public", opt)
+		}
+	}
 	addr, rest, ok := strings.Cut(entry, "=")
 	if !ok {
 		return Listener{}, errors.New("want ADDR=CHANNEL/FRAMING, e.g. :7070=default/line")
@@ -86,7 +117,7 @@ func parseListener(entry string) (Listener, error) {
 	}
 	switch f := Framing(framing); f {
 	case FramingLine, FramingRaw, FramingLen32:
-		return Listener{Addr: addr, Channel: ch, Framing: f}, nil
+		return Listener{Addr: addr, Channel: ch, Framing: f, Public: public}, nil
 	default:
 		return Listener{}, fmt.Errorf("framing %q: must be line, raw or len32", framing)
 	}

@@ -27,6 +27,10 @@ func New() *Registry {
 	r := &Registry{reg: reg, Ingest: newIngest(), Fanout: newFanout()}
 	reg.MustRegister(r.Ingest.collectors()...)
 	reg.MustRegister(r.Fanout.collectors()...)
+	authRefused := newAuthRefused()
+	reg.MustRegister(authRefused)
+	r.Ingest.AuthRefused = authRefused.MustCurryWith(prometheus.Labels{"tier": "ingest"})
+	r.Fanout.AuthRefused = authRefused.MustCurryWith(prometheus.Labels{"tier": "fanout"})
 	return r
 }
 
@@ -60,6 +64,24 @@ func NATSEvents(tier string) *prometheus.CounterVec {
 	}, []string{"event"})
 }
 
+// AuthReasons are the reason label values of relay_auth_refused_total (the
+// auth.Reason values); every tier's series start at zero.
+var AuthReasons = []string{"missing", "invalid", "expired", "forbidden"}
+
+// newAuthRefused is relay_auth_refused_total{tier,reason}.
+func newAuthRefused() *prometheus.CounterVec {
+	v := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relay_auth_refused_total",
+		Help: "Senders and receivers refused by authentication, by tier and reason (missing, invalid, expired, forbidden); expired also counts connections ended at their token's exp.",
+	}, []string{"tier", "reason"})
+	for _, tier := range []string{"ingest", "fanout"} {
+		for _, r := range AuthReasons {
+			v.WithLabelValues(tier, r)
+		}
+	}
+	return v
+}
+
 // Ingest is the ingest tier's metrics.
 type Ingest struct {
 	Connections      prometheus.Gauge
@@ -68,6 +90,8 @@ type Ingest struct {
 	Bytes            prometheus.Counter
 	Refused          *prometheus.CounterVec // by reason
 	PublishRetries   prometheus.Counter
+	// AuthRefused is relay_auth_refused_total{tier="ingest"}, by reason.
+	AuthRefused *prometheus.CounterVec
 }
 
 func newIngest() *Ingest {
@@ -110,6 +134,8 @@ type Fanout struct {
 	Refused          *prometheus.CounterVec // upgrade refusals by reason
 	Disconnects      *prometheus.CounterVec // client closes by reason
 	SlowConsumers    *prometheus.CounterVec // kind: client, nats
+	// AuthRefused is relay_auth_refused_total{tier="fanout"}, by reason.
+	AuthRefused *prometheus.CounterVec
 }
 
 func newFanout() *Fanout {
