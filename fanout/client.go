@@ -12,6 +12,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/metrics"
 )
 
@@ -89,6 +90,8 @@ type client struct {
 	// costs no goroutine and no stack for its writer.
 	writing   bool
 	pingTimer *time.Timer
+	// expiry closes the client with 4401 at its token's exp.
+	expiry *time.Timer
 
 	wg      sync.WaitGroup // writer and pings
 	pinging atomic.Bool
@@ -198,6 +201,22 @@ func (c *client) close(code websocket.StatusCode, text, reason string) bool {
 	return true
 }
 
+// expireAt closes the client with 4401 "token expired" at t: the token it
+// was let in with is no longer valid from then on.
+func (c *client) expireAt(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	c.expiry = time.AfterFunc(time.Until(t), func() {
+		if c.close(StatusUnauthorized, reasonTokenExpired, disconnectTokenExpired) {
+			c.m.AuthRefused.WithLabelValues(string(auth.ReasonExpired)).Inc()
+			c.log.Info("client closed: token expired")
+		}
+	})
+}
+
 // serve runs the connection until it is closed and everything it started
 // has stopped. The calling goroutine is the reader.
 func (c *client) serve() {
@@ -217,6 +236,9 @@ func (c *client) serve() {
 	}
 	if c.pingTimer != nil {
 		c.pingTimer.Stop()
+	}
+	if c.expiry != nil {
+		c.expiry.Stop()
 	}
 	c.mu.Unlock()
 	c.bc.Close()

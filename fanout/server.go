@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"embed"
@@ -22,6 +23,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
 
+	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/health"
 	"github.com/relaydev/relay/shared/metrics"
@@ -68,6 +70,14 @@ type Options struct {
 	Metrics *metrics.Fanout
 	// MetricsHandler is served at GET /metrics; nil leaves the route out.
 	MetricsHandler http.Handler
+	// Auth checks the token of each upgrade; nil or disabled lets everyone
+	// watch.
+	Auth *auth.Authenticator
+	// AuthCookie is the cookie an upgrade may carry its token in
+	// (RELAY_AUTH_COOKIE); empty means DefaultAuthCookie.
+	AuthCookie string
+	// QueryToken also accepts ?token= (RELAY_AUTH_QUERY_TOKEN).
+	QueryToken bool
 }
 
 // Server is the fanout tier: one HTTP server for WebSockets, the demo page,
@@ -80,6 +90,10 @@ type Server struct {
 	m       *metrics.Fanout
 	limits  clientLimits
 	origins []string // lower-cased patterns
+
+	auth       *auth.Authenticator
+	authCookie string
+	queryToken bool
 
 	ln       net.Listener
 	http     *http.Server
@@ -139,6 +153,10 @@ func New(o Options) (*Server, error) {
 		mux:      http.NewServeMux(),
 		refusals: newLogLimiter(time.Second),
 		clients:  make(map[*client]struct{}),
+
+		auth:       o.Auth,
+		authCookie: cmp.Or(o.AuthCookie, DefaultAuthCookie),
+		queryToken: o.QueryToken,
 	}
 	for _, p := range cfg.AllowedOrigins {
 		s.origins = append(s.origins, strings.ToLower(strings.TrimSpace(p)))

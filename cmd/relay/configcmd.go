@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/config"
 )
 
@@ -47,6 +48,11 @@ func configCmd(args []string, stdout, stderr io.Writer) int {
 func loadConfig(role config.Role) (config.Config, error) {
 	cfg, loadErr := config.Load()
 	err := errors.Join(loadErr, cfg.Validate(role))
+	if err == nil && cfg.AuthMode == string(auth.ModeJWT) {
+		// The key files are configuration too: a missing or bad one is
+		// reported here, with everything else, rather than at start.
+		_, err = auth.New(authOptions(cfg, slog.New(slog.DiscardHandler)))
+	}
 	if err == nil {
 		return cfg, nil
 	}

@@ -16,6 +16,7 @@ Usage:
   relay fanout                fanout tier only (needs RELAY_NATS_URL)
   relay send ADDR [CHANNEL]   send stdin to an ingest listener (handshake when CHANNEL is given)
   relay watch URL             print each WebSocket message from URL on its own line
+  relay token [flags]         mint a token (JWT) for RELAY_AUTH=jwt: --send/--watch/--control P --sub NAME --ttl 1h [--key FILE]
   relay bench [flags]         load generator: senders + receivers, throughput/latency/CPU report
   relay config [ROLE]         validate the configuration and print every variable
   relay health URL            exit 0 when URL answers 2xx (container health probe)
@@ -43,6 +44,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return send(rest, stdin, stderr)
 	case "watch":
 		return watch(rest, stdout, stderr)
+	case "token":
+		return token(rest, stdout, stderr)
 	case "bench":
 		return bench(rest, stdout, stderr)
 	case "config":

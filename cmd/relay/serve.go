@@ -70,10 +70,14 @@ type started struct {
 func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log *slog.Logger, notify func(started)) error {
 	var info started
 	reg := metrics.New()
+	authn, err := newAuthenticator(cfg, log)
+	if err != nil {
+		return err
+	}
+	warnOpen(role, cfg, log)
 	connectOpts := natsconn.Options{RetryWindow: cfg.NATSRetry, Logger: log}
 	var embedded *server.Server
 	if role == config.RoleAll {
-		var err error
 		embedded, err = natsconn.StartEmbedded(natsconn.EmbeddedOptions{
 			Listen:     cfg.EmbeddedListen,
 			MaxPayload: int32(max(1<<20, cfg.MaxMessage+1024)),
@@ -132,6 +136,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			Logger:         log.With("tier", "ingest"),
 			Metrics:        reg.Ingest,
 			MetricsHandler: reg.Handler(),
+			Auth:           authn,
 		})
 		if err != nil {
 			nc.Close()
@@ -165,6 +170,9 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			Logger:         log.With("tier", "fanout"),
 			Metrics:        reg.Fanout,
 			MetricsHandler: reg.Handler(),
+			Auth:           authn,
+			AuthCookie:     cfg.Cookie,
+			QueryToken:     cfg.QueryToken,
 		})
 		if err != nil {
 			nc.Close()
@@ -211,7 +219,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			os.Exit(1)
 		}
 	}()
-	err := g.Wait()
+	err = g.Wait()
 	finished.Store(true)
 	close(waited)
 	if err != nil {
