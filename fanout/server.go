@@ -127,7 +127,7 @@ func New(o Options) (*Server, error) {
 	}
 	cfg := o.Config
 
-	page, err := renderPage(pageConfig{PublicIngestAddr: cfg.PublicIngestAddr})
+	page, err := renderPage(pageConfig{PublicIngestAddr: cfg.PublicIngestAddr, Auth: o.Auth.Enabled()})
 	if err != nil {
 		return nil, fmt.Errorf("fanout: demo page: %w", err)
 	}
@@ -228,6 +228,8 @@ var webFS embed.FS
 // fuller page gets its settings.
 type pageConfig struct {
 	PublicIngestAddr string `json:"publicIngestAddr"`
+	// Auth tells the page that tokens are checked, so it offers a token field.
+	Auth bool `json:"auth,omitempty"`
 }
 
 func renderPage(pc pageConfig) ([]byte, error) {
