@@ -9,6 +9,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/relaydev/relay/shared/auth"
+	"github.com/relaydev/relay/shared/metrics"
 )
 
 // Subprotocols. A client that sends its token as a subprotocol offers
@@ -19,7 +20,7 @@ const (
 	BearerPrefix  = "relay.bearer."
 )
 
-// WebSocket close codes of DESIGN.md's table for auth refusals after the
+// WebSocket close codes of the close-code table (docs/architecture.md) for auth refusals after the
 // upgrade (a browser cannot read the HTTP status of a refused upgrade).
 const (
 	StatusUnauthorized websocket.StatusCode = 4401 // no token, invalid or expired token
@@ -28,15 +29,17 @@ const (
 
 // Refusal and disconnect reasons for auth (Metrics.Refused, Disconnects).
 const (
-	refusedUnauthorized     = "unauthorized"
-	refusedForbidden        = "forbidden"
-	disconnectTokenExpired  = "token_expired"
-	reasonTokenExpired      = "token expired"
-	DefaultAuthCookie       = "relay_token"
-	maxAuthorizationTokenSz = 8 << 10
+	refusedUnauthorized    = metrics.FanoutUnauthorized
+	refusedForbidden       = metrics.FanoutForbidden
+	disconnectTokenExpired = metrics.DisconnectTokenExpired
+	reasonTokenExpired     = "token expired" // the close reason with 4401 at exp
+	// DefaultAuthCookie is RELAY_AUTH_COOKIE's default.
+	DefaultAuthCookie = "relay_token"
+	// maxBearer bounds a token read from the Authorization header.
+	maxBearer = 8 << 10
 )
 
-// requestToken finds the token of an upgrade request, in DESIGN.md's order:
+// requestToken finds the token of an upgrade request, in the documented order:
 // Authorization: Bearer, the relay.bearer. subprotocol, the cookie, and
 // ?token= only when enabled. A ?token= that is not enabled is refused
 // rather than ignored, so its sender learns why instead of seeing "token
@@ -44,7 +47,7 @@ const (
 func (s *Server) requestToken(r *http.Request) (string, *auth.Refusal) {
 	if h := r.Header.Get("Authorization"); h != "" {
 		if scheme, tok, ok := strings.Cut(h, " "); ok && strings.EqualFold(scheme, "Bearer") {
-			if tok = strings.TrimSpace(tok); tok != "" && len(tok) <= maxAuthorizationTokenSz {
+			if tok = strings.TrimSpace(tok); tok != "" && len(tok) <= maxBearer {
 				return tok, nil
 			}
 		}
@@ -93,9 +96,9 @@ func (s *Server) refuseAuth(w http.ResponseWriter, r *http.Request, err error, c
 	if !ref.Unauthorized() {
 		code, reason = StatusForbidden, refusedForbidden
 	}
-	s.m.Refused.WithLabelValues(reason).Inc()
-	s.m.AuthRefused.WithLabelValues(string(ref.Reason)).Inc()
-	if n, ok := s.refusals.allow(reason); ok {
+	s.m.Refused.Inc(reason)
+	s.m.AuthRefused.Inc(metrics.AuthReason(string(ref.Reason)))
+	if n, ok := s.refusals.allow(string(reason)); ok {
 		s.log.Info("upgrade refused", "reason", reason, "code", int(code), "detail", ref.Text, "channel", channel,
 			"sub", sub, "remote", r.RemoteAddr, "origin", r.Header.Get("Origin"), "suppressed", n)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/relaydev/relay/shared/auth"
+	"github.com/relaydev/relay/shared/metrics"
 	rtest "github.com/relaydev/relay/shared/testutil"
 )
 
@@ -121,10 +122,10 @@ func TestWatchPermissionMatrix(t *testing.T) {
 			}
 		})
 	}
-	if n := val(e.m.AuthRefused.WithLabelValues("forbidden")); n != 3 {
+	if n := val(e.m.AuthRefused.With(metrics.AuthRefusal("forbidden"))); n != 3 {
 		t.Errorf("relay_auth_refused_total{tier=fanout,reason=forbidden} = %v, want 3", n)
 	}
-	if n := val(e.m.Refused.WithLabelValues(refusedUnauthorized)); n != 4 {
+	if n := val(e.m.Refused.With(refusedUnauthorized)); n != 4 {
 		t.Errorf("relay_fanout_refused_total{reason=unauthorized} = %v, want 4", n)
 	}
 }
@@ -181,10 +182,10 @@ func TestTokenExpiryClosesReceiver(t *testing.T) {
 		t.Fatalf("after exp: %v, want 4401 token expired", err)
 	}
 	eventually(t, 10*time.Second, func() error {
-		if n := val(e.m.Disconnects.WithLabelValues(disconnectTokenExpired)); n != 1 {
+		if n := val(e.m.Disconnects.With(disconnectTokenExpired)); n != 1 {
 			return errf("disconnects{token_expired} = %v", n)
 		}
-		if n := val(e.m.AuthRefused.WithLabelValues("expired")); n != 1 {
+		if n := val(e.m.AuthRefused.With(metrics.AuthRefusal("expired"))); n != 1 {
 			return errf("auth_refused{expired} = %v", n)
 		}
 		return nil

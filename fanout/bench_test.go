@@ -50,7 +50,7 @@ func BenchmarkBroadcast(b *testing.B) {
 				}
 			}
 			b.StopTimer()
-			if v := val(m.SlowConsumers.WithLabelValues("client")); v != 0 {
+			if v := val(m.SlowConsumers.With(metrics.SlowClient)); v != 0 {
 				b.Fatalf("%v slow consumers", v)
 			}
 		})

@@ -12,7 +12,6 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/metrics"
 )
 
@@ -26,16 +25,17 @@ const (
 	reasonNATSLost     = "upstream connection lost; messages may have been missed"
 )
 
-// Disconnect reasons: the label values of Metrics.Disconnects.
+// Disconnect reasons: short local names for the typed label values of
+// relay_fanout_disconnects_total{reason}, declared in shared/metrics.
 const (
-	disconnectClientClosed     = "client_closed"
-	disconnectSlowConsumer     = "slow_consumer"
-	disconnectNATSSlowConsumer = "nats_slow_consumer"
-	disconnectClientData       = "client_data"
-	disconnectWriteError       = "write_error"
-	disconnectPingTimeout      = "ping_timeout"
-	disconnectShutdown         = "shutdown"
-	disconnectNATSLost         = "nats_disconnected"
+	disconnectClientClosed     = metrics.DisconnectClientClosed
+	disconnectSlowConsumer     = metrics.DisconnectSlowConsumer
+	disconnectNATSSlowConsumer = metrics.DisconnectNATSSlowConsumer
+	disconnectClientData       = metrics.DisconnectClientData
+	disconnectWriteError       = metrics.DisconnectWriteError
+	disconnectPingTimeout      = metrics.DisconnectPingTimeout
+	disconnectShutdown         = metrics.DisconnectShutdown
+	disconnectNATSLost         = metrics.DisconnectNATSLost
 )
 
 // writerLinger is how long a client's writer goroutine waits for more to
@@ -81,7 +81,7 @@ type client struct {
 	flushOnClose bool
 	closeCode    websocket.StatusCode
 	closeText    string
-	reason       string
+	reason       metrics.FanoutDisconnect
 	conn         *websocket.Conn
 	bc           *batchConn
 	forceClose   *time.Timer
@@ -173,7 +173,7 @@ func (c *client) attach(conn *websocket.Conn, bc *batchConn) {
 // not finished within closeGrace (a slow consumer's TCP window may be full,
 // so the frame may never get out) the TCP connection is cut. Only the first
 // call counts; it reports whether this call was it.
-func (c *client) close(code websocket.StatusCode, text, reason string) bool {
+func (c *client) close(code websocket.StatusCode, text string, reason metrics.FanoutDisconnect) bool {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -197,7 +197,7 @@ func (c *client) close(code websocket.StatusCode, text, reason string) bool {
 	c.startWriterLocked()
 	c.mu.Unlock()
 	close(c.closing)
-	c.m.Disconnects.WithLabelValues(reason).Inc()
+	c.m.Disconnects.Inc(reason)
 	return true
 }
 
@@ -211,7 +211,7 @@ func (c *client) expireAt(t time.Time) {
 	}
 	c.expiry = time.AfterFunc(time.Until(t), func() {
 		if c.close(StatusUnauthorized, reasonTokenExpired, disconnectTokenExpired) {
-			c.m.AuthRefused.WithLabelValues(string(auth.ReasonExpired)).Inc()
+			c.m.AuthRefused.Inc(metrics.AuthExpired)
 			c.log.Info("client closed: token expired")
 		}
 	})
@@ -388,7 +388,7 @@ func (c *client) pingTick() {
 }
 
 // stats returns the close reason and what was delivered; valid after serve.
-func (c *client) stats() (reason string, delivered, bytes int) {
+func (c *client) stats() (reason metrics.FanoutDisconnect, delivered, bytes int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.reason, c.delivered, c.bytesOut

@@ -45,10 +45,10 @@ func TestSlowClientIsClosedOthersGetEverything(t *testing.T) {
 	}
 	// Loopback TCP buffers hold a few MB; the slow client is detected well
 	// before this bound (3000 messages of 64 KiB).
-	for sent < 3000 && val(e.m.SlowConsumers.WithLabelValues("client")) == 0 {
+	for sent < 3000 && val(e.m.SlowConsumers.With(metrics.SlowClient)) == 0 {
 		publishStep()
 	}
-	if val(e.m.SlowConsumers.WithLabelValues("client")) != 1 {
+	if val(e.m.SlowConsumers.With(metrics.SlowClient)) != 1 {
 		t.Fatalf("slow client not detected after %d messages", sent)
 	}
 	// The server cuts the slow client's connection by itself.
@@ -61,7 +61,7 @@ func TestSlowClientIsClosedOthersGetEverything(t *testing.T) {
 	for range 4 {
 		publishStep() // the good receiver carries on
 	}
-	if got := val(e.m.Disconnects.WithLabelValues(disconnectSlowConsumer)); got != 1 {
+	if got := val(e.m.Disconnects.With(disconnectSlowConsumer)); got != 1 {
 		t.Errorf("Disconnects{slow_consumer} = %v, want 1", got)
 	}
 
@@ -96,7 +96,7 @@ func TestClientDataIsRefused(t *testing.T) {
 		t.Fatalf("got %v, want close 1003 %q", err, reasonClientData)
 	}
 	eventually(t, 10*time.Second, func() error {
-		if got := val(e.m.Disconnects.WithLabelValues(disconnectClientData)); got != 1 {
+		if got := val(e.m.Disconnects.With(disconnectClientData)); got != 1 {
 			return fmt.Errorf("Disconnects{client_data} = %v", got)
 		}
 		if got := val(e.m.Connections); got != 0 {
@@ -121,7 +121,7 @@ func TestLargeClientFrameIsRefused(t *testing.T) {
 		t.Fatalf("connection still open: %v", err)
 	}
 	eventually(t, 10*time.Second, func() error {
-		if got := val(e.m.Disconnects.WithLabelValues(disconnectClientData)); got != 1 {
+		if got := val(e.m.Disconnects.With(disconnectClientData)); got != 1 {
 			return fmt.Errorf("Disconnects{client_data} = %v", got)
 		}
 		return nil
@@ -136,7 +136,7 @@ func TestPingTimeoutClosesSilentClient(t *testing.T) {
 	})
 	_ = e.dial("quiet", nil) // never reads, so never answers a ping
 	eventually(t, 15*time.Second, func() error {
-		if got := val(e.m.Disconnects.WithLabelValues(disconnectPingTimeout)); got != 1 {
+		if got := val(e.m.Disconnects.With(disconnectPingTimeout)); got != 1 {
 			return fmt.Errorf("Disconnects{ping_timeout} = %v", got)
 		}
 		if got := val(e.m.Connections); got != 0 {
@@ -175,7 +175,7 @@ func TestPingKeepsReadingClient(t *testing.T) {
 	if err := <-readDone; err != nil {
 		t.Fatalf("read after pings: %v", err)
 	}
-	if got := val(e.m.Disconnects.WithLabelValues(disconnectPingTimeout)); got != 0 {
+	if got := val(e.m.Disconnects.With(disconnectPingTimeout)); got != 0 {
 		t.Errorf("Disconnects{ping_timeout} = %v", got)
 	}
 }

@@ -11,17 +11,19 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/subjects"
 )
 
-// Refusal reasons: the label values of Metrics.Refused.
+// Refusal reasons: short local names for the typed label values of
+// relay_fanout_refused_total{reason}, declared in shared/metrics.
 const (
-	refusedBadChannel      = "bad_channel"
-	refusedBadOrigin       = "bad_origin"
-	refusedTooMany         = "too_many_connections"
-	refusedDraining        = "draining"
-	refusedSubscribeFailed = "subscribe_failed"
-	refusedBadRequest      = "bad_request"
+	refusedBadChannel      = metrics.FanoutBadChannel
+	refusedBadOrigin       = metrics.FanoutBadOrigin
+	refusedTooMany         = metrics.FanoutTooMany
+	refusedDraining        = metrics.FanoutDraining
+	refusedSubscribeFailed = metrics.FanoutSubscribeFailed
+	refusedBadRequest      = metrics.FanoutBadRequest
 )
 
 // acceptOptions skips the library's origin check: serveWS has already done
@@ -52,7 +54,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	if !isUpgrade(r) {
 		// Let the library answer with its precise status (426, 400, 405).
-		s.m.Refused.WithLabelValues(refusedBadRequest).Inc()
+		s.m.Refused.Inc(refusedBadRequest)
 		_, _ = websocket.Accept(w, r, acceptOptions)
 		return
 	}
@@ -105,7 +107,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.unregister(c)
 		s.hub.leave(ch, c)
 		// Accept has answered the request (or the connection is gone).
-		s.m.Refused.WithLabelValues(refusedBadRequest).Inc()
+		s.m.Refused.Inc(refusedBadRequest)
 		log.Debug("upgrade failed", "err", err)
 		return
 	}
@@ -190,13 +192,13 @@ func headerHasToken(h http.Header, key, token string) bool {
 // refuse answers an upgrade with an HTTP error, counts it by reason and logs
 // it, at most once per second per reason so a misbehaving page cannot flood
 // the log.
-func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, reason, msg string) {
-	s.m.Refused.WithLabelValues(reason).Inc()
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, reason metrics.FanoutRefusal, msg string) {
+	s.m.Refused.Inc(reason)
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")
 	}
 	http.Error(w, msg, status)
-	if n, ok := s.refusals.allow(reason); ok {
+	if n, ok := s.refusals.allow(string(reason)); ok {
 		s.log.Info("upgrade refused", "reason", reason, "status", status, "remote", r.RemoteAddr,
 			"origin", r.Header.Get("Origin"), "path", r.URL.Path, "suppressed", n)
 	}

@@ -55,7 +55,7 @@ func TestOriginCheck(t *testing.T) {
 			}
 		})
 	}
-	if got := val(e.m.Refused.WithLabelValues(refusedBadOrigin)); got != 4 {
+	if got := val(e.m.Refused.With(refusedBadOrigin)); got != 4 {
 		t.Errorf("Refused{bad_origin} = %v, want 4", got)
 	}
 }
@@ -80,7 +80,7 @@ func TestBadChannelIs400(t *testing.T) {
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("plain GET: %d, want 400", resp.StatusCode)
 	}
-	if got := val(e.m.Refused.WithLabelValues(refusedBadChannel)); got != 9 {
+	if got := val(e.m.Refused.With(refusedBadChannel)); got != 9 {
 		t.Errorf("Refused{bad_channel} = %v, want 9", got)
 	}
 	if got := val(e.m.Subscriptions); got != 0 {
@@ -103,7 +103,7 @@ func TestPlainGETIsNotUpgradedNorSubscribed(t *testing.T) {
 	if got := e.ns.NumSubscriptions(); got != base {
 		t.Errorf("a plain GET created a subscription")
 	}
-	if got := val(e.m.Refused.WithLabelValues(refusedBadRequest)); got != 1 {
+	if got := val(e.m.Refused.With(refusedBadRequest)); got != 1 {
 		t.Errorf("Refused{bad_request} = %v", got)
 	}
 }
@@ -117,7 +117,7 @@ func TestMaxConnections(t *testing.T) {
 	if got := dialStatus(err); got != http.StatusServiceUnavailable {
 		t.Fatalf("3rd client: %v, want HTTP 503", err)
 	}
-	if got := val(e.m.Refused.WithLabelValues(refusedTooMany)); got != 1 {
+	if got := val(e.m.Refused.With(refusedTooMany)); got != 1 {
 		t.Errorf("Refused{too_many_connections} = %v", got)
 	}
 	first.Close(websocket.StatusNormalClosure, "")

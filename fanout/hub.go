@@ -213,7 +213,7 @@ func (h *hub) leave(ch *channel, c *client) {
 // every client of its channel has missed data, so each is closed with 1008
 // and will reconnect knowing it has a gap.
 func (h *hub) slowSubscription(sub *nats.Subscription) {
-	h.m.SlowConsumers.WithLabelValues("nats").Inc()
+	h.m.SlowConsumers.Inc(metrics.SlowNATS)
 	h.mu.Lock()
 	ch := h.subs[sub]
 	h.mu.Unlock()
@@ -236,14 +236,14 @@ func (ch *channel) deliver(m *nats.Msg) {
 	ch.mu.RLock()
 	for _, c := range ch.clients {
 		if !c.enqueue(msg) && c.close(websocket.StatusPolicyViolation, reasonSlowConsumer, disconnectSlowConsumer) {
-			ch.h.m.SlowConsumers.WithLabelValues("client").Inc()
+			ch.h.m.SlowConsumers.Inc(metrics.SlowClient)
 		}
 	}
 	ch.mu.RUnlock()
 }
 
 // closeAll starts closing every client of ch and returns how many it closed.
-func (ch *channel) closeAll(code websocket.StatusCode, text, reason string) int {
+func (ch *channel) closeAll(code websocket.StatusCode, text string, reason metrics.FanoutDisconnect) int {
 	n := 0
 	ch.mu.RLock()
 	for _, c := range ch.clients {

@@ -12,6 +12,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
 
+	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/subjects"
 )
 
@@ -110,7 +111,7 @@ func TestSubscriptionFollowsLocalInterest(t *testing.T) {
 	eventually(t, 10*time.Second, check(1))
 	y.Close(websocket.StatusNormalClosure, "")
 	eventually(t, 10*time.Second, check(0))
-	if got := val(e.m.Disconnects.WithLabelValues(disconnectClientClosed)); got != 3 {
+	if got := val(e.m.Disconnects.With(disconnectClientClosed)); got != 3 {
 		t.Errorf("Disconnects{client_closed} = %v, want 3", got)
 	}
 }
@@ -241,7 +242,7 @@ func TestNATSSlowConsumerClosesChannelClients(t *testing.T) {
 			e.publish("flood", payload)
 		}
 		e.flush()
-		if val(e.m.SlowConsumers.WithLabelValues("nats")) == 0 {
+		if val(e.m.SlowConsumers.With(metrics.SlowNATS)) == 0 {
 			return errors.New("no NATS slow consumer yet")
 		}
 		return nil
@@ -256,10 +257,10 @@ func TestNATSSlowConsumerClosesChannelClients(t *testing.T) {
 	if !errors.As(err, &ce) || ce.Code != websocket.StatusPolicyViolation || ce.Reason != reasonSlowConsumer {
 		t.Fatalf("flooded client: got %v, want close 1008 %q", err, reasonSlowConsumer)
 	}
-	if got := val(e.m.Disconnects.WithLabelValues(disconnectNATSSlowConsumer)); got != 1 {
+	if got := val(e.m.Disconnects.With(disconnectNATSSlowConsumer)); got != 1 {
 		t.Errorf("Disconnects{nats_slow_consumer} = %v, want 1", got)
 	}
-	if got := val(e.m.SlowConsumers.WithLabelValues("client")); got != 0 {
+	if got := val(e.m.SlowConsumers.With(metrics.SlowClient)); got != 0 {
 		t.Errorf("SlowConsumers{client} = %v, want 0", got)
 	}
 

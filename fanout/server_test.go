@@ -45,7 +45,7 @@ func TestShutdownClosesClientsWithGoingAway(t *testing.T) {
 			t.Errorf("receiver got %v, want close 1001 %q", err, reasonShutdown)
 		}
 	}
-	if got := val(e.m.Disconnects.WithLabelValues(disconnectShutdown)); got != 3 {
+	if got := val(e.m.Disconnects.With(disconnectShutdown)); got != 3 {
 		t.Errorf("Disconnects{shutdown} = %v, want 3", got)
 	}
 	if got := val(e.m.Connections); got != 0 {
@@ -72,7 +72,7 @@ func TestShutdownClosesClientsWithGoingAway(t *testing.T) {
 	if rec.Code != http.StatusServiceUnavailable {
 		t.Errorf("upgrade while draining: %d, want 503", rec.Code)
 	}
-	if got := val(e.m.Refused.WithLabelValues(refusedDraining)); got != 1 {
+	if got := val(e.m.Refused.With(refusedDraining)); got != 1 {
 		t.Errorf("Refused{draining} = %v", got)
 	}
 	if err := e.srv.Run(context.Background()); !errors.Is(err, ErrAlreadyRun) {
@@ -308,7 +308,7 @@ func TestNATSLossClosesClients(t *testing.T) {
 			t.Errorf("receiver got %v, want close 1012 %q", err, reasonNATSLost)
 		}
 	}
-	if got := val(e.m.Disconnects.WithLabelValues(disconnectNATSLost)); got != 2 {
+	if got := val(e.m.Disconnects.With(disconnectNATSLost)); got != 2 {
 		t.Errorf("Disconnects{nats_disconnected} = %v, want 2", got)
 	}
 	if err := e.srv.Ready(); !errors.Is(err, ErrNATSDisconnected) {
@@ -331,7 +331,7 @@ func TestNATSLossKeepsClientsWhenConfigured(t *testing.T) {
 	if err := c.Ping(ctx); err != nil {
 		t.Fatalf("client closed although CloseOnNATSLoss is false: %v", err)
 	}
-	if got := val(e.m.Disconnects.WithLabelValues(disconnectNATSLost)); got != 0 {
+	if got := val(e.m.Disconnects.With(disconnectNATSLost)); got != 0 {
 		t.Errorf("Disconnects{nats_disconnected} = %v, want 0", got)
 	}
 }

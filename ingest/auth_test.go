@@ -12,6 +12,7 @@ import (
 	ptestutil "github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/relaydev/relay/shared/auth"
+	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/testutil"
 )
 
@@ -109,7 +110,7 @@ func TestHandshakeRefusals(t *testing.T) {
 		{"forbidden", sign(jwt.SigningMethodES256, keys.EC.Key, func(c *auth.Claims) { c.Relay = &auth.Permissions{Send: []string{"other"}} }), "-ERR forbidden: no send permission for this channel", auth.ReasonForbidden},
 	}
 	for _, c := range cases {
-		before := ptestutil.ToFloat64(h.m.AuthRefused.WithLabelValues(string(c.reason)))
+		before := ptestutil.ToFloat64(h.m.AuthRefused.With(metrics.AuthRefusal(c.reason)))
 		line := "sensors.room1"
 		if c.token != "" {
 			line += " " + c.token
@@ -117,7 +118,7 @@ func TestHandshakeRefusals(t *testing.T) {
 		if got := handshakeReply(t, h.addr(0), line); got != c.want {
 			t.Errorf("%s: reply %q, want %q", c.name, got, c.want)
 		}
-		if got := ptestutil.ToFloat64(h.m.AuthRefused.WithLabelValues(string(c.reason))); got != before+1 {
+		if got := ptestutil.ToFloat64(h.m.AuthRefused.With(metrics.AuthRefusal(c.reason))); got != before+1 {
 			t.Errorf("%s: relay_auth_refused_total{reason=%s} went from %v to %v", c.name, c.reason, before, got)
 		}
 	}
@@ -151,7 +152,7 @@ func TestTokenExpiryEndsSender(t *testing.T) {
 		t.Fatalf("after expiry: %q, %v; want -ERR token expired", got, err)
 	}
 	expectClosed(t, c, br)
-	if n := ptestutil.ToFloat64(h.m.AuthRefused.WithLabelValues("expired")); n != 1 {
+	if n := ptestutil.ToFloat64(h.m.AuthRefused.With(metrics.AuthExpired)); n != 1 {
 		t.Fatalf("relay_auth_refused_total{reason=expired} = %v, want 1", n)
 	}
 }

@@ -17,24 +17,27 @@ import (
 
 	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/subjects"
+	"github.com/relaydev/relay/shared/tcpproto"
 )
 
-// Refusal reasons: the values of relay_ingest_refused_total{reason}.
+// Refusal reasons: short local names for the typed label values of
+// relay_ingest_refused_total{reason}, declared in shared/metrics.
 const (
-	reasonBadHandshake       = "bad_handshake"
-	reasonHandshakeTimeout   = "handshake_timeout"
-	reasonTooLarge           = "too_large"
-	reasonTruncated          = "truncated"
-	reasonTooManyConnections = "too_many_connections"
-	reasonPublishFailed      = "publish_failed"
-	reasonShutdown           = "shutdown"
-	reasonUnauthorized       = "unauthorized"  // no, bad or expired token at the handshake
-	reasonForbidden          = "forbidden"     // valid token, channel not permitted
-	reasonTokenExpired       = "token_expired" // the token's exp ended a sending connection
+	reasonBadHandshake       = metrics.IngestBadHandshake
+	reasonHandshakeTimeout   = metrics.IngestHandshakeTimeout
+	reasonTooLarge           = metrics.IngestTooLarge
+	reasonTruncated          = metrics.IngestTruncated
+	reasonTooManyConnections = metrics.IngestTooManyConnections
+	reasonPublishFailed      = metrics.IngestPublishFailed
+	reasonShutdown           = metrics.IngestShutdown
+	reasonUnauthorized       = metrics.IngestUnauthorized
+	reasonForbidden          = metrics.IngestForbidden
+	reasonTokenExpired       = metrics.IngestTokenExpired
 )
 
-// Format header values (DESIGN.md's NATS contract). A binary message
+// Format header values (docs/architecture.md, NATS). A binary message
 // always carries binaryHeader; a text message carries textHeader only with
 // RELAY_INGEST_TEXT_HEADER. Without a header the contract's rule (valid
 // UTF-8 is text) gives every consumer the same answer, since ingest's text
@@ -136,7 +139,7 @@ func (c *senderConn) serve() {
 	err := c.pump(channel)
 	switch {
 	case c.isExpired() && (err == nil || isTimeout(err) || errors.Is(err, ErrTruncated)):
-		s.m.AuthRefused.WithLabelValues(string(auth.ReasonExpired)).Inc()
+		s.m.AuthRefused.Inc(metrics.AuthExpired)
 		c.fail(reasonTokenExpired, errTokenExpired, "token expired", "channel", channel, "sub", id.Sub)
 	case err == nil:
 		log.Debug("sender disconnected", "messages", c.msgs, "bytes", c.bytes)
@@ -189,7 +192,7 @@ func (c *senderConn) handshake() (string, auth.Identity, error) {
 func (c *senderConn) acceptHandshake(channel string, id auth.Identity) (string, auth.Identity, error) {
 	c.setReadDeadline(time.Time{})
 	c.conn.SetWriteDeadline(time.Now().Add(c.s.cfg.HandshakeTimeout))
-	if _, err := c.conn.Write([]byte("+OK\n")); err != nil {
+	if _, err := c.conn.Write(tcpproto.OKLine); err != nil {
 		return "", id, err
 	}
 	c.conn.SetWriteDeadline(time.Time{})
@@ -207,7 +210,7 @@ func (c *senderConn) refuseAuth(err error, channel, sub string) {
 	if !r.Unauthorized() {
 		reason = reasonForbidden
 	}
-	c.s.m.AuthRefused.WithLabelValues(string(r.Reason)).Inc()
+	c.s.m.AuthRefused.Inc(metrics.AuthReason(string(r.Reason)))
 	c.fail(reason, r, r.Text, "channel", channel, "sub", sub, "auth_reason", string(r.Reason))
 }
 
@@ -272,8 +275,8 @@ func (s *Server) publish(msg *nats.Msg) error {
 
 // fail tells the sender why it is being closed, counts and logs it (with
 // extra attributes, e.g. channel and sub).
-func (c *senderConn) fail(reason string, err error, msg string, extra ...any) {
-	c.s.m.Refused.WithLabelValues(reason).Inc()
+func (c *senderConn) fail(reason metrics.IngestRefusal, err error, msg string, extra ...any) {
+	c.s.m.Refused.Inc(reason)
 	args := append([]any{"remote", c.conn.RemoteAddr().String(),
 		"listener", c.spec.Addr, "reason", reason, "err", err, "messages", c.msgs}, extra...)
 	c.s.logRefusal(reason, "ingest: sender closed with error", args...)
@@ -282,12 +285,12 @@ func (c *senderConn) fail(reason string, err error, msg string, extra ...any) {
 
 func (c *senderConn) errLine(msg string) {
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	c.conn.Write([]byte("-ERR " + msg + "\n"))
+	c.conn.Write(tcpproto.ErrLine(msg))
 }
 
 // logRefusal rate-limits refusal logs per reason: a misbehaving fleet must
 // not flood the log. The counter still counts every one.
-func (s *Server) logRefusal(reason, msg string, args ...any) {
+func (s *Server) logRefusal(reason metrics.IngestRefusal, msg string, args ...any) {
 	v, _ := refusalLogs.LoadOrStore(reason, &rate.Sometimes{First: 10, Interval: time.Second})
 	v.(*rate.Sometimes).Do(func() { s.log.Warn(msg, args...) })
 }

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/metrics"
+	"github.com/relaydev/relay/shared/tcpproto"
 )
 
 // listener is one bound ADDR=CHANNEL/FRAMING entry.
@@ -54,10 +56,10 @@ func (s *Server) acceptLoop(ln *listener) error {
 
 // refuse answers a connection with -ERR and closes it, without a goroutine
 // of its own: the write is small and bounded by a short deadline.
-func (s *Server) refuse(nc net.Conn, reason, msg string) {
-	s.m.Refused.WithLabelValues(reason).Inc()
+func (s *Server) refuse(nc net.Conn, reason metrics.IngestRefusal, msg string) {
+	s.m.Refused.Inc(reason)
 	s.logRefusal(reason, "ingest: sender refused", "remote", nc.RemoteAddr().String(), "reason", msg)
 	nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-	nc.Write([]byte("-ERR " + msg + "\n"))
+	nc.Write(tcpproto.ErrLine(msg))
 	nc.Close()
 }

@@ -223,7 +223,7 @@ func TestBadHandshakes(t *testing.T) {
 	tests := []struct {
 		name   string
 		send   string
-		reason string
+		reason metrics.IngestRefusal
 		errHas string
 	}{
 		{"bad channel", "bad channel!\n", reasonBadHandshake, "bad handshake"},
@@ -249,10 +249,10 @@ func TestBadHandshakes(t *testing.T) {
 			expectClosed(t, c, br)
 		})
 	}
-	if got := ptestutil.ToFloat64(h.m.Refused.WithLabelValues(reasonBadHandshake)); got != 5 {
+	if got := ptestutil.ToFloat64(h.m.Refused.With(reasonBadHandshake)); got != 5 {
 		t.Errorf("refused{bad_handshake} = %v, want 5", got)
 	}
-	if got := ptestutil.ToFloat64(h.m.Refused.WithLabelValues(reasonHandshakeTimeout)); got != 1 {
+	if got := ptestutil.ToFloat64(h.m.Refused.With(reasonHandshakeTimeout)); got != 1 {
 		t.Errorf("refused{handshake_timeout} = %v, want 1", got)
 	}
 }
@@ -284,7 +284,7 @@ func TestLen32OverMaxIsRefused(t *testing.T) {
 	if msg, err := sub.NextMsg(200 * time.Millisecond); err == nil {
 		t.Fatalf("oversized frame was published (%d bytes)", len(msg.Data))
 	}
-	if got := ptestutil.ToFloat64(h.m.Refused.WithLabelValues(reasonTooLarge)); got != 1 {
+	if got := ptestutil.ToFloat64(h.m.Refused.With(reasonTooLarge)); got != 1 {
 		t.Fatalf("refused{too_large} = %v", got)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+
+	"github.com/relaydev/relay/shared/tcpproto"
 )
 
 // ceilingQueue is the most messages a ceiling receiver may fall behind by,
@@ -106,7 +108,7 @@ func (c *Ceiling) serveSender(conn net.Conn) {
 	if err != nil {
 		return
 	}
-	if _, err := io.WriteString(conn, "+OK\n"); err != nil {
+	if _, err := conn.Write(tcpproto.OKLine); err != nil {
 		return
 	}
 	for {
@@ -175,7 +177,7 @@ func (c *Ceiling) serveReceiver(conn net.Conn) {
 	c.mu.Unlock()
 	defer c.remove(name, r)
 	// Registered: from now on it gets every message (like relay's 101).
-	if _, err := io.WriteString(conn, "+OK\n"); err != nil {
+	if _, err := conn.Write(tcpproto.OKLine); err != nil {
 		return
 	}
 

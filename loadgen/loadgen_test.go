@@ -198,8 +198,9 @@ func TestSlowReceivers(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkStream(t, res)
-	// The close frame may not get through the full window (DESIGN.md); the
-	// TCP close must, and a close code that does arrive must be 1008.
+	// The close frame may not get through the full window
+	// (docs/architecture.md, close codes); the TCP close must, and a close
+	// code that does arrive must be 1008.
 	if res.SlowReceivers != 1 || res.SlowClosed != 1 {
 		t.Fatalf("slow receiver not cut off: %+v", res)
 	}

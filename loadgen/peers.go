@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/relaydev/relay/shared/tcpproto"
 )
 
 // chanState is one bench channel: what its senders wrote and who receives it.
@@ -154,19 +157,24 @@ func dialSender(addr, channel string, timeout time.Duration) (net.Conn, error) {
 		return nil, err
 	}
 	conn.SetDeadline(time.Now().Add(timeout))
-	if _, err := io.WriteString(conn, channel+"\n"); err != nil {
+	line, err := tcpproto.Handshake{Channel: channel}.Line()
+	if err == nil {
+		_, err = conn.Write(line)
+	}
+	if err != nil {
 		conn.Close()
 		return nil, err
 	}
-	var reply [4]byte
-	if _, err := io.ReadFull(conn, reply[:]); err != nil {
+	// Read exactly the +OK line: the connection is write-only from here on.
+	reply := make([]byte, len(tcpproto.OKLine))
+	if _, err := io.ReadFull(conn, reply); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("loadgen: handshake with %s: %w", addr, err)
 	}
-	if string(reply[:]) != "+OK\n" {
+	if string(reply) != string(tcpproto.OKLine) {
 		rest, _ := bufio.NewReader(conn).ReadString('\n')
 		conn.Close()
-		return nil, fmt.Errorf("loadgen: handshake with %s: %s%s", addr, reply[:], rest)
+		return nil, fmt.Errorf("loadgen: handshake with %s: %s", addr, strings.TrimSpace(string(reply)+rest))
 	}
 	conn.SetDeadline(time.Time{})
 	return conn, nil

@@ -24,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/relaydev/relay/shared/subjects"
+	"github.com/relaydev/relay/shared/tcpproto"
 )
 
 // Mode is what a run measures.
@@ -536,7 +537,7 @@ func (r *run) dialReceiver(rc *receiver, addr string) error {
 		rc.tcp = conn
 		rc.br = bufio.NewReaderSize(conn, readBuf)
 		conn.SetReadDeadline(time.Now().Add(cfg.DialTimeout))
-		if ok, err := rc.br.ReadString('\n'); err != nil || ok != "+OK\n" {
+		if ok, err := rc.br.ReadString('\n'); err != nil || tcpproto.ParseReply(ok).Kind != tcpproto.ReplyOK {
 			conn.Close()
 			return fmt.Errorf("loadgen: ceiling receiver: %q, %v", ok, err)
 		}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -44,8 +43,7 @@ type benchTarget struct {
 // bench runs `relay bench`: flag parsing and wiring; the load generator is
 // package loadgen.
 func bench(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("bench")
 	var (
 		ingestAddr  = fs.String("ingest", "", "ingest handshake listener (CHANNEL */line) host:port; empty: start relay")
 		fanoutAddr  = fs.String("fanout", "", "fanout HTTP host:port; empty: start relay")
@@ -74,16 +72,12 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		serveMode   = fs.Bool("serve", false, "internal: run 'relay all' on loopback ports for a parent 'relay bench --spawn'")
 		serveFor    = fs.Duration("serve-timeout", time.Hour, "internal: --serve exits after this long")
 	)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, benchUsage)
-		fs.PrintDefaults()
+	pos, code, ok := parseFlags(fs, benchUsage, args, stdout, stderr)
+	if !ok {
+		return code
 	}
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fs.Usage()
-		return 2
+	if len(pos) > 0 {
+		return usageError(stderr, "bench", "takes no arguments, got %q", pos[0])
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,22 +11,32 @@ import (
 	"github.com/relaydev/relay/shared/config"
 )
 
+const configUsage = `usage: relay config [--markdown] [ROLE]
+
+Validates the RELAY_* environment for ROLE (all, ingest or fanout; default
+all) and prints every variable with its value, default and meaning.
+Exit status: 0 valid, 2 invalid (every problem is listed) or bad usage.
+`
+
 // configCmd validates the configuration for a role (default all) and prints
 // every variable with its value, default and meaning.
 func configCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("config", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("config")
 	markdown := fs.Bool("markdown", false, "print the README's configuration table instead")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	pos, code, ok := parseFlags(fs, configUsage, args, stdout, stderr)
+	if !ok {
+		return code
+	}
+	if code, ok := checkArgs(stderr, "config", "[ROLE]", pos, 0, 1); !ok {
+		return code
 	}
 	if *markdown {
 		config.Markdown(stdout)
 		return 0
 	}
 	role := config.RoleAll
-	if fs.NArg() > 0 {
-		role = config.Role(fs.Arg(0))
+	if len(pos) > 0 {
+		role = config.Role(pos[0])
 		if role != config.RoleAll && role != config.RoleIngest && role != config.RoleFanout {
 			fmt.Fprintf(stderr, "relay config: role must be all, ingest or fanout, not %q\n", role)
 			return 2

@@ -2,8 +2,10 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
-	"flag"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,102 +13,375 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"text/template"
 	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/relaydev/relay/shared/tcpproto"
 )
 
-// send copies stdin to an ingest listener. With CHANNEL it first performs
-// the handshake and waits for +OK. Any -ERR the server sends is printed and
-// makes the exit status 1, so scripts notice refused data.
-func send(args []string, stdin io.Reader, stderr io.Writer) int {
-	fs := flag.NewFlagSet("send", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	token := fs.String("token", "", "token to send after CHANNEL in the handshake")
-	timeout := fs.Duration("timeout", 10*time.Second, "connect and handshake timeout")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: relay send [-token T] ADDR [CHANNEL] < data\n  ADDR is an ingest listener, e.g. 127.0.0.1:7070 (fixed channel) or 127.0.0.1:7071 with CHANNEL (handshake)")
-		fs.PrintDefaults()
+const sendUsage = `usage: relay send [flags] ADDR [CHANNEL] < data
+       relay send [flags] --count N [--template T] ADDR [CHANNEL]
+
+Sends stdin, or N generated messages, to an ingest listener.
+  Fixed listener (ADDR=CHANNEL/FRAMING): every byte is data for the listener's
+    channel from byte 0. Give no CHANNEL: relay send ADDR.
+  Handshake listener (ADDR=*/FRAMING): give CHANNEL. relay send writes the
+    line "CHANNEL [TOKEN]", waits for +OK (--handshake-timeout), then sends the
+    data. Without CHANNEL the first line of the data is taken as the channel.
+
+--framing must match the listener's FRAMING:
+  line   stdin as it is; each line is a message (default)
+  len32  each line of stdin, without its \n, becomes one 4-byte big-endian
+         length + payload frame
+  raw    stdin as it is (the server cuts messages as bytes arrive)
+--count N sends N messages made from --template (Go text/template; .N counts
+from 1, .Time is the time of sending), e.g. --count 3 --template 'msg {{.N}}'.
+--rate R sends at most R messages per second (golang.org/x/time/rate).
+The token (--token, --token-file or RELAY_TOKEN) goes into the handshake line
+only; it is never printed.
+
+Lines the server writes other than its replies (control messages on a
+control channel) are printed to stdout.
+
+Exit status:
+  0  everything was sent and the server closed the connection without -ERR
+  1  refused by the server (its -ERR reason is printed), no +OK in time,
+     the connection failed, or the server did not confirm within --timeout
+  2  bad usage
+  130 interrupted
+`
+
+// send copies stdin (or generated messages) to an ingest listener. It
+// exits 0 only when the server took everything: it half-closes after the
+// last byte and waits for the server to close without an -ERR.
+func send(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	fs := newFlags("send")
+	framing := newChoice(fs, "framing", "line", "how messages are framed, to match the listener", "line", "len32", "raw")
+	count := fs.Int("count", 0, "send this many messages made from --template instead of stdin (0: send stdin)")
+	tmplText := fs.String("template", "", "message template for --count, Go text/template with {{.N}} and {{.Time}} (default \"message {{.N}}\")")
+	msgRate := fs.Float64("rate", 0, "most messages per second (0: no limit)")
+	timeout := fs.Duration("timeout", 10*time.Second, "connect timeout, and how long to wait after the last byte for the server to confirm")
+	hsTimeout := fs.Duration("handshake-timeout", 3*time.Second, "how long to wait for +OK after the CHANNEL line")
+	tok := addTokenFlags(fs, "token to send after CHANNEL in the handshake")
+	pos, code, ok := parseFlags(fs, sendUsage, args, stdout, stderr)
+	if !ok {
+		return code
 	}
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := checkArgs(stderr, "send", "ADDR [CHANNEL]", pos, 1, 2); !ok {
+		return code
 	}
-	if fs.NArg() < 1 || fs.NArg() > 2 {
-		fs.Usage()
-		return 2
+	switch {
+	case *count < 0:
+		return usageError(stderr, "send", "--count must be 0 (send stdin) or more, got %d", *count)
+	case *msgRate < 0:
+		return usageError(stderr, "send", "--rate must be 0 (no limit) or more, got %g", *msgRate)
+	case *timeout <= 0:
+		return usageError(stderr, "send", "--timeout must be more than 0, got %s", *timeout)
+	case *hsTimeout <= 0:
+		return usageError(stderr, "send", "--handshake-timeout must be more than 0, got %s", *hsTimeout)
+	case *msgRate > 0 && *count == 0 && *framing == "raw":
+		return usageError(stderr, "send", "--rate needs messages: raw stdin has none (use --framing line or len32, or --count)")
 	}
-	addr := fs.Arg(0)
+	if *tmplText != "" && *count == 0 {
+		*count = 1
+	}
+	var tmpl *template.Template
+	if *count > 0 {
+		text := *tmplText
+		if text == "" {
+			text = "message {{.N}}"
+		}
+		var err error
+		if tmpl, err = template.New("message").Option("missingkey=error").Parse(text); err != nil {
+			return usageError(stderr, "send", "--template: %v", err)
+		}
+		var sample strings.Builder
+		if err := tmpl.Execute(&sample, templateData{N: 1, Time: time.Now()}); err != nil {
+			return usageError(stderr, "send", "--template: %v", err)
+		}
+		if *framing == "line" && strings.Contains(sample.String(), "\n") {
+			return usageError(stderr, "send", "--template: a line message cannot hold a newline (it would be two messages); use --framing len32")
+		}
+	}
+	token, err := tok.get()
+	if err != nil {
+		return usageError(stderr, "send", "%v", err)
+	}
+	addr := pos[0]
+	var hsLine []byte
+	if len(pos) == 2 {
+		if hsLine, err = (tcpproto.Handshake{Channel: pos[1], Token: token}).Line(); err != nil {
+			return usageError(stderr, "send", "CHANNEL or token: %v", err)
+		}
+	} else if token != "" && *tok.token+*tok.file != "" {
+		return usageError(stderr, "send", "--token needs CHANNEL: only a handshake listener takes a token")
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	s := &sender{
+		addr: addr, hsLine: hsLine, token: token,
+		framing: *framing, tmpl: tmpl, count: *count,
+		timeout: *timeout, hsTimeout: *hsTimeout,
+		stdout: stdout, stderr: stderr,
+	}
+	if len(pos) == 2 {
+		s.channel = pos[1]
+	}
+	if *msgRate > 0 {
+		s.limiter = rate.NewLimiter(rate.Limit(*msgRate), 1)
+	}
+	return s.run(ctx, stdin)
+}
 
-	d := net.Dialer{Timeout: *timeout, KeepAlive: 30 * time.Second}
-	conn, err := d.DialContext(ctx, "tcp", addr)
+type templateData struct {
+	N    int       // 1 for the first message
+	Time time.Time // when the message is made
+}
+
+// sender is one `relay send` run.
+type sender struct {
+	addr, channel string
+	hsLine        []byte // the handshake line, nil without CHANNEL
+	token         string // to redact from anything printed
+	framing       string
+	tmpl          *template.Template // nil: send stdin
+	count         int
+	limiter       *rate.Limiter // nil: no limit
+	timeout       time.Duration
+	hsTimeout     time.Duration
+	stdout        io.Writer
+	stderr        io.Writer
+}
+
+func (s *sender) fail(format string, a ...any) int {
+	fmt.Fprintf(s.stderr, "relay send: %s\n", redact(fmt.Sprintf(format, a...), s.token))
+	return 1
+}
+
+func (s *sender) run(ctx context.Context, stdin io.Reader) int {
+	d := net.Dialer{Timeout: s.timeout, KeepAlive: 30 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", s.addr)
 	if err != nil {
-		fmt.Fprintf(stderr, "relay send: %v\n", err)
-		return 1
+		if ctx.Err() != nil {
+			return 130
+		}
+		return s.fail("%v", err)
 	}
 	tcp := conn.(*net.TCPConn)
 	defer tcp.Close()
+	// Interrupted: unblock whatever waits on the connection.
+	defer context.AfterFunc(ctx, func() { tcp.SetDeadline(time.Now()) })()
 	replies := bufio.NewReader(tcp)
 
-	if fs.NArg() == 2 {
-		line := fs.Arg(1)
-		if *token != "" {
-			line += " " + *token
+	if s.hsLine != nil {
+		if code, ok := s.handshake(ctx, tcp, replies); !ok {
+			return code
 		}
-		tcp.SetDeadline(time.Now().Add(*timeout))
-		if _, err := io.WriteString(tcp, line+"\n"); err != nil {
-			fmt.Fprintf(stderr, "relay send: handshake: %v\n", err)
-			return 1
-		}
-		reply, err := replies.ReadString('\n')
-		if err != nil {
-			fmt.Fprintf(stderr, "relay send: handshake: no reply: %v\n", err)
-			return 1
-		}
-		if reply != "+OK\n" {
-			fmt.Fprintf(stderr, "relay send: %s\n", strings.TrimSpace(reply))
-			return 1
-		}
-		tcp.SetDeadline(time.Time{})
 	}
 
-	// The server only ever speaks to refuse: watch for -ERR while sending.
-	serverErr := make(chan string, 1)
-	go func() {
-		line, err := replies.ReadString('\n')
-		if err == nil || line != "" {
-			serverErr <- strings.TrimSpace(line)
-		}
-		close(serverErr)
-	}()
-	copied := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(tcp, stdin)
-		copied <- err
-	}()
+	// The server speaks after the handshake only to refuse (-ERR), to ack,
+	// or with control messages: read it all the way to its close.
+	refused := make(chan string, 1)
+	closed := make(chan error, 1)
+	go func() { closed <- s.readReplies(replies, refused) }()
+
+	sent := make(chan error, 1)
+	go func() { sent <- s.write(ctx, tcp, stdin) }()
 
 	select {
-	case err := <-copied:
-		if err != nil {
-			fmt.Fprintf(stderr, "relay send: %v\n", err)
-			return 1
+	case err := <-sent:
+		if ctx.Err() != nil {
+			return 130
 		}
-		// Half-close: the server reads to EOF, publishes, and closes. Wait
-		// for that (bounded) to learn of a late -ERR.
+		if err != nil {
+			// A refusal closes the connection, so our write fails too: the
+			// server's reason is the better message.
+			select {
+			case reason := <-refused:
+				return s.refusal(reason)
+			case <-time.After(time.Second):
+			}
+			return s.fail("%v", err)
+		}
+		// Half-close: the server reads to EOF, publishes, and closes. Its
+		// close without -ERR is the confirmation that everything was taken.
 		tcp.CloseWrite()
-		tcp.SetReadDeadline(time.Now().Add(*timeout))
-		if msg, ok := <-serverErr; ok && msg != "" {
-			fmt.Fprintf(stderr, "relay send: server: %s\n", msg)
-			return 1
+		tcp.SetReadDeadline(time.Now().Add(s.timeout))
+		err = <-closed
+		select {
+		case reason := <-refused:
+			return s.refusal(reason)
+		default:
+		}
+		if ctx.Err() != nil {
+			return 130
+		}
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return s.fail("sent everything, but the server did not close the connection within %s (--timeout): cannot tell whether it was all accepted", s.timeout)
+			}
+			return s.fail("sent everything, then: %v", err)
 		}
 		return 0
-	case msg, ok := <-serverErr:
-		if ok && msg != "" {
-			fmt.Fprintf(stderr, "relay send: server: %s\n", msg)
-		} else {
-			fmt.Fprintln(stderr, "relay send: server closed the connection")
+	case reason := <-refused:
+		return s.refusal(reason)
+	case err := <-closed:
+		select {
+		case reason := <-refused:
+			return s.refusal(reason)
+		default:
 		}
-		return 1
+		if ctx.Err() != nil {
+			return 130
+		}
+		if err != nil {
+			return s.fail("connection lost while sending: %v", err)
+		}
+		return s.fail("server closed the connection while we were sending")
 	case <-ctx.Done():
 		return 130
+	}
+}
+
+// handshake writes the CHANNEL line and waits for +OK. A fixed listener
+// never answers (it took the line as data), so the wait is short and the
+// error says so.
+func (s *sender) handshake(ctx context.Context, tcp *net.TCPConn, replies *bufio.Reader) (int, bool) {
+	tcp.SetDeadline(time.Now().Add(s.hsTimeout))
+	if _, err := tcp.Write(s.hsLine); err != nil {
+		if ctx.Err() != nil {
+			return 130, false
+		}
+		return s.fail("handshake: %v", err), false
+	}
+	line, err := replies.ReadString('\n')
+	if ctx.Err() != nil {
+		return 130, false
+	}
+	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return s.fail("no +OK within %s: is %s a fixed listener? a fixed listener takes no channel line (it may have delivered %q as data on its own channel); drop CHANNEL", s.hsTimeout, s.addr, s.channel), false
+		}
+		if errors.Is(err, io.EOF) {
+			return s.fail("handshake: the server closed the connection without a reply"), false
+		}
+		return s.fail("handshake: %v", err), false
+	}
+	switch r := tcpproto.ParseReply(line); r.Kind {
+	case tcpproto.ReplyOK:
+	case tcpproto.ReplyErr:
+		return s.refusal(r.Reason), false
+	default:
+		return s.fail("handshake: unexpected reply %q (is %s a relay ingest listener?)", r.Reason, s.addr), false
+	}
+	tcp.SetDeadline(time.Time{})
+	return 0, true
+}
+
+// readReplies reads server lines until the server closes: the first -ERR
+// reason goes to refused, lines that are not replies to stdout. It returns
+// nil on a clean close.
+func (s *sender) readReplies(replies *bufio.Reader, refused chan<- string) error {
+	for {
+		line, err := replies.ReadString('\n')
+		if line != "" {
+			switch r := tcpproto.ParseReply(line); r.Kind {
+			case tcpproto.ReplyErr:
+				select {
+				case refused <- r.Reason:
+				default:
+				}
+			case tcpproto.ReplyOK:
+				// Without CHANNEL on a handshake listener: our first line
+				// was taken as the channel, and accepted.
+			case tcpproto.ReplyAck:
+			default:
+				fmt.Fprintln(s.stdout, r.Reason)
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (s *sender) refusal(reason string) int {
+	hint := ""
+	if s.hsLine == nil && (strings.HasPrefix(reason, "bad handshake") || strings.HasPrefix(reason, "handshake timeout") || strings.HasPrefix(reason, "no handshake")) {
+		hint = fmt.Sprintf(" (%s is a handshake listener: give CHANNEL, relay send %s CHANNEL)", s.addr, s.addr)
+	}
+	return s.fail("refused by server: %s%s", reason, hint)
+}
+
+// write sends the messages, framed for the listener, flushing whenever
+// there is nothing more to send at once (so an interactive stdin is sent
+// line by line, and a file in large writes).
+func (s *sender) write(ctx context.Context, conn net.Conn, stdin io.Reader) error {
+	if s.tmpl == nil && s.limiter == nil && s.framing != "len32" {
+		_, err := io.Copy(conn, stdin) // line and raw: the bytes as they are
+		return err
+	}
+	w := bufio.NewWriterSize(conn, 64<<10)
+	put := func(msg []byte) error {
+		if s.limiter != nil {
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			if err := s.limiter.Wait(ctx); err != nil {
+				return err
+			}
+		}
+		switch s.framing {
+		case "len32":
+			var n [4]byte
+			binary.BigEndian.PutUint32(n[:], uint32(len(msg)))
+			w.Write(n[:])
+			w.Write(msg)
+		case "line":
+			w.Write(msg)
+			w.WriteByte('\n')
+		default:
+			w.Write(msg)
+		}
+		return nil
+	}
+	if s.tmpl != nil {
+		var b bytes.Buffer
+		for i := 1; i <= s.count; i++ {
+			b.Reset()
+			if err := s.tmpl.Execute(&b, templateData{N: i, Time: time.Now()}); err != nil {
+				return err
+			}
+			if err := put(b.Bytes()); err != nil {
+				return err
+			}
+		}
+		return w.Flush()
+	}
+	br := bufio.NewReaderSize(stdin, 64<<10)
+	for {
+		line, err := br.ReadBytes('\n')
+		if len(line) > 0 {
+			if perr := put(bytes.TrimSuffix(line, []byte("\n"))); perr != nil {
+				return perr
+			}
+		}
+		if err == io.EOF {
+			return w.Flush()
+		}
+		if err != nil {
+			return err
+		}
+		if br.Buffered() == 0 {
+			if err := w.Flush(); err != nil {
+				return err
+			}
+		}
 	}
 }

@@ -103,12 +103,12 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		o.Name = "relay-" + tier + "-" + hostname()
 		o.Logger = log.With("tier", tier)
 		events := metrics.NATSEvents(tier)
-		o.OnEvent = func(e string) { events.WithLabelValues(e).Inc() }
+		o.OnEvent = events.Inc
 		nc, err := natsconn.Connect(ctx, o)
 		if err != nil {
 			return nil, err
 		}
-		reg.MustRegister(events, metrics.NATSConnected(tier, func() float64 {
+		reg.MustRegister(events.Collector(), metrics.NATSConnected(tier, func() float64 {
 			if nc.IsConnected() {
 				return 1
 			}

@@ -5,95 +5,356 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
 )
 
-// watch prints every message of a WebSocket URL on its own line. Binary
-// messages are printed as they are, or hex/base64 encoded with -binary.
+const watchUsage = `usage: relay watch [flags] URL
+
+Prints every message of a fanout WebSocket on stdout, one per line, e.g.
+  relay watch ws://127.0.0.1:8080/ws/default
+Binary messages are printed as they are, or hex/base64 encoded (--binary).
+--json prints one JSON object per message, so a payload holding a newline is
+unambiguous:
+  {"time":"2026-01-02T15:04:05.1Z","type":"text","size":5,"text":"hello"}
+  {"time":"2026-01-02T15:04:05.2Z","type":"binary","size":3,"data":"AAEC"}
+The token (--token, --token-file or RELAY_TOKEN) is sent as
+"Authorization: Bearer TOKEN"; it is never printed.
+
+A refused upgrade prints the server's reason (e.g. "400 Bad Request: invalid
+channel name: ..."); a close prints its code and reason (see README, "Close
+codes and refusals") on stderr.
+
+--reconnect: after 1001 (server going away), 1008 (slow consumer), 1011,
+1012 (fanout lost NATS), 1013, 4429 (over a limit), a lost connection or a
+failed connect (network error, HTTP 5xx or 429), connect again after an
+exponential backoff with full jitter (a random wait up to 250ms, 500ms, 1s, ...
+--backoff-max). Never after a normal close (1000) or a refusal (HTTP 4xx,
+4400, 4401, 4403, 4410): those exit. Messages sent while disconnected are
+missed.
+
+Exit status:
+  0  -n messages received; interrupted (Ctrl-C); or the server closed
+     normally (1000) or went away (1001) without --reconnect
+  1  could not connect, the connection was lost, or the server closed it with
+     an error code (1008, 1011, 1012, 4429, ...)
+  2  bad usage
+  3  refused: the upgrade was refused with HTTP 4xx (bad channel name, origin
+     not allowed, ...) or the server closed with 4400, 4401, 4403 or 4410;
+     trying again unchanged will not help
+`
+
+// Close codes of relay's fanout (README, "Close codes and refusals").
+const (
+	statusBadRequest   websocket.StatusCode = 4400
+	statusUnauthorized websocket.StatusCode = 4401
+	statusForbidden    websocket.StatusCode = 4403
+	statusGone         websocket.StatusCode = 4410
+	statusRateLimited  websocket.StatusCode = 4429
+)
+
+// closeMeaning explains a close code in a few words, for people.
+var closeMeaning = map[websocket.StatusCode]string{
+	websocket.StatusNormalClosure:   "normal closure",
+	websocket.StatusGoingAway:       "server going away",
+	websocket.StatusUnsupportedData: "unsupported data: clients may not send data on this channel",
+	websocket.StatusPolicyViolation: "policy violation: fell behind (slow consumer), data missed",
+	websocket.StatusMessageTooBig:   "message too big",
+	websocket.StatusInternalError:   "server error",
+	websocket.StatusServiceRestart:  "service restart: fanout lost NATS, data may be missed",
+	websocket.StatusTryAgainLater:   "try again later",
+	websocket.StatusAbnormalClosure: "connection lost without a close frame",
+	statusBadRequest:                "bad request",
+	statusUnauthorized:              "no token, or an invalid or expired token",
+	statusForbidden:                 "channel not permitted for this token",
+	statusGone:                      "resume point no longer stored",
+	statusRateLimited:               "over a rate or connection limit",
+}
+
+// Exit statuses of relay watch (2, bad usage, is usageError's).
+const (
+	watchOK      = 0
+	watchFailed  = 1
+	watchRefused = 3
+)
+
+// watch prints every message of a WebSocket URL on its own line.
 func watch(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("watch", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("watch")
 	count := fs.Int("n", 0, "exit 0 after this many messages (0: run until closed)")
-	binary := fs.String("binary", "raw", "how to print binary messages: raw, hex or base64")
+	binary := newChoice(fs, "binary", "raw", "how to print binary messages", "raw", "hex", "base64")
+	jsonOut := fs.Bool("json", false, "print one JSON object per message: time, type, size, text or base64 data")
 	timeout := fs.Duration("timeout", 10*time.Second, "connect timeout")
 	origin := fs.String("origin", "", "Origin header to send (for servers that check it)")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: relay watch [-n N] [-binary raw|hex|base64] URL\n  URL like ws://127.0.0.1:8080/ws/default")
-		fs.PrintDefaults()
+	reconnect := fs.Bool("reconnect", false, "reconnect with backoff after a going-away, slow-consumer or service-restart close, or a lost connection")
+	backoffMax := fs.Duration("backoff-max", 30*time.Second, "with --reconnect: the longest wait between attempts")
+	tok := addTokenFlags(fs, "token to send as Authorization: Bearer")
+	pos, code, ok := parseFlags(fs, watchUsage, args, stdout, stderr)
+	if !ok {
+		return code
 	}
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := checkArgs(stderr, "watch", "URL", pos, 1, 1); !ok {
+		return code
 	}
-	if fs.NArg() != 1 || (*binary != "raw" && *binary != "hex" && *binary != "base64") {
-		fs.Usage()
-		return 2
+	switch {
+	case *count < 0:
+		return usageError(stderr, "watch", "-n must be 0 (run until closed) or more, got %d", *count)
+	case *timeout <= 0:
+		return usageError(stderr, "watch", "--timeout must be more than 0, got %s", *timeout)
+	case *backoffMax <= 0:
+		return usageError(stderr, "watch", "--backoff-max must be more than 0, got %s", *backoffMax)
 	}
+	u, err := url.Parse(pos[0])
+	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss" && u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return usageError(stderr, "watch", "URL must look like ws://HOST:PORT/ws/CHANNEL (or wss://)")
+	}
+	token, err := tok.get()
+	if err != nil {
+		return usageError(stderr, "watch", "%v", err)
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-
-	dialCtx, cancel := context.WithTimeout(ctx, *timeout)
-	opts := &websocket.DialOptions{}
-	if *origin != "" {
-		opts.HTTPHeader = map[string][]string{"Origin": {*origin}}
+	w := &watcher{
+		url: pos[0], timeout: *timeout, want: *count, binary: *binary, json: *jsonOut,
+		out: bufio.NewWriterSize(stdout, 64<<10), stderr: stderr,
+		secrets: []string{token, u.Query().Get("token")},
+		header:  http.Header{},
 	}
-	conn, resp, err := websocket.Dial(dialCtx, fs.Arg(0), opts)
+	if *origin != "" {
+		w.header.Set("Origin", *origin)
+	}
+	if token != "" {
+		w.header.Set("Authorization", "Bearer "+token)
+	}
+	if !*reconnect {
+		return w.session(ctx).code
+	}
+	return w.reconnecting(ctx, *backoffMax)
+}
+
+// watcher is one `relay watch` run, over one or more connections.
+type watcher struct {
+	url      string
+	header   http.Header
+	timeout  time.Duration
+	want     int // messages to print before exiting; 0: no limit
+	got      int
+	binary   string
+	json     bool
+	out      *bufio.Writer
+	stderr   io.Writer
+	secrets  []string // never printed
+	retrying bool     // a session after the first, with --reconnect
+}
+
+// outcome is how one connection ended.
+type outcome struct {
+	code      int                  // exit status, if relay watch stops here
+	retry     bool                 // --reconnect may connect again
+	status    websocket.StatusCode // the close code, or -1
+	connected bool                 // the upgrade succeeded
+	received  int                  // messages on this connection
+}
+
+func (w *watcher) printf(format string, a ...any) {
+	msg := fmt.Sprintf(format, a...)
+	for _, s := range w.secrets {
+		msg = redact(msg, s)
+	}
+	fmt.Fprintf(w.stderr, "relay watch: %s\n", msg)
+}
+
+// session connects once and prints messages until the connection ends.
+func (w *watcher) session(ctx context.Context) outcome {
+	dialCtx, cancel := context.WithTimeout(ctx, w.timeout)
+	conn, resp, err := websocket.Dial(dialCtx, w.url, &websocket.DialOptions{HTTPHeader: w.header})
 	cancel()
 	if err != nil {
-		if resp != nil {
-			fmt.Fprintf(stderr, "relay watch: %s: %v\n", resp.Status, err)
-		} else {
-			fmt.Fprintf(stderr, "relay watch: %v\n", err)
+		if ctx.Err() != nil {
+			return outcome{code: watchOK, status: -1}
 		}
-		return 1
+		return w.dialFailed(resp, err)
 	}
 	defer conn.CloseNow()
+	if w.retrying {
+		w.printf("reconnected")
+	}
 	conn.SetReadLimit(64 << 20)
-
-	out := bufio.NewWriterSize(stdout, 64<<10)
-	defer out.Flush()
-	for n := 0; *count == 0 || n < *count; n++ {
+	o := outcome{connected: true, status: -1}
+	for w.want == 0 || w.got < w.want {
 		typ, data, err := conn.Read(ctx)
 		if err != nil {
-			out.Flush()
+			w.out.Flush()
 			if ctx.Err() != nil {
 				conn.Close(websocket.StatusNormalClosure, "")
-				return 0
+				o.code = watchOK
+				return o
 			}
-			status := websocket.CloseStatus(err)
-			var ce websocket.CloseError
-			if errors.As(err, &ce) {
-				fmt.Fprintf(stderr, "relay watch: closed by server: %d %s\n", int(ce.Code), ce.Reason)
-			} else {
-				fmt.Fprintf(stderr, "relay watch: %v\n", err)
-			}
-			if status == websocket.StatusNormalClosure || status == websocket.StatusGoingAway {
-				return 0
-			}
-			return 1
+			return w.closed(o, err)
 		}
-		if typ == websocket.MessageBinary {
-			switch *binary {
-			case "hex":
-				data = []byte(hex.EncodeToString(data))
-			case "base64":
-				data = []byte(base64.StdEncoding.EncodeToString(data))
-			}
-		}
-		out.Write(data)
-		out.WriteByte('\n')
-		if err := out.Flush(); err != nil {
-			return 1 // stdout closed (e.g. | head)
+		w.got++
+		o.received++
+		if err := w.print(typ, data); err != nil {
+			o.code = watchFailed // stdout closed (e.g. | head)
+			return o
 		}
 	}
 	conn.Close(websocket.StatusNormalClosure, "")
-	return 0
+	o.code = watchOK
+	return o
+}
+
+// dialFailed explains a failed connect: the server's own words for a
+// refused upgrade (the body of the non-101 answer), else the network error.
+func (w *watcher) dialFailed(resp *http.Response, err error) outcome {
+	if resp == nil {
+		w.printf("%v", err)
+		return outcome{code: watchFailed, retry: true, status: -1}
+	}
+	body := ""
+	if resp.Body != nil {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		body = strings.Join(strings.Fields(string(b)), " ")
+	}
+	switch {
+	case resp.StatusCode == http.StatusSwitchingProtocols:
+		w.printf("%v", err) // upgraded, but the handshake was bad (e.g. a subprotocol)
+		return outcome{code: watchFailed, status: -1}
+	case body != "":
+		w.printf("upgrade refused: %s: %s", resp.Status, body)
+	default:
+		w.printf("upgrade refused: %s", resp.Status)
+	}
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500 {
+		return outcome{code: watchFailed, retry: true, status: -1}
+	}
+	if resp.StatusCode >= 400 {
+		return outcome{code: watchRefused, status: -1}
+	}
+	return outcome{code: watchFailed, status: -1}
+}
+
+// closed explains how an open connection ended and what it means for the
+// exit status and a reconnect.
+func (w *watcher) closed(o outcome, err error) outcome {
+	var ce websocket.CloseError
+	if !errors.As(err, &ce) {
+		w.printf("connection lost: %v", err)
+		o.code, o.retry = watchFailed, true
+		return o
+	}
+	o.status = ce.Code
+	meaning := closeMeaning[ce.Code]
+	switch {
+	case ce.Reason != "" && meaning != "":
+		w.printf("closed by server: %d %s (%s)", int(ce.Code), ce.Reason, meaning)
+	case ce.Reason != "":
+		w.printf("closed by server: %d %s", int(ce.Code), ce.Reason)
+	case meaning != "":
+		w.printf("closed by server: %d (%s)", int(ce.Code), meaning)
+	default:
+		w.printf("closed by server: %d", int(ce.Code))
+	}
+	switch ce.Code {
+	case websocket.StatusNormalClosure:
+		o.code = watchOK
+	case websocket.StatusGoingAway:
+		o.code, o.retry = watchOK, true
+	case statusBadRequest, statusUnauthorized, statusForbidden, statusGone,
+		websocket.StatusUnsupportedData, websocket.StatusMessageTooBig, websocket.StatusProtocolError:
+		o.code = watchRefused
+	default: // 1008, 1011, 1012, 1013, 4429, and codes we do not know
+		o.code, o.retry = watchFailed, true
+	}
+	return o
+}
+
+// wsMessage is one line of --json output.
+type wsMessage struct {
+	Time string  `json:"time"`
+	Type string  `json:"type"`
+	Size int     `json:"size"`
+	Text *string `json:"text,omitempty"`
+	Data []byte  `json:"data,omitempty"` // base64 in JSON
+}
+
+func (w *watcher) print(typ websocket.MessageType, data []byte) error {
+	switch {
+	case w.json:
+		m := wsMessage{Time: time.Now().UTC().Format(time.RFC3339Nano), Size: len(data)}
+		if typ == websocket.MessageText {
+			text := string(data)
+			m.Type, m.Text = "text", &text
+		} else {
+			m.Type, m.Data = "binary", data
+			if m.Data == nil {
+				m.Data = []byte{}
+			}
+		}
+		b, err := json.Marshal(m)
+		if err != nil {
+			return err
+		}
+		w.out.Write(b)
+	case typ == websocket.MessageBinary && w.binary == "hex":
+		w.out.WriteString(hex.EncodeToString(data))
+	case typ == websocket.MessageBinary && w.binary == "base64":
+		w.out.WriteString(base64.StdEncoding.EncodeToString(data))
+	default:
+		w.out.Write(data)
+	}
+	w.out.WriteByte('\n')
+	return w.out.Flush()
+}
+
+// reconnecting runs sessions until one ends for good, waiting between them
+// an exponential backoff with full jitter: a random time in [0, min(max,
+// 250ms*2^attempt)), so a fleet of watchers cut at once does not come back
+// at once.
+func (w *watcher) reconnecting(ctx context.Context, backoffMax time.Duration) int {
+	const base = 250 * time.Millisecond
+	attempt := 0
+	for {
+		start := time.Now()
+		o := w.session(ctx)
+		if !o.retry || ctx.Err() != nil || (w.want > 0 && w.got >= w.want) {
+			return o.code
+		}
+		// A connection that worked for a while starts the backoff over;
+		// one that fails at once (a fanout without NATS, a 503) backs off.
+		if o.connected && (o.received > 0 || time.Since(start) > 10*time.Second) {
+			attempt = 0
+		}
+		if o.status == websocket.StatusGoingAway {
+			attempt = 0 // a drain: another replica is ready now
+		}
+		if o.status == statusRateLimited {
+			attempt = max(attempt, 3)
+		}
+		ceil := min(backoffMax, base<<min(attempt, 20))
+		wait := rand.N(ceil)
+		attempt++
+		w.retrying = true
+		w.printf("reconnecting in %s (attempt %d); messages sent meanwhile are missed", wait.Round(time.Millisecond), attempt)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return watchOK
+		case <-t.C:
+		}
+	}
 }

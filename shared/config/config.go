@@ -66,8 +66,8 @@ type Fanout struct {
 	PublicIngestAddr string        `envconfig:"FANOUT_PUBLIC_INGEST_ADDR" default:"" desc:"host:port of the ingest handshake listener as users reach it, shown on the demo page (empty: this host, first handshake listener's port)"`
 }
 
-// Auth settings say who may send and watch (DESIGN.md "Identity and
-// permissions"); both tiers read them.
+// Auth settings say who may send and watch (docs/architecture.md,
+// Authentication); both tiers read them.
 type Auth struct {
 	AuthMode       string        `envconfig:"AUTH" default:"off" desc:"off: anyone may send to and watch every channel; jwt: a token (JWT with a relay claim) is needed, except on public patterns and public listeners"`
 	HMACSecretFile string        `envconfig:"AUTH_HMAC_SECRET_FILE" default:"" desc:"file holding the HMAC secret (HS256/384/512; at least 32 bytes, a trailing newline ignored); re-read when it changes"`

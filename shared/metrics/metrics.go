@@ -27,10 +27,6 @@ func New() *Registry {
 	r := &Registry{reg: reg, Ingest: newIngest(), Fanout: newFanout()}
 	reg.MustRegister(r.Ingest.collectors()...)
 	reg.MustRegister(r.Fanout.collectors()...)
-	authRefused := newAuthRefused()
-	reg.MustRegister(authRefused)
-	r.Ingest.AuthRefused = authRefused.MustCurryWith(prometheus.Labels{"tier": "ingest"})
-	r.Fanout.AuthRefused = authRefused.MustCurryWith(prometheus.Labels{"tier": "fanout"})
 	return r
 }
 
@@ -55,32 +51,17 @@ func NATSConnected(tier string, fn func() float64) prometheus.Collector {
 	}, fn)
 }
 
-// NATSEvents counts NATS connection events (disconnect, reconnect, error) per tier.
-func NATSEvents(tier string) *prometheus.CounterVec {
-	return prometheus.NewCounterVec(prometheus.CounterOpts{
+// NATSEvents counts a tier's NATS connection events; register it with
+// Collector.
+func NATSEvents(tier string) *ReasonCounter[NATSEvent] {
+	return newReasonCounter(prometheus.CounterOpts{
 		Name:        "relay_nats_events_total",
-		Help:        "NATS connection events by type: disconnect, reconnect, error.",
 		ConstLabels: prometheus.Labels{"tier": tier},
-	}, []string{"event"})
+	}, "event", "NATS connection events,", NATSEventKinds())
 }
 
-// AuthReasons are the reason label values of relay_auth_refused_total (the
-// auth.Reason values); every tier's series start at zero.
-var AuthReasons = []string{"missing", "invalid", "expired", "forbidden"}
-
-// newAuthRefused is relay_auth_refused_total{tier,reason}.
-func newAuthRefused() *prometheus.CounterVec {
-	v := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "relay_auth_refused_total",
-		Help: "Senders and receivers refused by authentication, by tier and reason (missing, invalid, expired, forbidden); expired also counts connections ended at their token's exp.",
-	}, []string{"tier", "reason"})
-	for _, tier := range []string{"ingest", "fanout"} {
-		for _, r := range AuthReasons {
-			v.WithLabelValues(tier, r)
-		}
-	}
-	return v
-}
+// Collector is what to register for c.
+func (c *ReasonCounter[T]) Collector() prometheus.Collector { return c.vec }
 
 // Ingest is the ingest tier's metrics.
 type Ingest struct {
@@ -88,10 +69,9 @@ type Ingest struct {
 	ConnectionsTotal prometheus.Counter
 	Messages         prometheus.Counter
 	Bytes            prometheus.Counter
-	Refused          *prometheus.CounterVec // by reason
+	Refused          *ReasonCounter[IngestRefusal]
 	PublishRetries   prometheus.Counter
-	// AuthRefused is relay_auth_refused_total{tier="ingest"}, by reason.
-	AuthRefused *prometheus.CounterVec
+	AuthRefused      *ReasonCounter[AuthRefusal] // relay_auth_refused_total{tier="ingest"}
 }
 
 func newIngest() *Ingest {
@@ -108,19 +88,29 @@ func newIngest() *Ingest {
 		Bytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_ingest_bytes_total", Help: "Payload bytes published to NATS.",
 		}),
-		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relay_ingest_refused_total",
-			Help: "Senders or messages refused, by reason (bad_handshake, bad_channel, handshake_timeout, too_large, too_many_connections, publish_failed).",
-		}, []string{"reason"}),
+		Refused: newReasonCounter(prometheus.CounterOpts{Name: "relay_ingest_refused_total"},
+			"reason", "Senders or messages refused (the sender got -ERR and was closed),", IngestRefusals()),
 		PublishRetries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_ingest_publish_retries_total",
 			Help: "Publishes retried because NATS could not take more (sender reads paused meanwhile).",
 		}),
+		AuthRefused: newAuthRefused("ingest"),
 	}
 }
 
+// newAuthRefused is relay_auth_refused_total for one tier, every reason's
+// series present from the start (at zero) so alerts see them.
+func newAuthRefused(tier string) *ReasonCounter[AuthRefusal] {
+	c := newReasonCounter(prometheus.CounterOpts{Name: "relay_auth_refused_total", ConstLabels: prometheus.Labels{"tier": tier}},
+		"reason", "Senders and receivers refused for their token (expired also counts connections ended at exp),", AuthRefusals())
+	for _, r := range AuthRefusals() {
+		c.With(r)
+	}
+	return c
+}
+
 func (m *Ingest) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused, m.PublishRetries}
+	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused.vec, m.PublishRetries, m.AuthRefused.vec}
 }
 
 // Fanout is the fanout tier's metrics.
@@ -131,11 +121,10 @@ type Fanout struct {
 	MessagesIn       prometheus.Counter
 	Deliveries       prometheus.Counter
 	BytesOut         prometheus.Counter
-	Refused          *prometheus.CounterVec // upgrade refusals by reason
-	Disconnects      *prometheus.CounterVec // client closes by reason
-	SlowConsumers    *prometheus.CounterVec // kind: client, nats
-	// AuthRefused is relay_auth_refused_total{tier="fanout"}, by reason.
-	AuthRefused *prometheus.CounterVec
+	Refused          *ReasonCounter[FanoutRefusal]    // upgrade refusals
+	Disconnects      *ReasonCounter[FanoutDisconnect] // client closes
+	SlowConsumers    *ReasonCounter[SlowConsumerKind]
+	AuthRefused      *ReasonCounter[AuthRefusal] // relay_auth_refused_total{tier="fanout"}
 }
 
 func newFanout() *Fanout {
@@ -158,21 +147,16 @@ func newFanout() *Fanout {
 		BytesOut: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_fanout_bytes_total", Help: "Payload bytes written to WebSocket clients.",
 		}),
-		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relay_fanout_refused_total",
-			Help: "WebSocket upgrades refused, by reason (bad_channel, bad_origin, too_many_connections, draining, subscribe_failed, bad_request).",
-		}, []string{"reason"}),
-		Disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relay_fanout_disconnects_total",
-			Help: "WebSocket clients closed, by reason (client_closed, slow_consumer, nats_slow_consumer, client_data, write_error, ping_timeout, shutdown, nats_disconnected).",
-		}, []string{"reason"}),
-		SlowConsumers: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relay_fanout_slow_consumers_total",
-			Help: "Slow-consumer events: kind=client (a WebSocket client's queue was full), kind=nats (NATS dropped messages for a subscription).",
-		}, []string{"kind"}),
+		Refused: newReasonCounter(prometheus.CounterOpts{Name: "relay_fanout_refused_total"},
+			"reason", "WebSocket upgrades refused,", FanoutRefusals()),
+		Disconnects: newReasonCounter(prometheus.CounterOpts{Name: "relay_fanout_disconnects_total"},
+			"reason", "WebSocket clients closed,", FanoutDisconnects()),
+		SlowConsumers: newReasonCounter(prometheus.CounterOpts{Name: "relay_fanout_slow_consumers_total"},
+			"kind", "Slow-consumer events (client: a WebSocket client's queue was full; nats: NATS dropped messages for a subscription),", SlowConsumerKinds()),
+		AuthRefused: newAuthRefused("fanout"),
 	}
 }
 
 func (m *Fanout) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Subscriptions, m.MessagesIn, m.Deliveries, m.BytesOut, m.Refused, m.Disconnects, m.SlowConsumers}
+	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Subscriptions, m.MessagesIn, m.Deliveries, m.BytesOut, m.Refused.vec, m.Disconnects.vec, m.SlowConsumers.vec, m.AuthRefused.vec}
 }

@@ -10,8 +10,8 @@ import (
 func TestRegistryServesRelayMetrics(t *testing.T) {
 	t.Parallel()
 	r := New()
-	r.Ingest.Refused.WithLabelValues("too_large").Inc()
-	r.Fanout.SlowConsumers.WithLabelValues("client").Inc()
+	r.Ingest.Refused.Inc(IngestTooLarge)
+	r.Fanout.SlowConsumers.Inc(SlowClient)
 	r.MustRegister(NATSConnected("ingest", func() float64 { return 1 }))
 	srv := httptest.NewServer(r.Handler())
 	defer srv.Close()

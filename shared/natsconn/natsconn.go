@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/relaydev/relay/shared/metrics"
 )
 
 // ErrUnreachable is returned when no server answered within the retry window.
@@ -30,8 +32,8 @@ type Options struct {
 	RetryWindow time.Duration
 	// Logger receives connection events. Defaults to slog.Default().
 	Logger *slog.Logger
-	// OnEvent, when set, is called with "disconnect", "reconnect" or "closed".
-	OnEvent func(event string)
+	// OnEvent, when set, is called on each connection event.
+	OnEvent func(event metrics.NATSEvent)
 	// Extra options appended last (tests, tuning).
 	Extra []nats.Option
 }
@@ -47,7 +49,7 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 	if o.RetryWindow <= 0 {
 		o.RetryWindow = 30 * time.Second
 	}
-	event := func(e string) {
+	event := func(e metrics.NATSEvent) {
 		if o.OnEvent != nil {
 			o.OnEvent(e)
 		}
@@ -66,13 +68,13 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 				return
 			}
 			log.Warn("nats disconnected", "err", err)
-			event("disconnect")
+			event(metrics.NATSDisconnect)
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			log.Info("nats reconnected", "url", c.ConnectedUrlRedacted())
-			event("reconnect")
+			event(metrics.NATSReconnect)
 		}),
-		nats.ClosedHandler(func(*nats.Conn) { event("closed") }),
+		nats.ClosedHandler(func(*nats.Conn) { event(metrics.NATSClosed) }),
 	}
 	if o.InProcess != nil {
 		opts = append(opts, nats.InProcessServer(o.InProcess))

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/relaydev/relay/shared/metrics"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -80,8 +82,8 @@ func TestEmbeddedInProcess(t *testing.T) {
 	if srv.Addr() != nil {
 		t.Fatalf("in-process server listens on %v", srv.Addr())
 	}
-	events := make(chan string, 4)
-	nc, err := Connect(context.Background(), Options{InProcess: srv, OnEvent: func(e string) { events <- e }})
+	events := make(chan metrics.NATSEvent, 4)
+	nc, err := Connect(context.Background(), Options{InProcess: srv, OnEvent: func(e metrics.NATSEvent) { events <- e }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +99,7 @@ func TestEmbeddedInProcess(t *testing.T) {
 		t.Fatalf("NextMsg = %v, %v", msg, err)
 	}
 	nc.Close()
-	if e := <-events; e != "closed" {
+	if e := <-events; e != metrics.NATSClosed {
 		t.Fatalf("event %q, want closed", e)
 	}
 }

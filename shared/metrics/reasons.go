@@ -1,0 +1,152 @@
+package metrics
+
+import (
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Reasons are typed so that the value a tier passes IS the label value
+// Prometheus shows, and the help text of each counter is built from the same
+// list: a reason cannot be emitted without being documented, nor documented
+// without existing. TestReasonsAreListedExactly checks the lists against the
+// constants declared here; TestTiersUseTypedReasons checks the tiers update
+// the counters only through the typed methods below.
+//
+// To add a reason: declare the constant here, add it to its list, and use it.
+
+// IngestRefusal is a value of relay_ingest_refused_total{reason}.
+type IngestRefusal string
+
+const (
+	IngestBadHandshake       IngestRefusal = "bad_handshake"        // handshake line missing or malformed, bad channel name
+	IngestHandshakeTimeout   IngestRefusal = "handshake_timeout"    // no handshake line in time
+	IngestTooLarge           IngestRefusal = "too_large"            // a message over RELAY_INGEST_MAX_MESSAGE
+	IngestTruncated          IngestRefusal = "truncated"            // a len32 frame cut short by the sender's close
+	IngestTooManyConnections IngestRefusal = "too_many_connections" // over RELAY_INGEST_MAX_CONNECTIONS
+	IngestPublishFailed      IngestRefusal = "publish_failed"       // NATS would not take a message
+	IngestShutdown           IngestRefusal = "shutdown"             // closed or refused while draining
+	IngestUnauthorized       IngestRefusal = "unauthorized"         // no, bad or expired token at the handshake
+	IngestForbidden          IngestRefusal = "forbidden"            // valid token, channel not permitted
+	IngestTokenExpired       IngestRefusal = "token_expired"        // the token's exp ended a sending connection
+)
+
+// IngestRefusals lists every IngestRefusal, in the order the help text shows them.
+func IngestRefusals() []IngestRefusal {
+	return []IngestRefusal{IngestBadHandshake, IngestHandshakeTimeout, IngestTooLarge, IngestTruncated,
+		IngestTooManyConnections, IngestPublishFailed, IngestShutdown, IngestUnauthorized, IngestForbidden, IngestTokenExpired}
+}
+
+// FanoutRefusal is a value of relay_fanout_refused_total{reason}.
+type FanoutRefusal string
+
+const (
+	FanoutBadChannel      FanoutRefusal = "bad_channel"          // channel name in the URL is invalid
+	FanoutBadOrigin       FanoutRefusal = "bad_origin"           // Origin not allowed
+	FanoutTooMany         FanoutRefusal = "too_many_connections" // over RELAY_FANOUT_MAX_CONNECTIONS
+	FanoutDraining        FanoutRefusal = "draining"             // shutting down
+	FanoutSubscribeFailed FanoutRefusal = "subscribe_failed"     // NATS subscription could not be made
+	FanoutBadRequest      FanoutRefusal = "bad_request"          // not a WebSocket upgrade, or a bad one
+	FanoutUnauthorized    FanoutRefusal = "unauthorized"         // no, bad or expired token (closed 4401 after the upgrade)
+	FanoutForbidden       FanoutRefusal = "forbidden"            // valid token, channel not permitted (closed 4403)
+)
+
+// FanoutRefusals lists every FanoutRefusal, in the order the help text shows them.
+func FanoutRefusals() []FanoutRefusal {
+	return []FanoutRefusal{FanoutBadChannel, FanoutBadOrigin, FanoutTooMany, FanoutDraining,
+		FanoutSubscribeFailed, FanoutBadRequest, FanoutUnauthorized, FanoutForbidden}
+}
+
+// FanoutDisconnect is a value of relay_fanout_disconnects_total{reason}.
+type FanoutDisconnect string
+
+const (
+	DisconnectClientClosed     FanoutDisconnect = "client_closed"      // the client closed or went away
+	DisconnectSlowConsumer     FanoutDisconnect = "slow_consumer"      // the client's queue overflowed (1008)
+	DisconnectNATSSlowConsumer FanoutDisconnect = "nats_slow_consumer" // NATS dropped messages for its channel (1008)
+	DisconnectClientData       FanoutDisconnect = "client_data"        // the client sent data (receive-only)
+	DisconnectWriteError       FanoutDisconnect = "write_error"        // a write failed or timed out
+	DisconnectPingTimeout      FanoutDisconnect = "ping_timeout"       // no pong in time
+	DisconnectShutdown         FanoutDisconnect = "shutdown"           // server draining (1001)
+	DisconnectNATSLost         FanoutDisconnect = "nats_disconnected"  // fanout lost NATS (1012)
+	DisconnectTokenExpired     FanoutDisconnect = "token_expired"      // the token's exp passed (4401)
+)
+
+// FanoutDisconnects lists every FanoutDisconnect, in the order the help text shows them.
+func FanoutDisconnects() []FanoutDisconnect {
+	return []FanoutDisconnect{DisconnectClientClosed, DisconnectSlowConsumer, DisconnectNATSSlowConsumer,
+		DisconnectClientData, DisconnectWriteError, DisconnectPingTimeout, DisconnectShutdown, DisconnectNATSLost,
+		DisconnectTokenExpired}
+}
+
+// SlowConsumerKind is a value of relay_fanout_slow_consumers_total{kind}.
+type SlowConsumerKind string
+
+const (
+	SlowClient SlowConsumerKind = "client" // a WebSocket client's queue was full
+	SlowNATS   SlowConsumerKind = "nats"   // NATS dropped messages for a subscription
+)
+
+// SlowConsumerKinds lists every SlowConsumerKind, in the order the help text shows them.
+func SlowConsumerKinds() []SlowConsumerKind { return []SlowConsumerKind{SlowClient, SlowNATS} }
+
+// AuthRefusal is a value of relay_auth_refused_total{tier,reason}: the
+// shared/auth reasons, on both tiers.
+type AuthRefusal string
+
+const (
+	AuthMissing   AuthRefusal = "missing"   // no token where one is needed
+	AuthInvalid   AuthRefusal = "invalid"   // malformed, bad signature, wrong alg/key/iss/aud, not yet valid
+	AuthExpired   AuthRefusal = "expired"   // past exp at the handshake/upgrade, or a connection ended at exp
+	AuthForbidden AuthRefusal = "forbidden" // valid token, channel not permitted
+)
+
+// AuthReason maps a shared/auth reason (auth.Reason, the same words) to its
+// label value; anything unknown counts as invalid.
+func AuthReason(reason string) AuthRefusal {
+	for _, r := range AuthRefusals() {
+		if string(r) == reason {
+			return r
+		}
+	}
+	return AuthInvalid
+}
+
+// AuthRefusals lists every AuthRefusal, in the order the help text shows them.
+func AuthRefusals() []AuthRefusal { return []AuthRefusal{AuthMissing, AuthInvalid, AuthExpired, AuthForbidden} }
+
+// NATSEvent is a value of relay_nats_events_total{event}.
+type NATSEvent string
+
+const (
+	NATSDisconnect NATSEvent = "disconnect" // the connection was lost (it reconnects on its own)
+	NATSReconnect  NATSEvent = "reconnect"  // the connection is back
+	NATSClosed     NATSEvent = "closed"     // the connection is closed for good
+)
+
+// NATSEventKinds lists every NATSEvent, in the order the help text shows them.
+func NATSEventKinds() []NATSEvent { return []NATSEvent{NATSDisconnect, NATSReconnect, NATSClosed} }
+
+// ReasonCounter counts events by a typed reason; the reason's value is the
+// label value. It is the only way the tiers update a reason-labelled counter.
+type ReasonCounter[T ~string] struct{ vec *prometheus.CounterVec }
+
+func newReasonCounter[T ~string](opts prometheus.CounterOpts, label, help string, all []T) *ReasonCounter[T] {
+	opts.Help = help + " by " + label + " " + listing(all) + "."
+	return &ReasonCounter[T]{vec: prometheus.NewCounterVec(opts, []string{label})}
+}
+
+// Inc counts one event for reason r.
+func (c *ReasonCounter[T]) Inc(r T) { c.vec.WithLabelValues(string(r)).Inc() }
+
+// With returns the counter for reason r (tests read it).
+func (c *ReasonCounter[T]) With(r T) prometheus.Counter { return c.vec.WithLabelValues(string(r)) }
+
+// listing renders reasons for a help text: "(a, b, c)".
+func listing[T ~string](vs []T) string {
+	s := make([]string, len(vs))
+	for i, v := range vs {
+		s[i] = string(v)
+	}
+	return "(" + strings.Join(s, ", ") + ")"
+}

@@ -1,0 +1,187 @@
+// Package tcpproto is the ingest TCP protocol's wire format in one place:
+// the handshake line a sender writes to a handshake listener
+// (`CHANNEL [TOKEN] [+ack]\n`) and the lines the server writes back
+// (`+OK\n`, `-ERR <reason>\n`, `+ACK <n>\n`). Ingest, `relay send` and the
+// load generator all use it, so the literals cannot drift apart.
+//
+// Channel names are not checked here (shared/subjects does that): this
+// package knows the line grammar only, and imports the standard library only.
+package tcpproto
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Reply literals. A reply line is one of these followed by '\n'.
+const (
+	OK  = "+OK"  // the handshake was accepted; data may follow
+	Err = "-ERR" // a refusal; the rest of the line is the reason, then the server closes
+	Ack = "+ACK" // `+ACK N`: N of the connection's messages are stored (sender acks)
+)
+
+// AckOption is the handshake's last word that asks for `+ACK N` replies. A
+// token never starts with '+', so it cannot be mistaken for one.
+const AckOption = "+ack"
+
+// MaxHandshakeLine is the longest handshake line a server accepts, without
+// its '\n'.
+const MaxHandshakeLine = 1024
+
+// OKLine is the whole reply that accepts a handshake.
+var OKLine = []byte(OK + "\n")
+
+// ErrLine is the whole reply that refuses a sender with reason. Line breaks in
+// reason become spaces: a reply is exactly one line.
+func ErrLine(reason string) []byte {
+	reason = strings.Map(func(r rune) rune {
+		if r == '\n' || r == '\r' {
+			return ' '
+		}
+		return r
+	}, reason)
+	return []byte(Err + " " + reason + "\n")
+}
+
+// AckLine is the reply that reports n messages stored.
+func AckLine(n uint64) []byte {
+	return append(strconv.AppendUint([]byte(Ack+" "), n, 10), '\n')
+}
+
+// ReplyKind tells what a server line means.
+type ReplyKind int
+
+// Kinds of reply line.
+const (
+	ReplyOther ReplyKind = iota // not part of the protocol (e.g. a control message on a line listener)
+	ReplyOK
+	ReplyErr
+	ReplyAck
+)
+
+// Reply is a parsed server line.
+type Reply struct {
+	Kind   ReplyKind
+	Reason string // ReplyErr: the reason; ReplyOther: the whole line
+	Acked  uint64 // ReplyAck: messages stored so far
+}
+
+// ParseReply reads one server line, with or without its '\n' (a trailing
+// '\r' is ignored too). A line that is not a protocol reply is ReplyOther with
+// the line in Reason, so a caller can show it rather than guess.
+func ParseReply(line string) Reply {
+	line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
+	switch {
+	case line == OK:
+		return Reply{Kind: ReplyOK}
+	case line == Err:
+		return Reply{Kind: ReplyErr}
+	case strings.HasPrefix(line, Err+" "):
+		return Reply{Kind: ReplyErr, Reason: line[len(Err)+1:]}
+	case strings.HasPrefix(line, Ack+" "):
+		if n, err := strconv.ParseUint(line[len(Ack)+1:], 10, 64); err == nil {
+			return Reply{Kind: ReplyAck, Acked: n}
+		}
+	}
+	return Reply{Kind: ReplyOther, Reason: line}
+}
+
+// Handshake is the first line on a handshake listener: `CHANNEL [TOKEN] [+ack]`.
+type Handshake struct {
+	Channel string
+	Token   string // empty: none
+	Ack     bool   // ask for `+ACK N` replies
+}
+
+// ErrSyntax is wrapped by every error ParseHandshake and Handshake.Line return.
+var ErrSyntax = errors.New("want CHANNEL [TOKEN] [+ack]")
+
+// Line is the handshake line to send, with its '\n'. It checks the words'
+// syntax (not whether the channel name is valid); its errors never contain
+// the token.
+func (h Handshake) Line() ([]byte, error) {
+	if h.Channel == "" || strings.ContainsAny(h.Channel, " \r\n") || strings.HasPrefix(h.Channel, "+") {
+		return nil, fmt.Errorf("%w: channel %q is empty or has a space, a line break or a leading '+'", ErrSyntax, h.Channel)
+	}
+	b := []byte(h.Channel)
+	if h.Token != "" {
+		if err := ValidToken(h.Token); err != nil {
+			return nil, err
+		}
+		b = append(append(b, ' '), h.Token...)
+	}
+	if h.Ack {
+		b = append(append(b, ' '), AckOption...)
+	}
+	if len(b) > MaxHandshakeLine {
+		return nil, fmt.Errorf("%w: line longer than %d bytes", ErrSyntax, MaxHandshakeLine)
+	}
+	return append(b, '\n'), nil
+}
+
+// ParseHandshake parses one handshake line without its '\n' (a trailing '\r'
+// is stripped). Words are separated by single spaces. The channel name is
+// returned as written: validate it with shared/subjects.
+func ParseHandshake(line []byte) (Handshake, error) {
+	s := strings.TrimSuffix(string(line), "\r")
+	if len(s) > MaxHandshakeLine {
+		return Handshake{}, fmt.Errorf("%w: line longer than %d bytes", ErrSyntax, MaxHandshakeLine)
+	}
+	if strings.TrimSpace(s) == "" {
+		return Handshake{}, fmt.Errorf("%w: empty line", ErrSyntax)
+	}
+	words := strings.Split(s, " ")
+	var h Handshake
+	if last := words[len(words)-1]; len(words) > 1 && last == AckOption {
+		h.Ack = true
+		words = words[:len(words)-1]
+	}
+	if len(words) > 2 {
+		return Handshake{}, fmt.Errorf("%w: got %d words", ErrSyntax, len(words)+boolInt(h.Ack))
+	}
+	h.Channel = words[0]
+	if h.Channel == "" {
+		return Handshake{}, fmt.Errorf("%w: empty channel", ErrSyntax)
+	}
+	if i := strings.IndexFunc(h.Channel, func(r rune) bool { return r < 0x20 || r == 0x7f }); i >= 0 {
+		return Handshake{}, fmt.Errorf("%w: channel has a control byte at %d", ErrSyntax, i)
+	}
+	if len(words) == 2 {
+		if words[1] == "" {
+			return Handshake{}, fmt.Errorf("%w: empty token", ErrSyntax)
+		}
+		if err := ValidToken(words[1]); err != nil {
+			return Handshake{}, err
+		}
+		h.Token = words[1]
+	}
+	return h, nil
+}
+
+// ValidToken accepts the characters of base64, base64url and JWTs, so a token
+// can never smuggle spaces or control bytes into a line, a log or a header,
+// and a token never starts with '+'. The error names the offending byte's
+// position, never the token.
+func ValidToken(tok string) error {
+	if strings.HasPrefix(tok, "+") {
+		return fmt.Errorf("%w: a token never starts with '+'", ErrSyntax)
+	}
+	for i := 0; i < len(tok); i++ {
+		switch c := tok[i]; {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case c == '.', c == '_', c == '~', c == '+', c == '/', c == '=', c == '-':
+		default:
+			return fmt.Errorf("%w: the token (second word) has a character not allowed at byte %d: tokens use A-Z a-z 0-9 . _ ~ + / = -", ErrSyntax, i)
+		}
+	}
+	return nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
