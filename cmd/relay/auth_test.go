@@ -319,3 +319,27 @@ func TestAuthOffWarns(t *testing.T) {
 		t.Fatalf("warning does not name exactly the open listener:\n%s", logs)
 	}
 }
+
+// TestTokenUsageErrors: relay token refuses what would mint a useless or
+// unsigned token, naming the problem.
+func TestTokenUsageErrors(t *testing.T) {
+	t.Parallel()
+	keys := testutil.NewAuthKeys(t)
+	env := []string{"RELAY_AUTH_HMAC_SECRET_FILE=" + keys.HMACFile}
+	for _, c := range []struct {
+		env  []string
+		args []string
+		want string
+	}{
+		{env, []string{"token", "--sub", "x"}, "give at least one of --send, --watch, --control"},
+		{env, []string{"token", "--watch", "a", "--ttl", "0s"}, "--ttl must be positive"},
+		{env, []string{"token", "--watch", "a.>.b"}, "'>' must be the last token"},
+		{[]string{"RELAY_AUTH_HMAC_SECRET_FILE="}, []string{"token", "--watch", "a"}, "no key"},
+		{env, []string{"token", "--watch", "a", "--key", keys.PublicFile}, "is not a private key"},
+	} {
+		out, errOut, code := runBin(t, "", c.env, c.args...)
+		if code != 2 || out != "" || !strings.Contains(errOut, c.want) {
+			t.Errorf("relay %v: exit %d, stdout %q, stderr %q; want exit 2 and %q", c.args, code, out, errOut, c.want)
+		}
+	}
+}

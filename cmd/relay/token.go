@@ -1,7 +1,7 @@
 package main
 
 import (
-	"flag"
+	"cmp"
 	"fmt"
 	"io"
 	"strings"
@@ -29,51 +29,50 @@ func (p *patternList) Set(v string) error {
 	return nil
 }
 
-// token mints a JWT for scripts, tests and the docs, signed with --key (a
-// PEM private key or an HMAC secret file) or else RELAY_AUTH_HMAC_SECRET_FILE,
-// with iss/aud from RELAY_AUTH_ISSUER/RELAY_AUTH_AUDIENCE. The token goes to
-// stdout and nowhere else.
+const tokenUsage = `usage: relay token [--send P] [--watch P] [--control P] [--sub NAME] [--ttl 1h] [--key FILE]
+
+Prints a token (JWT) for RELAY_AUTH=jwt on stdout, and nowhere else. Each of
+--send, --watch, --control takes channel patterns (repeat the flag or separate
+with commas; * matches one token, > the rest). The token is signed with --key
+(a PEM private key: RS256, ES256/384/512 or EdDSA by its type; or an HMAC
+secret file) or else RELAY_AUTH_HMAC_SECRET_FILE (HS256), and carries
+RELAY_AUTH_ISSUER / RELAY_AUTH_AUDIENCE as iss / aud when they are set.
+
+  relay token --send 'sensors.>' --sub device-7 --ttl 24h
+  relay token --watch 'sensors.*' --sub dashboard --key ec-private.pem
+`
+
+// token mints a JWT for scripts, tests and the docs.
 func token(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("token", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("token")
 	var send, watch, control patternList
-	fs.Var(&send, "send", "channel pattern the holder may send to (repeatable or comma-separated; * one token, > the rest)")
+	fs.Var(&send, "send", "channel pattern the holder may send to")
 	fs.Var(&watch, "watch", "channel pattern the holder may watch")
 	fs.Var(&control, "control", "channel pattern the holder may write back to senders on")
-	sub := fs.String("sub", "", "who holds the token (the sub claim; shown in relay's logs)")
+	sub := fs.String("sub", "", "who holds the token (the sub claim, shown in relay's logs)")
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid (its exp)")
-	keyFile := fs.String("key", "", "signing key: a PEM private key (RS256, ES256/384/512, EdDSA) or an HMAC secret file (HS256); default RELAY_AUTH_HMAC_SECRET_FILE")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: relay token [--send P] [--watch P] [--control P] [--sub NAME] [--ttl 1h] [--key FILE]\n  prints a token (JWT) for RELAY_AUTH=jwt")
-		fs.PrintDefaults()
+	keyFile := fs.String("key", "", "signing key file (default RELAY_AUTH_HMAC_SECRET_FILE)")
+	pos, code, ok := parseFlags(fs, tokenUsage, args, stdout, stderr)
+	if !ok {
+		return code
 	}
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fs.Usage()
-		return 2
+	if code, ok := checkArgs(stderr, "token", "no arguments", pos, 0, 0); !ok {
+		return code
 	}
 	if len(send)+len(watch)+len(control) == 0 {
-		fmt.Fprintln(stderr, "relay token: give at least one of --send, --watch, --control (a token without permissions allows nothing)")
-		return 2
+		return usageError(stderr, "token", "give at least one of --send, --watch, --control (a token without permissions allows nothing)")
 	}
 	if *ttl <= 0 {
-		fmt.Fprintln(stderr, "relay token: --ttl must be positive (every token expires)")
-		return 2
+		return usageError(stderr, "token", "--ttl must be positive (every token expires)")
 	}
 	cfg, err := config.Load()
 	if err != nil {
 		fmt.Fprintf(stderr, "relay token: %v\n", err)
 		return 2
 	}
-	file := *keyFile
+	file := cmp.Or(*keyFile, cfg.HMACSecretFile)
 	if file == "" {
-		file = cfg.HMACSecretFile
-	}
-	if file == "" {
-		fmt.Fprintln(stderr, "relay token: no key: pass --key FILE or set RELAY_AUTH_HMAC_SECRET_FILE")
-		return 2
+		return usageError(stderr, "token", "no key: pass --key FILE or set RELAY_AUTH_HMAC_SECRET_FILE")
 	}
 	key, err := auth.LoadSigningKey(file)
 	if err != nil {
