@@ -34,25 +34,7 @@ type Listener struct {
 // Handshake reports whether senders name their channel in a first line.
 func (l Listener) Handshake() bool { return l.Channel == HandshakeChannel }
 
-func (l Listener) String() string {
-	s := fmt.Sprintf("%s=%s/%s", l.Addr, l.Channel, l.Framing)
-	if l.Public {
-		s += ";public"
-	}
-	return s
-}
-
-// CheckAuth reports why the listener cannot run under RELAY_AUTH=jwt: a
-// fixed listener carries no token, so unless it is marked public anyone who
-// reaches it could send to its channel.
-func (l Listener) CheckAuth() error {
-	if l.Handshake() || l.Public {
-		return nil
-	}
-	return fmt.Errorf("RELAY_INGEST_LISTENERS: fixed listener %s carries no token, so with RELAY_AUTH=jwt anyone who reaches it could send to %q: "+
-		"mark it public (%s;public) if that is intended, restrict who reaches it, or remove it and send through a handshake listener (ADDR=*/%s) with a token",
-		l, l.Channel, l, l.Framing)
-}
+func (l Listener) String() string { return fmt.Sprintf("%s=%s/%s", l.Addr, l.Channel, l.Framing) }
 
 // ParseListeners parses RELAY_INGEST_LISTENERS, reporting every bad entry.
 func (c Config) ParseListeners() ([]Listener, error) {
