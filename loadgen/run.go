@@ -100,6 +100,10 @@ type Config struct {
 	DialTimeout time.Duration
 	// DialConcurrency is how many receivers connect at once. Defaults to 64.
 	DialConcurrency int
+	// SendToken goes into each sender's handshake line and WatchToken into
+	// each receiver's Authorization: Bearer header (RELAY_AUTH=jwt); empty:
+	// none.
+	SendToken, WatchToken string
 }
 
 func (c *Config) defaults() {
@@ -347,7 +351,7 @@ func runStream(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	for i := range cfg.Senders {
 		ch := r.chans[i%len(r.chans)]
-		conn, err := dialSender(ingest, ch.name, cfg.DialTimeout)
+		conn, err := dialSender(ingest, ch.name, cfg.SendToken, cfg.DialTimeout)
 		if err != nil {
 			return nil, fmt.Errorf("loadgen: sender %d: %w", i, err)
 		}
@@ -544,7 +548,7 @@ func (r *run) dialReceiver(rc *receiver, addr string) error {
 		conn.SetReadDeadline(time.Time{})
 		return nil
 	}
-	ws, err := dialWS(addr, "/ws/"+rc.ch.name, cfg.DialTimeout, readBuf, rcvBuf)
+	ws, err := dialWS(addr, "/ws/"+rc.ch.name, cfg.WatchToken, cfg.DialTimeout, readBuf, rcvBuf)
 	if err != nil {
 		return err
 	}

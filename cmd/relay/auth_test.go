@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"context"
 	"errors"
 	"fmt"
@@ -341,5 +342,32 @@ func TestTokenUsageErrors(t *testing.T) {
 		if code != 2 || out != "" || !strings.Contains(errOut, c.want) {
 			t.Errorf("relay %v: exit %d, stdout %q, stderr %q; want exit 2 and %q", c.args, code, out, errOut, c.want)
 		}
+	}
+}
+
+// TestBenchWithTokens: relay bench against a spawned relay with
+// RELAY_AUTH=jwt mints a token with the configured secret (HS256) or
+// --token-key (ES256) and its senders and receivers get through.
+func TestBenchWithTokens(t *testing.T) {
+	keys := testutil.NewAuthKeys(t)
+	env := []string{"RELAY_AUTH=jwt", "RELAY_AUTH_HMAC_SECRET_FILE=" + keys.HMACFile, "RELAY_AUTH_PUBLIC_KEYS_FILE=" + keys.PublicFile}
+	for _, extra := range [][]string{nil, {"--token-key", keys.ECPrivateFile}} {
+		args := append(append([]string{"bench", "--spawn"}, benchShort...), extra...)
+		out, errOut, code := runBin(t, "", env, args...)
+		if code != 0 {
+			t.Fatalf("relay %v: exit %d: %s", args, code, errOut)
+		}
+		var rep benchReport
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		if r := rep.Runs[0]; r.Deliveries == 0 || r.Lost != 0 {
+			t.Fatalf("relay %v: run %+v", args, r)
+		}
+	}
+	_, errOut, code := runBin(t, "", []string{"RELAY_AUTH=jwt", "RELAY_AUTH_HMAC_SECRET_FILE=" + keys.HMACFile},
+		append([]string{"bench", "--spawn", "--token", "not.a.token"}, benchShort...)...)
+	if code == 0 || !strings.Contains(errOut, "unauthorized: malformed token") {
+		t.Fatalf("bad token: exit %d, stderr %s", code, errOut)
 	}
 }
