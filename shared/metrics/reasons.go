@@ -113,7 +113,9 @@ func AuthReason(reason string) AuthRefusal {
 }
 
 // AuthRefusals lists every AuthRefusal, in the order the help text shows them.
-func AuthRefusals() []AuthRefusal { return []AuthRefusal{AuthMissing, AuthInvalid, AuthExpired, AuthForbidden} }
+func AuthRefusals() []AuthRefusal {
+	return []AuthRefusal{AuthMissing, AuthInvalid, AuthExpired, AuthForbidden}
+}
 
 // NATSEvent is a value of relay_nats_events_total{event}.
 type NATSEvent string
