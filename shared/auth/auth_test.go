@@ -26,7 +26,7 @@ import (
 
 var everything = auth.Permissions{Send: []string{">"}, Watch: []string{">"}, Control: []string{">"}}
 
-func newAuth(t *testing.T, o auth.Options) *auth.Authenticator {
+func newAuth(t testing.TB, o auth.Options) *auth.Authenticator {
 	t.Helper()
 	a, err := auth.New(o)
 	if err != nil {
@@ -325,5 +325,28 @@ func TestMintWithEachKeyType(t *testing.T) {
 	}
 	if _, err := auth.Mint(keys.HMAC, auth.MintOptions{TTL: 0}); err == nil {
 		t.Fatal("minted a token without exp")
+	}
+}
+
+// BenchmarkAuthorize is the CPU one handshake or upgrade spends in auth:
+// parse, verify, check claims and match the channel.
+func BenchmarkAuthorize(b *testing.B) {
+	keys := testutil.NewAuthKeys(b)
+	a, err := auth.New(keys.Options(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for name, k := range map[string]auth.SigningKey{"HS256": keys.HMAC, "ES256": keys.EC} {
+		tok, err := auth.Mint(k, auth.MintOptions{Subject: "bench", Permissions: auth.Permissions{Watch: []string{"sensors.>"}}, TTL: time.Hour})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := a.Authorize(tok, auth.ActionWatch, "sensors.room1"); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
