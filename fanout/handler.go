@@ -78,14 +78,18 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 
-	log := s.log.With("channel", name, "remote", r.RemoteAddr)
 	id, err := s.authorize(r, name)
 	if err != nil {
 		s.refuseAuth(w, r, err, name, id.Sub)
 		return
 	}
+	// One With per client: each is a copy of the handler that an idle
+	// connection keeps for its whole life.
+	var log *slog.Logger
 	if id.Sub != "" {
-		log = log.With("sub", id.Sub)
+		log = s.log.With("channel", name, "remote", r.RemoteAddr, "sub", id.Sub)
+	} else {
+		log = s.log.With("channel", name, "remote", r.RemoteAddr)
 	}
 	c := newClient(name, s.limits, s.m, log)
 	ch, err := s.hub.join(name, c)
