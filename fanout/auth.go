@@ -100,7 +100,7 @@ func (s *Server) refuseAuth(w http.ResponseWriter, r *http.Request, err error, c
 	s.m.AuthRefused.Inc(metrics.AuthReason(string(ref.Reason)))
 	if n, ok := s.refusals.allow(string(reason)); ok {
 		s.log.Info("upgrade refused", "reason", reason, "code", int(code), "detail", ref.Text, "channel", channel,
-			"sub", sub, "remote", r.RemoteAddr, "origin", r.Header.Get("Origin"), "suppressed", n)
+			"sub", sub, "remote", clientOf(r).addr.String(), "origin", r.Header.Get("Origin"), "suppressed", n)
 	}
 	conn, err := websocket.Accept(w, r, acceptOptions)
 	if err != nil {

@@ -24,7 +24,12 @@ const (
 	refusedDraining        = metrics.FanoutDraining
 	refusedSubscribeFailed = metrics.FanoutSubscribeFailed
 	refusedBadRequest      = metrics.FanoutBadRequest
+	refusedNATSDown        = metrics.FanoutNATSDown
 )
+
+// reasonNATSDown is the close reason of an upgrade refused while this
+// fanout has no NATS connection (code 1012).
+const reasonNATSDown = "upstream unavailable; retry later"
 
 // acceptOptions skips the library's origin check: serveWS has already done
 // the same check itself, so that a refusal is counted and logged. Compression
@@ -58,12 +63,24 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		_, _ = websocket.Accept(w, r, acceptOptions)
 		return
 	}
+	if !s.nc.IsConnected() {
+		// A browser cannot read an HTTP status (it sees 1006 and retries
+		// blindly), so complete the upgrade and close at once with 1012.
+		s.refuseUpgraded(w, r, websocket.StatusServiceRestart, refusedNATSDown, reasonNATSDown)
+		return
+	}
 	if s.active.Add(1) > int64(s.cfg.MaxConnections) {
 		s.active.Add(-1)
 		s.refuse(w, r, http.StatusServiceUnavailable, refusedTooMany, "too many connections")
 		return
 	}
+	release, ok := s.acquire(w, r)
+	if !ok {
+		s.active.Add(-1)
+		return
+	}
 	if !s.track() {
+		release()
 		s.active.Add(-1)
 		s.refuse(w, r, http.StatusServiceUnavailable, refusedDraining, "server is shutting down")
 		return
@@ -73,6 +90,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	handedOff := false
 	defer func() {
 		if !handedOff {
+			release()
 			s.wg.Done()
 			s.active.Add(-1)
 		}
@@ -87,15 +105,15 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// connection keeps for its whole life.
 	var log *slog.Logger
 	if id.Sub != "" {
-		log = s.log.With("channel", name, "remote", r.RemoteAddr, "sub", id.Sub)
+		log = s.log.With("channel", name, "remote", clientOf(r).addr.String(), "sub", id.Sub)
 	} else {
-		log = s.log.With("channel", name, "remote", r.RemoteAddr)
+		log = s.log.With("channel", name, "remote", clientOf(r).addr.String())
 	}
 	c := newClient(name, s.limits, s.m, log)
 	ch, err := s.hub.join(name, c)
 	if err != nil {
 		log.Warn("subscribe failed; upgrade refused", "err", err)
-		s.refuse(w, r, http.StatusServiceUnavailable, refusedSubscribeFailed, "subscription failed, retry")
+		s.refuseUpgraded(w, r, websocket.StatusServiceRestart, refusedSubscribeFailed, reasonNATSDown)
 		return
 	}
 
@@ -127,7 +145,10 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// goroutine serves the client with a shallow stack, and net/http's
 	// goroutine, its grown stack and the request are freed. For a
 	// connection that idles for hours that is most of its memory.
-	go s.serveClient(c, ch, log)
+	go func() {
+		defer release()
+		s.serveClient(c, ch, log)
+	}()
 }
 
 // serveClient runs a connected client until it is closed, then releases
@@ -147,11 +168,14 @@ func (s *Server) serveClient(c *client, ch *channel, log *slog.Logger) {
 		"messages", delivered, "bytes", bytes)
 }
 
-// originAllowed applies coder/websocket's origin rule (same host, or a host
-// pattern from AllowedOrigins matched with path.Match; a pattern with "://"
-// is matched against scheme://host) so a refusal can be counted and logged.
-// A request without Origin is not from a browser and is allowed; "*" allows
-// every origin.
+// originAllowed applies the same-origin rule (scheme and host:port equal to
+// the request's, the scheme being https when the client reached us over TLS,
+// directly or through a trusted proxy), or a host pattern from
+// AllowedOrigins matched with path.Match (a pattern with "://" is matched
+// against scheme://host), so a refusal can be counted and logged. A request
+// without Origin is not from a browser and is allowed; "*" allows every
+// origin. Same origin alone cannot stop DNS rebinding (there the page's
+// Host and Origin are both the attacker's name): the Host check does.
 func (s *Server) originAllowed(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" {
@@ -161,7 +185,7 @@ func (s *Server) originAllowed(r *http.Request) bool {
 	if err != nil || u.Host == "" {
 		return false
 	}
-	if strings.EqualFold(r.Host, u.Host) {
+	if strings.EqualFold(r.Host, u.Host) && strings.EqualFold(u.Scheme, clientOf(r).scheme) {
 		return true
 	}
 	for _, p := range s.origins {

@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"embed"
 	"encoding/hex"
 	"errors"
@@ -27,6 +28,7 @@ import (
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/health"
 	"github.com/relaydev/relay/shared/metrics"
+	"github.com/relaydev/relay/shared/netguard"
 	"github.com/relaydev/relay/shared/subjects"
 )
 
@@ -70,6 +72,13 @@ type Options struct {
 	Metrics *metrics.Fanout
 	// MetricsHandler is served at GET /metrics; nil leaves the route out.
 	MetricsHandler http.Handler
+	// Upstream, when set, is closed once the publishers feeding this
+	// process have stopped and NATS has confirmed what they published (in
+	// 'relay all': ingest.Server.Drained). Shutdown keeps the clients until
+	// then, and until this connection has received and queued all of it,
+	// so they get every message ingest accepted before 1001. Bounded by
+	// three quarters of ShutdownGrace.
+	Upstream <-chan struct{}
 	// Auth checks the token of each upgrade; nil or disabled lets everyone
 	// watch.
 	Auth *auth.Authenticator
@@ -101,6 +110,8 @@ type Server struct {
 	health   *health.Checker
 	hub      *hub
 	refusals *logLimiter
+	upstream <-chan struct{}
+	guard    *guard
 
 	active atomic.Int64 // upgrades in progress and connected clients, for MaxConnections
 	ran    atomic.Bool
@@ -153,6 +164,7 @@ func New(o Options) (*Server, error) {
 		mux:      http.NewServeMux(),
 		refusals: newLogLimiter(time.Second),
 		clients:  make(map[*client]struct{}),
+		upstream: o.Upstream,
 
 		auth:       o.Auth,
 		authCookie: cmp.Or(o.AuthCookie, DefaultAuthCookie),
@@ -160,6 +172,18 @@ func New(o Options) (*Server, error) {
 	}
 	for _, p := range cfg.AllowedOrigins {
 		s.origins = append(s.origins, strings.ToLower(strings.TrimSpace(p)))
+	}
+	if s.guard, err = newGuard(cfg, s); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("fanout: %w", err)
+	}
+	// tcp -> PROXY header (trusted proxies only) -> header-timeout watch -> TLS.
+	if len(s.guard.proxies) > 0 {
+		s.ln = netguard.ProxyListener(s.ln, s.guard.proxies)
+	}
+	s.ln = watchListener{Listener: s.ln}
+	if s.guard.tls != nil {
+		s.ln = tls.NewListener(s.ln, s.guard.tls)
 	}
 	s.hub = newHub(o.NATS, mapper, o.Metrics, log, cfg.SubPendingMsgs, cfg.SubPendingBytes, cfg.WriteTimeout)
 	s.health = health.New(func() error {
@@ -170,7 +194,9 @@ func New(o Options) (*Server, error) {
 	})
 	s.routes(page, o.MetricsHandler)
 	s.http = &http.Server{
-		Handler:           s.mux,
+		Handler:           s.guard.wrap(s, s.mux),
+		ConnState:         s.connState,
+		ConnContext:       connContext,
 		ReadHeaderTimeout: readHeaderTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		IdleTimeout:       time.Minute,
@@ -305,8 +331,9 @@ func (s *Server) routes(page []byte, metricsHandler http.Handler) {
 // Addr is the address the listener is bound to.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
-// Handler serves every route of the Server; Run serves it on Addr.
-func (s *Server) Handler() http.Handler { return s.mux }
+// Handler serves every route of the Server, behind the Host and address
+// checks; Run serves it on Addr.
+func (s *Server) Handler() http.Handler { return s.http.Handler }
 
 // Ready returns nil while NATS is connected and the Server is not draining.
 func (s *Server) Ready() error { return s.health.Ready() }
@@ -320,7 +347,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if !s.ran.CompareAndSwap(false, true) {
 		return ErrAlreadyRun
 	}
-	s.log.Info("fanout listening", "addr", s.ln.Addr().String())
+	s.log.Info("fanout listening", "addr", s.ln.Addr().String(), "tls", s.guard.tls != nil)
 	served := make(chan error, 1)
 	go func() { served <- s.http.Serve(s.ln) }()
 
@@ -362,6 +389,13 @@ func (s *Server) shutdown() {
 		s.http.Close()
 	}
 	cancel()
+
+	// 2b. Publishers of this process (ingest in 'relay all') may still be
+	// publishing what their senders wrote before the signal: keep the
+	// clients until every accepted message has reached their queues.
+	if s.upstream != nil {
+		s.awaitUpstream(start.Add(s.grace * 3 / 4))
+	}
 
 	// 3. Close every client; an upgrade that registers later closes itself.
 	for _, c := range clients {
@@ -414,6 +448,35 @@ func (s *Server) shutdown() {
 		time.Sleep(10 * time.Millisecond)
 	}
 	s.log.Info("fanout stopped", "took", time.Since(start).Round(time.Millisecond))
+}
+
+// awaitUpstream waits (until by at the latest) for s.upstream to close,
+// then for this connection to receive everything NATS took before that (a
+// flush round trip: the server sends us all earlier messages before the
+// PONG) and for the subscriptions to hand all of it to the clients' queues
+// (a barrier runs after every message already received is processed).
+func (s *Server) awaitUpstream(by time.Time) {
+	t := time.NewTimer(time.Until(by))
+	defer t.Stop()
+	select {
+	case <-s.upstream:
+	case <-t.C:
+		s.log.Warn("publishers still draining at the deadline; closing clients", "waited", s.grace*3/4)
+		return
+	}
+	if err := s.nc.FlushTimeout(max(time.Until(by), 10*time.Millisecond)); err != nil {
+		s.log.Warn("nats flush before closing clients failed; they may miss the last messages", "err", err)
+		return
+	}
+	done := make(chan struct{})
+	if err := s.nc.Barrier(func() { close(done) }); err != nil {
+		return
+	}
+	select {
+	case <-done:
+	case <-t.C:
+		s.log.Warn("subscriptions still delivering at the deadline; closing clients")
+	}
 }
 
 // track counts an upgrade handler unless shutdown has begun.

@@ -32,9 +32,10 @@ const (
 	reasonTooManyConnections = metrics.IngestTooManyConnections
 	reasonPublishFailed      = metrics.IngestPublishFailed
 	reasonShutdown           = metrics.IngestShutdown
-	reasonUnauthorized       = metrics.IngestUnauthorized
-	reasonForbidden          = metrics.IngestForbidden
-	reasonTokenExpired       = metrics.IngestTokenExpired
+	reasonUnauthorized       = metrics.IngestUnauthorized // no, bad or expired token at the handshake
+	reasonForbidden          = metrics.IngestForbidden    // valid token, channel not permitted
+	reasonTokenExpired       = metrics.IngestTokenExpired // the token's exp ended a sending connection
+	reasonUpstream           = metrics.IngestUpstream
 )
 
 // Format header values (docs/architecture.md, NATS). A binary message
@@ -53,42 +54,54 @@ var (
 // senderConn is one TCP sender.
 type senderConn struct {
 	s    *Server
-	conn net.Conn
+	raw  net.Conn // as accepted
 	spec config.Listener
 	br   *bufio.Reader
 
+	// remote is the client: the socket peer, or who a trusted PROXY header names.
+	remote   net.Addr
+	release  func() // gives back the per-address slot; nil if none was taken
+	peerName string // an mTLS sender's certificate common name
+	idle     *idleReader
+	throttle *rate.Limiter // RELAY_INGEST_MAX_RATE; nil: unlimited
+
 	mu       sync.Mutex
-	stopping bool // shutdown set a read deadline: a timeout is the end
-	expired  bool // the token's exp set a read deadline: a timeout is the end
+	conn     net.Conn // raw, or raw wrapped in PROXY and TLS; written under mu
+	stopping bool     // shutdown set a read deadline: a timeout is the end
+	expired  bool     // the token's exp set a read deadline: a timeout is the end
 
 	msgs, bytes int
+	ledger      *ledger // which of msgs NATS has confirmed
 }
 
 func newSenderConn(s *Server, conn net.Conn, spec config.Listener) *senderConn {
-	return &senderConn{s: s, conn: conn, spec: spec}
+	return &senderConn{s: s, raw: conn, conn: conn, spec: spec, remote: conn.RemoteAddr(), throttle: newThrottle(s.cfg.MaxRate), ledger: newLedger(s.k)}
+}
+
+// setConn replaces the connection read from (PROXY and TLS wrappers).
+func (c *senderConn) setConn(nc net.Conn) {
+	c.mu.Lock()
+	c.conn = nc
+	c.mu.Unlock()
 }
 
 // stopReading makes reads end at deadline (shutdown).
 func (c *senderConn) stopReading(deadline time.Time) {
 	c.mu.Lock()
 	c.stopping = true
+	conn := c.conn
 	c.mu.Unlock()
-	c.conn.SetReadDeadline(deadline)
+	conn.SetReadDeadline(deadline)
 }
 
-// setReadDeadline applies t unless shutdown has set its own, shorter one.
+// setReadDeadline applies t unless shutdown or the token's expiry has set
+// its own, shorter one.
 func (c *senderConn) setReadDeadline(t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.stopping {
+	if !c.stopping && !c.expired {
 		c.conn.SetReadDeadline(t)
 	}
-}
-
-func (c *senderConn) isStopping() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.stopping
 }
 
 // expire ends reading when the token expires: the read in progress returns
@@ -108,15 +121,34 @@ func (c *senderConn) isExpired() bool {
 	return c.expired
 }
 
+func (c *senderConn) isStopping() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stopping
+}
+
 // serve runs the connection: handshake (on * listeners), then frame and
 // publish until EOF, an error, or shutdown. It logs once, when it ends.
 func (c *senderConn) serve() {
 	s := c.s
 	s.m.Connections.Inc()
 	defer s.m.Connections.Dec()
-	defer c.conn.Close()
-	remote := c.conn.RemoteAddr().String()
-	c.br = bufio.NewReaderSize(c.conn, s.cfg.ReadBuffer)
+	defer func() {
+		c.conn.Close()
+		if c.release != nil {
+			c.release()
+		}
+	}()
+	if err := c.secure(); err != nil {
+		return
+	}
+	remote := c.remote.String()
+	var r io.Reader = c.conn
+	if c.spec.Idle > 0 {
+		c.idle = &idleReader{c: c, idle: c.spec.Idle}
+		r = c.idle
+	}
+	c.br = bufio.NewReaderSize(r, s.cfg.ReadBuffer)
 
 	channel := c.spec.Channel
 	var id auth.Identity
@@ -130,10 +162,16 @@ func (c *senderConn) serve() {
 	if id.Sub != "" {
 		log = log.With("sub", id.Sub)
 	}
-	log.Debug("sender connected")
+	if c.peerName != "" {
+		log = log.With("cert", c.peerName)
+	}
 	if !id.Expires.IsZero() {
 		t := time.AfterFunc(time.Until(id.Expires), c.expire)
 		defer t.Stop()
+	}
+	log.Debug("sender connected")
+	if c.idle != nil {
+		c.idle.on = true
 	}
 
 	err := c.pump(channel)
@@ -143,20 +181,45 @@ func (c *senderConn) serve() {
 		c.fail(reasonTokenExpired, errTokenExpired, "token expired", "channel", channel, "sub", id.Sub)
 	case err == nil:
 		log.Debug("sender disconnected", "messages", c.msgs, "bytes", c.bytes)
+	case c.idle != nil && isTimeout(err) && !c.isStopping():
+		c.fail(reasonIdleTimeout, err, fmt.Sprintf(replyIdleTimeoutTmpl, c.spec.Idle))
 	case errors.Is(err, ErrTooLarge):
 		c.fail(reasonTooLarge, err, fmt.Sprintf("message too large (max %d bytes)", s.cfg.MaxMessage))
-	case errors.Is(err, ErrTruncated) && c.isStopping():
-		c.fail(reasonShutdown, err, "server shutting down")
+	case c.isStopping() && (isTimeout(err) || errors.Is(err, ErrTruncated) || errors.Is(err, errHeld)):
+		// Shutdown: what was read is published; say how much, once NATS has
+		// confirmed it, so the sender knows exactly where to resume.
+		reply := c.shutdownReply()
+		if errors.Is(err, errHeld) {
+			s.m.Unpublished.Inc(metrics.UnpublishedShutdown)
+			c.fail(reasonShutdown, err, reply)
+			return
+		}
+		c.errLine(reply)
+		log.Info("sender closed at shutdown", "messages", c.msgs, "bytes", c.bytes)
 	case errors.Is(err, ErrTruncated):
 		c.fail(reasonTruncated, err, "truncated frame")
+	case errors.Is(err, errHeld):
+		s.m.Unpublished.Inc(metrics.UnpublishedUpstream)
+		c.fail(reasonUpstream, err, fmt.Sprintf("upstream unavailable: %d messages accepted", c.ledger.confirmed(c.msgs)))
 	case errors.Is(err, errPublish):
-		c.fail(reasonPublishFailed, err, "publish failed; message not delivered")
-	case c.isStopping() && isTimeout(err):
-		c.errLine("server shutting down")
-		log.Info("sender closed at shutdown", "messages", c.msgs, "bytes", c.bytes)
+		s.m.Unpublished.Inc(metrics.UnpublishedPublishFailed)
+		c.fail(reasonPublishFailed, err, fmt.Sprintf("publish failed; message not delivered: %d messages accepted", c.ledger.confirmed(c.msgs)))
 	default:
 		log.Info("sender connection ended", "err", err, "messages", c.msgs, "bytes", c.bytes)
 	}
+}
+
+// shutdownReply confirms this connection's messages with NATS (a flush
+// round trip: the server has processed everything published before it)
+// and words the sender's last line: N is how many of its first messages
+// NATS confirmed, so the sender knows exactly where to resume.
+func (c *senderConn) shutdownReply() string {
+	n := c.ledger.flush(c.msgs, max(time.Until(c.s.flushBy()), 100*time.Millisecond))
+	if n < c.msgs {
+		c.s.logRefusal("shutdown_unconfirmed", "ingest: NATS did not confirm all of a sender's messages at shutdown",
+			"remote", c.conn.RemoteAddr().String(), "published", c.msgs, "confirmed", n)
+	}
+	return fmt.Sprintf("server shutting down: %d messages accepted", n)
 }
 
 var errTokenExpired = errors.New("ingest: token expired")
@@ -170,7 +233,7 @@ func (c *senderConn) handshake() (string, auth.Identity, error) {
 	if err != nil {
 		switch {
 		case c.isStopping() && isTimeout(err):
-			c.fail(reasonShutdown, err, "server shutting down")
+			c.fail(reasonShutdown, err, "server shutting down: 0 messages accepted")
 		case errors.Is(err, ErrBadHandshake):
 			c.fail(reasonBadHandshake, err, strings.TrimPrefix(err.Error(), "ingest: "))
 		case isTimeout(err):
@@ -185,18 +248,13 @@ func (c *senderConn) handshake() (string, auth.Identity, error) {
 		c.refuseAuth(err, h.Channel, id.Sub)
 		return "", id, err
 	}
-	return c.acceptHandshake(h.Channel, id)
-}
-
-// acceptHandshake answers +OK.
-func (c *senderConn) acceptHandshake(channel string, id auth.Identity) (string, auth.Identity, error) {
 	c.setReadDeadline(time.Time{})
-	c.conn.SetWriteDeadline(time.Now().Add(c.s.cfg.HandshakeTimeout))
+	c.conn.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if _, err := c.conn.Write(tcpproto.OKLine); err != nil {
 		return "", id, err
 	}
 	c.conn.SetWriteDeadline(time.Time{})
-	return channel, id, nil
+	return h.Channel, id, nil
 }
 
 // refuseAuth answers a handshake the token does not allow: -ERR
@@ -240,53 +298,112 @@ func (c *senderConn) pump(channel string) error {
 		if text {
 			msg.Header = textHdr
 		}
-		if err := s.publish(msg); err != nil {
+		c.ledger.beforePublish(c.msgs)
+		if err := c.publish(msg); err != nil {
 			return err
 		}
 		c.msgs++
 		c.bytes += len(data)
 		s.m.Messages.Inc()
 		s.m.Bytes.Add(float64(len(data)))
+		if c.throttle != nil && !c.throttle.Allow() {
+			// Over RELAY_INGEST_MAX_RATE: pause before reading on.
+			s.m.Throttled.Inc()
+			if err := c.throttle.Wait(s.hardCtx); err != nil {
+				return nil
+			}
+		}
 	}
 }
 
-var errPublish = errors.New("ingest: publish failed")
+var (
+	errPublish = errors.New("ingest: publish failed")
+	// errHeld: NATS could not take a message for as long as ingest holds
+	// one (RELAY_INGEST_OUTAGE_HOLD, or until the shutdown deadline).
+	errHeld = errors.New("ingest: NATS unavailable")
+)
 
-// publish hands msg to NATS, waiting while NATS cannot take more (the
-// reconnect buffer is full while disconnected). It gives up only when the
-// connection is closed or the shutdown grace runs out.
-func (s *Server) publish(msg *nats.Msg) error {
-	wait := 5 * time.Millisecond
+// publish hands msg to NATS. The connection has no reconnect buffer, so
+// while NATS is down a publish fails at once instead of being buffered and
+// replayed later: the message is held, reading stops (TCP pushes back on
+// the sender), and publishing resumes when NATS is back. Only a message NATS
+// took counts as accepted. Held longer than RELAY_INGEST_OUTAGE_HOLD, or past
+// the shutdown deadline, it fails with errHeld.
+func (c *senderConn) publish(msg *nats.Msg) error {
+	s := c.s
+	var heldSince time.Time
 	for {
-		err := s.nc.PublishMsg(msg)
-		if err == nil {
-			return nil
+		// A stalled confirmation means NATS has stopped answering while the
+		// connection still looks up (a frozen server): publishing more
+		// would only fill socket buffers that may never be read.
+		if !s.k.stalled() {
+			err := s.nc.PublishMsg(msg)
+			if err == nil {
+				if !heldSince.IsZero() {
+					s.m.Held.Dec()
+				}
+				return nil
+			}
+			if permanent(err) {
+				if !heldSince.IsZero() {
+					s.m.Held.Dec()
+				}
+				return fmt.Errorf("%w: %s: %w", errPublish, msg.Subject, err)
+			}
 		}
-		if !errors.Is(err, nats.ErrReconnectBufExceeded) {
-			return fmt.Errorf("%w: %s: %w", errPublish, msg.Subject, err)
+		if heldSince.IsZero() {
+			heldSince = time.Now()
+			s.m.Held.Inc()
+			// Mark what went out on this connection before it dropped, so
+			// the count told later is exact.
+			c.ledger.take(c.msgs)
 		}
 		s.m.PublishRetries.Inc()
-		if err := sleepCtx(s.hardCtx, wait); err != nil {
-			return fmt.Errorf("%w: %s: NATS still unavailable at shutdown deadline", errPublish, msg.Subject)
+		if err := s.waitUpstream(heldSince.Add(s.cfg.OutageHold)); err != nil {
+			s.m.Held.Dec()
+			return fmt.Errorf("%w: %s: held %s: %w", errHeld, msg.Subject, time.Since(heldSince).Round(time.Millisecond), err)
 		}
-		wait = min(2*wait, 500*time.Millisecond)
 	}
+}
+
+// permanent reports publish errors that waiting for NATS cannot cure.
+func permanent(err error) bool {
+	return errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrMaxPayload) ||
+		errors.Is(err, nats.ErrBadSubject) || errors.Is(err, nats.ErrHeadersNotSupported) ||
+		errors.Is(err, nats.ErrInvalidConnection)
 }
 
 // fail tells the sender why it is being closed, counts and logs it (with
 // extra attributes, e.g. channel and sub).
 func (c *senderConn) fail(reason metrics.IngestRefusal, err error, msg string, extra ...any) {
 	c.s.m.Refused.Inc(reason)
-	args := append([]any{"remote", c.conn.RemoteAddr().String(),
+	args := append([]any{"remote", c.remote.String(),
 		"listener", c.spec.Addr, "reason", reason, "err", err, "messages", c.msgs}, extra...)
 	c.s.logRefusal(reason, "ingest: sender closed with error", args...)
 	c.errLine(msg)
 }
 
+// errLine writes the sender's last line, then closes gently: a sender
+// still writing would otherwise have its unread bytes answered with a TCP
+// reset, which can discard the -ERR line before the sender reads it. So
+// ingest half-closes and discards what still arrives for a moment (bounded
+// in time and bytes) before serve closes the connection.
 func (c *senderConn) errLine(msg string) {
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	c.conn.Write(tcpproto.ErrLine(msg))
+	if _, err := c.conn.Write(tcpproto.ErrLine(msg)); err != nil {
+		return
+	}
+	if tc, ok := c.conn.(interface{ CloseWrite() error }); ok && tc.CloseWrite() == nil {
+		c.conn.SetReadDeadline(time.Now().Add(lingerTime))
+		io.Copy(io.Discard, io.LimitReader(c.conn, lingerBytes))
+	}
 }
+
+// lingerTime and lingerBytes bound errLine's gentle close.
+const (
+	lingerTime  = 500 * time.Millisecond
+	lingerBytes = 4 << 20
+)
 
 // logRefusal rate-limits refusal logs per reason: a misbehaving fleet must
 // not flood the log. The counter still counts every one.

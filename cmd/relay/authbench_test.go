@@ -71,7 +71,7 @@ func startAuthBenchServer(b *testing.B, keys testutil.AuthKeys, on bool) (ingest
 	if err != nil {
 		b.Fatal(err)
 	}
-	cfg.Ingest.Listeners = "127.0.0.1:0=*/line"
+	cfg.Ingest.Listeners = config.MustParseListeners("127.0.0.1:0=*/line")
 	cfg.Ingest.HTTPAddr = ""
 	cfg.Fanout.Addr = "127.0.0.1:0"
 	cfg.Ingest.MaxConnections, cfg.Fanout.MaxConnections = 100000, 100000

@@ -45,8 +45,7 @@ func warnOpen(role config.Role, cfg config.Config, log *slog.Logger) {
 	}
 	var open []string
 	if role == config.RoleAll || role == config.RoleIngest {
-		ls, _ := cfg.ParseListeners()
-		for _, l := range ls {
+		for _, l := range cfg.Listeners {
 			if !loopback(l.Addr) {
 				open = append(open, "send "+l.String())
 			}

@@ -65,14 +65,14 @@ func TestBrowserPage(t *testing.T) {
 	if msg := b.eval(t, `document.getElementById("channel-error").hidden ? "" : document.getElementById("channel-error").textContent`); !strings.Contains(msg, "dot") {
 		t.Errorf("invalid channel: error %q, want one about dots", msg)
 	}
-	if m := metricsText(t, base+"/metrics"); strings.Contains(m, `relay_fanout_refused_total{reason="bad_channel"}`) {
+	if m := metricsText(t, base+"/metrics"); !strings.Contains(m, `relay_fanout_refused_total{reason="bad_channel"} 0`) {
 		t.Error("the page tried to open a WebSocket for an invalid channel")
 	}
 
 	// Without ?channel: "default", and how to send to it.
 	b.do(t, chromedp.Navigate(base+"/"))
 	b.waitState(t, "open")
-	wantNC := fmt.Sprintf(`printf 'default\nhello\n' | nc 127.0.0.1 %s`, hsPort)
+	wantNC := fmt.Sprintf(`printf 'default\nhello\n' | nc -q1 127.0.0.1 %s`, hsPort)
 	wantSend := fmt.Sprintf("echo hello | relay send 127.0.0.1:%s default", hsPort)
 	if got := b.eval(t, `document.getElementById("cmd-nc").textContent`); got != wantNC {
 		t.Errorf("nc command %q, want %q", got, wantNC)

@@ -42,7 +42,7 @@ from 1, .Time is the time of sending), e.g. --count 3 --template 'msg {{.N}}'.
 The token (--token, --token-file or RELAY_TOKEN) goes into the handshake line
 only; it is never printed.
 
-Lines the server writes other than its replies (control messages on a
+Lines a line listener writes other than its replies (control messages on a
 control channel) are printed to stdout.
 
 Exit status:
@@ -263,7 +263,11 @@ func (s *sender) handshake(ctx context.Context, tcp *net.TCPConn, replies *bufio
 	}
 	if err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return s.fail("no +OK within %s: is %s a fixed listener? a fixed listener takes no channel line (it may have delivered %q as data on its own channel); drop CHANNEL", s.hsTimeout, s.addr, s.channel), false
+			delivered := fmt.Sprintf("%q", s.channel)
+			if s.token != "" {
+				delivered = fmt.Sprintf("%q and the token (consider the token exposed to that channel's watchers)", s.channel)
+			}
+			return s.fail("no +OK within %s: is %s a fixed listener? a fixed listener takes no channel line (it may have delivered %s as data on its own channel); drop CHANNEL", s.hsTimeout, s.addr, delivered), false
 		}
 		if errors.Is(err, io.EOF) {
 			return s.fail("handshake: the server closed the connection without a reply"), false

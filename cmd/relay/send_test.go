@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -109,6 +110,11 @@ func TestSendChannelToFixedListenerFailsFast(t *testing.T) {
 	// Generous bound (the wait is 3 s); the old behaviour took 10 s.
 	if took > 9*time.Second {
 		t.Errorf("took %s", took)
+	}
+	// With a token the line carried it: say so, without printing it.
+	_, errb, code = runBin(t, "y\n", []string{"RELAY_TOKEN=tok-secret"}, "send", r.fixed, "sensors")
+	if code != 1 || !strings.Contains(errb, "consider the token exposed") || strings.Contains(errb, "tok-secret") {
+		t.Errorf("with a token: exit %d, stderr %q", code, errb)
 	}
 }
 
@@ -220,5 +226,39 @@ func TestSendToken(t *testing.T) {
 	_, errb, code = runBin(t, "", nil, "send", addr, "ch", "--token", "bad token "+secret)
 	if code != 2 || strings.Contains(errb, "secret-part") {
 		t.Fatalf("bad token: exit %d, stderr %q (want 2 and no token)", code, errb)
+	}
+}
+
+// TestSendInteractive: with stdin still open (a terminal, a pipe from a
+// long-running program) each line is sent when it is typed, in every mode,
+// not when a buffer fills or stdin ends.
+func TestSendInteractive(t *testing.T) {
+	t.Parallel()
+	r := startAll(t)
+	for _, tc := range []struct {
+		channel string
+		args    []string
+	}{
+		{"i1", []string{r.hs, "i1"}},
+		{"i2", []string{"--framing", "len32", r.hsLen32, "i2"}},
+		{"i3", []string{"--rate", "1000", r.hs, "i3"}},
+	} {
+		ws := dialWS(t, "ws://"+r.http+"/ws/"+tc.channel)
+		cmd := exec.Command(relayBin, append([]string{"send"}, tc.args...)...)
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var errb syncBuffer
+		cmd.Stderr = &errb
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(stdin, "typed\n")
+		waitMessages(t, ws, "typed") // stdin is still open
+		stdin.Close()
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("%v: %v, stderr %q", tc.args, err, errb.String())
+		}
 	}
 }

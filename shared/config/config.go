@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -30,25 +31,51 @@ const Prefix = "RELAY"
 
 // Common settings are read by every role.
 type Common struct {
-	NATSURL        string        `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222" desc:"comma-separated NATS server URLs (ignored by 'relay all', which embeds its own server)"`
+	NATSURL        string        `envconfig:"NATS_URL" roles:"ingest,fanout" default:"nats://127.0.0.1:4222" desc:"comma-separated NATS server URLs (ignored by 'relay all', which embeds its own server)"`
 	NATSRetry      time.Duration `envconfig:"NATS_RETRY_WINDOW" default:"30s" desc:"how long to keep retrying the first NATS connection before exiting non-zero"`
 	SubjectPrefix  string        `envconfig:"SUBJECT_PREFIX" default:"relay" desc:"channel C travels on NATS subject <prefix>.ch.C"`
 	LogLevel       string        `envconfig:"LOG_LEVEL" default:"info" desc:"log level: debug, info, warn, error"`
 	LogFormat      string        `envconfig:"LOG_FORMAT" default:"text" desc:"log format: text or json"`
 	ShutdownGrace  time.Duration `envconfig:"SHUTDOWN_GRACE" default:"20s" desc:"on SIGTERM, the longest relay takes to drain senders, close receivers and flush NATS before it exits (keep below the orchestrator's kill timeout)"`
-	EmbeddedListen string        `envconfig:"NATS_LISTEN" default:"" desc:"'relay all' only: also serve the embedded NATS server on this host:port (e.g. 127.0.0.1:4222) so other NATS clients can publish; empty = in-process only"`
+	EmbeddedListen string        `envconfig:"NATS_LISTEN" roles:"all" default:"" desc:"'relay all' only: also serve the embedded NATS server on this host:port (e.g. 127.0.0.1:4222) so other NATS clients can publish; empty = in-process only"`
+	// NATSPingInterval and NATSMaxPings bound how long a frozen or
+	// blackholed NATS server goes unnoticed: at most interval x (pings + 1),
+	// 12s by default.
+	NATSPingInterval time.Duration `envconfig:"NATS_PING_INTERVAL" default:"4s" desc:"how often each tier pings its NATS server; a server that leaves RELAY_NATS_MAX_PINGS_OUTSTANDING pings unanswered is treated as lost (readiness 503, ingest stops reading, fanout closes watchers with 1012), so a frozen or blackholed NATS is noticed within interval x (pings + 1): 12s by default"`
+	NATSMaxPings     int           `envconfig:"NATS_MAX_PINGS_OUTSTANDING" default:"2" desc:"unanswered NATS pings after which the connection is declared stale and replaced (see RELAY_NATS_PING_INTERVAL)"`
+
+	AdminAddr  string `envconfig:"ADMIN_ADDR" default:"" desc:"when set, /metrics, /healthz and /readyz are served on this host:port (keep it off the public Service) and no longer on the public ports"`
+	AdminPprof bool   `envconfig:"ADMIN_PPROF" default:"false" desc:"also serve Go's /debug/pprof/ on RELAY_ADMIN_ADDR (needs RELAY_ADMIN_ADDR)"`
+
+	NATSCredsFile    string `envconfig:"NATS_CREDS_FILE" default:"" desc:"NATS credentials file (user JWT and nkey seed) for decentralised auth"`
+	NATSNkeySeedFile string `envconfig:"NATS_NKEY_SEED_FILE" default:"" desc:"file holding an NATS nkey seed (SU...) to authenticate with"`
+	NATSUser         string `envconfig:"NATS_USER" default:"" desc:"NATS user name; the password is read from RELAY_NATS_PASSWORD_FILE"`
+	NATSPasswordFile string `envconfig:"NATS_PASSWORD_FILE" default:"" desc:"file holding the NATS password of RELAY_NATS_USER"`
+	NATSTokenFile    string `envconfig:"NATS_TOKEN_FILE" default:"" desc:"file holding an NATS authentication token"`
+	NATSTLSCAFile    string `envconfig:"NATS_TLS_CA_FILE" default:"" desc:"CA bundle (PEM) to verify the NATS servers' certificates; setting any RELAY_NATS_TLS_* file requires TLS"`
+	NATSTLSCertFile  string `envconfig:"NATS_TLS_CERT_FILE" default:"" desc:"client certificate (PEM) for NATS servers that require one"`
+	NATSTLSKeyFile   string `envconfig:"NATS_TLS_KEY_FILE" default:"" desc:"key (PEM) of RELAY_NATS_TLS_CERT_FILE"`
 }
 
 // Ingest settings are read by 'relay ingest' and 'relay all'.
 type Ingest struct {
-	Listeners        string        `envconfig:"INGEST_LISTENERS" default:":7070=default/line,:7071=*/line" desc:"comma-separated ADDR=CHANNEL/FRAMING; CHANNEL * = handshake listener; FRAMING line, raw or len32"`
+	Listeners        Listeners     `envconfig:"INGEST_LISTENERS" default:":7070=default/line,:7071=*/line" desc:"comma-separated ADDR=CHANNEL/FRAMING[;OPTION]...; CHANNEL * = handshake listener; FRAMING line, raw or len32; OPTIONs tls, mtls, allow=CIDR|..., deny=CIDR|..., proxy, public, idle=DURATION"`
 	HTTPAddr         string        `envconfig:"INGEST_HTTP_ADDR" default:":8081" desc:"ingest /healthz, /readyz and /metrics (in 'relay all' the fanout address serves them too); empty disables"`
 	MaxMessage       int           `envconfig:"INGEST_MAX_MESSAGE" default:"65536" desc:"largest message in bytes; at most the NATS server's max payload. A larger line or len32 frame gets -ERR and the connection is closed; raw framing splits at this size"`
 	HandshakeTimeout time.Duration `envconfig:"INGEST_HANDSHAKE_TIMEOUT" default:"10s" desc:"a handshake listener's sender must send its CHANNEL line within this time"`
 	KeepAlive        time.Duration `envconfig:"INGEST_TCP_KEEPALIVE" default:"30s" desc:"TCP keepalive period for sender connections (0 disables), so dead peers are noticed"`
 	MaxConnections   int           `envconfig:"INGEST_MAX_CONNECTIONS" default:"10000" desc:"most concurrent sender connections per process; more get -ERR and are closed"`
 	ReadBuffer       int           `envconfig:"INGEST_READ_BUFFER" default:"32768" desc:"bytes buffered per sender connection while framing"`
+	OutageHold       time.Duration `envconfig:"INGEST_OUTAGE_HOLD" default:"10s" desc:"while NATS is unreachable ingest accepts nothing (it stops reading, so TCP pushes back on senders); a sender held this long gets '-ERR upstream unavailable: N messages accepted' and is closed"`
 	TextHeader       bool          `envconfig:"INGEST_TEXT_HEADER" default:"false" desc:"also send the NATS header Relay-Format: text with text messages (binary ones always carry Relay-Format: binary); off, text travels without a header, which the contract reads as text, and ingest publishes about twice as fast"`
+
+	MaxConnectionsPerIP int     `envconfig:"INGEST_MAX_CONNECTIONS_PER_IP" default:"100" desc:"most concurrent sender connections from one client address (IPv6: per /64); more get -ERR rate limited. 0 = no per-address cap"`
+	ConnectRatePerIP    string  `envconfig:"INGEST_CONNECT_RATE_PER_IP" default:"100/10s" desc:"new sender connections one client address may open, as N/DURATION (a token bucket of N refilled over DURATION); over it: -ERR rate limited. Empty = no limit"`
+	MaxRate             float64 `envconfig:"INGEST_MAX_RATE" default:"0" desc:"most messages per second one sender connection may publish; past it ingest reads that sender more slowly (TCP pushes back), nothing is dropped. 0 = unlimited"`
+	ProxyTrusted        string  `envconfig:"INGEST_PROXY_TRUSTED" default:"" desc:"comma-separated CIDRs of proxies whose PROXY protocol header a ;proxy listener believes; needed by every ;proxy listener"`
+	TLSCertFile         string  `envconfig:"INGEST_TLS_CERT_FILE" default:"" desc:"certificate (PEM, with chain) of ;tls and ;mtls listeners; re-read when the file changes"`
+	TLSKeyFile          string  `envconfig:"INGEST_TLS_KEY_FILE" default:"" desc:"key (PEM) of RELAY_INGEST_TLS_CERT_FILE"`
+	TLSClientCAFile     string  `envconfig:"INGEST_TLS_CLIENT_CA_FILE" default:"" desc:"CA bundle (PEM) that ;mtls listeners verify sender certificates against; re-read when the file changes"`
 }
 
 // Fanout settings are read by 'relay fanout' and 'relay all'.
@@ -64,6 +91,15 @@ type Fanout struct {
 	SubPendingBytes  int           `envconfig:"FANOUT_SUB_PENDING_BYTES" default:"67108864" desc:"bytes the fanout's NATS subscription may buffer before NATS reports a slow consumer"`
 	CloseOnNATSLoss  bool          `envconfig:"FANOUT_CLOSE_ON_NATS_LOSS" default:"true" desc:"when the fanout's NATS connection drops, close its clients with 1012 so they know messages may have been missed (false: keep them connected through the gap)"`
 	PublicIngestAddr string        `envconfig:"FANOUT_PUBLIC_INGEST_ADDR" default:"" desc:"host:port of the ingest handshake listener as users reach it, shown on the demo page (empty: this host, first handshake listener's port)"`
+
+	MaxConnectionsPerIP int      `envconfig:"FANOUT_MAX_CONNECTIONS_PER_IP" default:"1000" desc:"most concurrent WebSocket clients from one client address (IPv6: per /64); more are closed with 4429. 0 = no per-address cap"`
+	ConnectRatePerIP    string   `envconfig:"FANOUT_CONNECT_RATE_PER_IP" default:"100/10s" desc:"WebSocket upgrades one client address may make, as N/DURATION (token bucket); over it: close 4429. Empty = no limit"`
+	AllowedHosts        []string `envconfig:"FANOUT_ALLOWED_HOSTS" default:"" desc:"comma-separated Host header patterns (path.Match, e.g. relay.example.com, *.example.com; * = any) the fanout answers; others get 403. Empty: on a loopback-only RELAY_FANOUT_ADDR only localhost names and loopback addresses (against DNS rebinding), elsewhere any"`
+	AllowCIDRs          string   `envconfig:"FANOUT_ALLOW_CIDRS" default:"" desc:"comma-separated CIDRs of client addresses allowed to use the fanout (empty: all); others get 403"`
+	DenyCIDRs           string   `envconfig:"FANOUT_DENY_CIDRS" default:"" desc:"comma-separated CIDRs of client addresses refused with 403 (wins over RELAY_FANOUT_ALLOW_CIDRS)"`
+	TrustedProxies      string   `envconfig:"FANOUT_TRUSTED_PROXIES" default:"" desc:"comma-separated CIDRs of proxies whose X-Forwarded-For/Forwarded/X-Forwarded-Proto headers or PROXY protocol header are believed; from anyone else the socket peer is the client"`
+	TLSCertFile         string   `envconfig:"FANOUT_TLS_CERT_FILE" default:"" desc:"certificate (PEM, with chain): serve https/wss on RELAY_FANOUT_ADDR; re-read when the file changes"`
+	TLSKeyFile          string   `envconfig:"FANOUT_TLS_KEY_FILE" default:"" desc:"key (PEM) of RELAY_FANOUT_TLS_CERT_FILE"`
 }
 
 // Auth settings say who may send and watch (docs/architecture.md,
@@ -89,37 +125,94 @@ type Config struct {
 	Auth
 }
 
-// Load reads the environment. Unparseable values are all reported (joined),
-// and the rest of the config is still filled in from defaults so that
-// Validate can report its problems in the same run.
+// Load reads the RELAY_* variables from the environment (and nothing else: not
+// the unprefixed names envconfig would fall back to, so a NATS_URL or
+// LOG_LEVEL meant for another program is never taken). It never changes the
+// environment. Every unparseable value is reported (joined, each a *VarError);
+// such a variable keeps its default, so that Validate can report its own
+// problems in the same run.
 func Load() (Config, error) {
 	var c Config
 	var errs []error
-	// envconfig stops at the first unparseable value. To report them all at
-	// once, note the bad variable, hide it for the next pass and try again;
-	// everything is restored before returning.
-	hidden := map[string]string{}
-	defer func() {
-		for k, v := range hidden {
-			os.Setenv(k, v)
+	for _, f := range fields(&c) {
+		value, set := os.LookupEnv(f.name)
+		if err := f.load(value, set); err != nil {
+			errs = append(errs, &VarError{Name: f.name, Value: value, Err: err})
+			f.load("", false)
 		}
-	}()
-	for range 64 {
-		c = Config{}
-		err := envconfig.Process(Prefix, &c)
-		if err == nil {
-			break
-		}
-		var pe *envconfig.ParseError
-		if !errors.As(err, &pe) {
-			errs = append(errs, err)
-			break
-		}
-		errs = append(errs, fmt.Errorf("%s=%q: not a valid %s", pe.KeyName, pe.Value, pe.TypeName))
-		hidden[pe.KeyName] = os.Getenv(pe.KeyName)
-		os.Unsetenv(pe.KeyName)
 	}
 	return c, errors.Join(errs...)
+}
+
+// VarError is a variable whose value could not be parsed.
+type VarError struct {
+	Name, Value string
+	Err         error
+}
+
+func (e *VarError) Error() string {
+	if _, ok := e.Err.(listenerErrors); ok {
+		return e.Err.Error() // names the variable and each bad entry itself
+	}
+	return fmt.Sprintf("%s=%q: %v", e.Name, e.Value, e.Err)
+}
+
+func (e *VarError) Unwrap() error { return e.Err }
+
+// field is one RELAY_* variable of a Config being loaded.
+type field struct {
+	name  string // RELAY_...
+	tag   reflect.StructTag
+	value reflect.Value // settable
+}
+
+// fields lists c's variables, in declaration order.
+func fields(c *Config) []field {
+	var out []field
+	for _, group := range []reflect.Value{reflect.ValueOf(&c.Common).Elem(), reflect.ValueOf(&c.Ingest).Elem(), reflect.ValueOf(&c.Fanout).Elem(), reflect.ValueOf(&c.Auth).Elem()} {
+		for i := range group.NumField() {
+			sf := group.Type().Field(i)
+			if name, ok := sf.Tag.Lookup("envconfig"); ok {
+				out = append(out, field{name: Prefix + "_" + name, tag: sf.Tag, value: group.Field(i)})
+			}
+		}
+	}
+	return out
+}
+
+// load sets the field from value (from its default when not set), parsed by
+// envconfig: a one-field struct is processed whose key is the variable's full
+// name, or, for the default, a key no environment can hold (it contains '=').
+func (f field) load(value string, set bool) error {
+	key := f.name
+	if !set {
+		key = "=" + f.name
+	}
+	tag := fmt.Sprintf(`envconfig:%q default:%q`, key, f.tag.Get("default"))
+	one := reflect.New(reflect.StructOf([]reflect.StructField{{Name: "V", Type: f.value.Type(), Tag: reflect.StructTag(tag)}}))
+	err := envconfig.Process("", one.Interface())
+	var pe *envconfig.ParseError
+	if errors.As(err, &pe) {
+		return explain(f.value.Type(), pe.Err)
+	}
+	if err != nil {
+		return err
+	}
+	f.value.Set(one.Elem().Field(0))
+	return nil
+}
+
+// explain says what a value of type t looks like, with an example.
+func explain(t reflect.Type, err error) error {
+	switch {
+	case t == reflect.TypeFor[time.Duration]():
+		return errors.New("not a duration: write a number with a unit, e.g. 30s, 1m30s, 500ms or 2h")
+	case t.Kind() == reflect.Int:
+		return errors.New("not a whole number (e.g. 65536)")
+	case t.Kind() == reflect.Bool:
+		return errors.New("not true or false")
+	}
+	return err
 }
 
 // Role names which parts of the config a subcommand uses.
@@ -157,12 +250,19 @@ func (c Config) Validate(role Role) error {
 	if c.ShutdownGrace <= 0 {
 		add("RELAY_SHUTDOWN_GRACE=%s: must be positive", c.ShutdownGrace)
 	}
+	if c.NATSPingInterval < 100*time.Millisecond {
+		add("RELAY_NATS_PING_INTERVAL=%s: must be at least 100ms", c.NATSPingInterval)
+	}
+	if c.NATSMaxPings < 1 {
+		add("RELAY_NATS_MAX_PINGS_OUTSTANDING=%d: must be at least 1", c.NATSMaxPings)
+	}
 	if role == RoleAll && c.EmbeddedListen != "" {
 		if err := checkAddr(c.EmbeddedListen); err != nil {
 			add("RELAY_NATS_LISTEN=%q: %v", c.EmbeddedListen, err)
 		}
 	}
 
+	errs = append(errs, c.Common.validateNet())
 	if role == RoleAll || role == RoleIngest {
 		errs = append(errs, c.Ingest.Validate())
 	}
@@ -173,6 +273,7 @@ func (c Config) Validate(role Role) error {
 	if role == RoleAll || role == RoleFanout {
 		errs = append(errs, c.Fanout.Validate())
 	}
+	errs = append(errs, c.clashes(role)...)
 	return errors.Join(errs...)
 }
 
@@ -226,8 +327,8 @@ func checkAddr(addr string) error {
 func (i Ingest) Validate() error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if _, err := ParseListeners(i.Listeners); err != nil {
-		errs = append(errs, err)
+	if len(i.Listeners) == 0 {
+		add("RELAY_INGEST_LISTENERS: no listeners")
 	}
 	if i.HTTPAddr != "" {
 		if err := checkAddr(i.HTTPAddr); err != nil {
@@ -243,12 +344,16 @@ func (i Ingest) Validate() error {
 	if i.KeepAlive < 0 {
 		add("RELAY_INGEST_TCP_KEEPALIVE=%s: must not be negative", i.KeepAlive)
 	}
+	if i.OutageHold <= 0 {
+		add("RELAY_INGEST_OUTAGE_HOLD=%s: must be positive", i.OutageHold)
+	}
 	if i.MaxConnections < 1 {
 		add("RELAY_INGEST_MAX_CONNECTIONS=%d: must be at least 1", i.MaxConnections)
 	}
 	if i.ReadBuffer < 4096 || i.ReadBuffer > 16<<20 {
 		add("RELAY_INGEST_READ_BUFFER=%d: must be between 4096 and %d", i.ReadBuffer, 16<<20)
 	}
+	errs = append(errs, i.validateNet())
 	return errors.Join(errs...)
 }
 
@@ -290,6 +395,7 @@ func (f Fanout) Validate() error {
 			add("RELAY_FANOUT_PUBLIC_INGEST_ADDR=%q: %v", f.PublicIngestAddr, err)
 		}
 	}
+	errs = append(errs, f.validateNet())
 	return errors.Join(errs...)
 }
 
@@ -330,12 +436,8 @@ func (a Auth) Validate() error {
 // send under RELAY_AUTH=jwt: it carries no token, so it must be marked
 // public (or be restricted by the transport options) to be kept.
 func (c Config) openFixedListeners() error {
-	ls, err := ParseListeners(c.Listeners)
-	if err != nil {
-		return nil // reported by Ingest.Validate
-	}
 	var errs []error
-	for _, l := range ls {
+	for _, l := range c.Listeners {
 		if err := l.CheckAuth(); err != nil {
 			errs = append(errs, err)
 		}

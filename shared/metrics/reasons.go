@@ -26,15 +26,41 @@ const (
 	IngestTooManyConnections IngestRefusal = "too_many_connections" // over RELAY_INGEST_MAX_CONNECTIONS
 	IngestPublishFailed      IngestRefusal = "publish_failed"       // NATS would not take a message
 	IngestShutdown           IngestRefusal = "shutdown"             // closed or refused while draining
-	IngestUnauthorized       IngestRefusal = "unauthorized"         // no, bad or expired token at the handshake
-	IngestForbidden          IngestRefusal = "forbidden"            // valid token, channel not permitted
-	IngestTokenExpired       IngestRefusal = "token_expired"        // the token's exp ended a sending connection
+	IngestUpstream           IngestRefusal = "upstream_unavailable" // NATS unreachable for RELAY_INGEST_OUTAGE_HOLD
+
+	IngestDenied        IngestRefusal = "denied"                      // outside the listener's allow=, or in its deny=
+	IngestRateLimited   IngestRefusal = "rate_limited"                // over RELAY_INGEST_CONNECT_RATE_PER_IP
+	IngestTooManyFromIP IngestRefusal = "too_many_connections_per_ip" // over RELAY_INGEST_MAX_CONNECTIONS_PER_IP
+	IngestProxyHeader   IngestRefusal = "proxy_header"                // PROXY header missing, malformed, slow or untrusted
+	IngestTLSHandshake  IngestRefusal = "tls_handshake"               // TLS handshake failed (no or bad client certificate, not TLS)
+	IngestIdleTimeout   IngestRefusal = "idle_timeout"                // nothing received for the listener's idle=
+
+	IngestUnauthorized IngestRefusal = "unauthorized"  // no, bad or expired token at the handshake
+	IngestForbidden    IngestRefusal = "forbidden"     // valid token, channel not permitted
+	IngestTokenExpired IngestRefusal = "token_expired" // the token's exp ended a sending connection
 )
 
 // IngestRefusals lists every IngestRefusal, in the order the help text shows them.
 func IngestRefusals() []IngestRefusal {
 	return []IngestRefusal{IngestBadHandshake, IngestHandshakeTimeout, IngestTooLarge, IngestTruncated,
-		IngestTooManyConnections, IngestPublishFailed, IngestShutdown, IngestUnauthorized, IngestForbidden, IngestTokenExpired}
+		IngestTooManyConnections, IngestPublishFailed, IngestShutdown, IngestUpstream,
+		IngestDenied, IngestRateLimited, IngestTooManyFromIP, IngestProxyHeader, IngestTLSHandshake, IngestIdleTimeout,
+		IngestUnauthorized, IngestForbidden, IngestTokenExpired}
+}
+
+// IngestUnpublished is a value of relay_ingest_unpublished_total{reason}:
+// why a message read from a sender was never published.
+type IngestUnpublished string
+
+const (
+	UnpublishedUpstream      IngestUnpublished = "upstream_unavailable" // NATS unreachable for RELAY_INGEST_OUTAGE_HOLD
+	UnpublishedShutdown      IngestUnpublished = "shutdown"             // still held at the shutdown deadline
+	UnpublishedPublishFailed IngestUnpublished = "publish_failed"       // the NATS connection closed for good
+)
+
+// IngestUnpublishedReasons lists every IngestUnpublished, in the order the help text shows them.
+func IngestUnpublishedReasons() []IngestUnpublished {
+	return []IngestUnpublished{UnpublishedUpstream, UnpublishedShutdown, UnpublishedPublishFailed}
 }
 
 // FanoutRefusal is a value of relay_fanout_refused_total{reason}.
@@ -47,14 +73,23 @@ const (
 	FanoutDraining        FanoutRefusal = "draining"             // shutting down
 	FanoutSubscribeFailed FanoutRefusal = "subscribe_failed"     // NATS subscription could not be made
 	FanoutBadRequest      FanoutRefusal = "bad_request"          // not a WebSocket upgrade, or a bad one
-	FanoutUnauthorized    FanoutRefusal = "unauthorized"         // no, bad or expired token (closed 4401 after the upgrade)
-	FanoutForbidden       FanoutRefusal = "forbidden"            // valid token, channel not permitted (closed 4403)
+	FanoutNATSDown        FanoutRefusal = "nats_disconnected"    // no NATS connection: upgraded, then closed 1012
+
+	FanoutBadHost       FanoutRefusal = "bad_host"                    // Host not in RELAY_FANOUT_ALLOWED_HOSTS (DNS rebinding)
+	FanoutDenied        FanoutRefusal = "denied"                      // client address outside the CIDR rules
+	FanoutRateLimited   FanoutRefusal = "rate_limited"                // over RELAY_FANOUT_CONNECT_RATE_PER_IP (4429)
+	FanoutTooManyFromIP FanoutRefusal = "too_many_connections_per_ip" // over RELAY_FANOUT_MAX_CONNECTIONS_PER_IP (4429)
+	FanoutHeaderTimeout FanoutRefusal = "header_timeout"              // request headers not complete in time (slowloris)
+
+	FanoutUnauthorized FanoutRefusal = "unauthorized" // no, bad or expired token (closed 4401 after the upgrade)
+	FanoutForbidden    FanoutRefusal = "forbidden"    // valid token, channel not permitted (closed 4403)
 )
 
 // FanoutRefusals lists every FanoutRefusal, in the order the help text shows them.
 func FanoutRefusals() []FanoutRefusal {
 	return []FanoutRefusal{FanoutBadChannel, FanoutBadOrigin, FanoutTooMany, FanoutDraining,
-		FanoutSubscribeFailed, FanoutBadRequest, FanoutUnauthorized, FanoutForbidden}
+		FanoutSubscribeFailed, FanoutBadRequest, FanoutNATSDown, FanoutBadHost, FanoutDenied, FanoutRateLimited, FanoutTooManyFromIP,
+		FanoutHeaderTimeout, FanoutUnauthorized, FanoutForbidden}
 }
 
 // FanoutDisconnect is a value of relay_fanout_disconnects_total{reason}.
@@ -70,13 +105,14 @@ const (
 	DisconnectShutdown         FanoutDisconnect = "shutdown"           // server draining (1001)
 	DisconnectNATSLost         FanoutDisconnect = "nats_disconnected"  // fanout lost NATS (1012)
 	DisconnectTokenExpired     FanoutDisconnect = "token_expired"      // the token's exp passed (4401)
+	DisconnectProtocolError    FanoutDisconnect = "protocol_error"     // the client broke RFC 6455 (1002)
 )
 
 // FanoutDisconnects lists every FanoutDisconnect, in the order the help text shows them.
 func FanoutDisconnects() []FanoutDisconnect {
 	return []FanoutDisconnect{DisconnectClientClosed, DisconnectSlowConsumer, DisconnectNATSSlowConsumer,
 		DisconnectClientData, DisconnectWriteError, DisconnectPingTimeout, DisconnectShutdown, DisconnectNATSLost,
-		DisconnectTokenExpired}
+		DisconnectProtocolError, DisconnectTokenExpired}
 }
 
 // SlowConsumerKind is a value of relay_fanout_slow_consumers_total{kind}.
@@ -135,7 +171,14 @@ type ReasonCounter[T ~string] struct{ vec *prometheus.CounterVec }
 
 func newReasonCounter[T ~string](opts prometheus.CounterOpts, label, help string, all []T) *ReasonCounter[T] {
 	opts.Help = help + " by " + label + " " + listing(all) + "."
-	return &ReasonCounter[T]{vec: prometheus.NewCounterVec(opts, []string{label})}
+	vec := prometheus.NewCounterVec(opts, []string{label})
+	// Every reason is served from the start, at 0: Prometheus's increase()
+	// and rate() need a sample before the first event to count it, so an
+	// alert on a reason's first occurrence after a restart would miss it.
+	for _, r := range all {
+		vec.WithLabelValues(string(r))
+	}
+	return &ReasonCounter[T]{vec: vec}
 }
 
 // Inc counts one event for reason r.

@@ -12,9 +12,16 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/relaydev/relay/shared/metrics"
+)
+
+// Defaults of Options.PingInterval and Options.MaxPingsOut.
+const (
+	DefaultPingInterval = 4 * time.Second
+	DefaultMaxPingsOut  = 2
 )
 
 // ErrUnreachable is returned when no server answered within the retry window.
@@ -32,6 +39,17 @@ type Options struct {
 	RetryWindow time.Duration
 	// Logger receives connection events. Defaults to slog.Default().
 	Logger *slog.Logger
+	// PingInterval is how often the client pings the server; after
+	// MaxPingsOut unanswered pings the connection is declared stale and
+	// replaced, exactly like a dropped one. A frozen or blackholed server is
+	// so noticed within PingInterval x (MaxPingsOut + 1). Default 4s and 2.
+	PingInterval time.Duration
+	MaxPingsOut  int
+	// NoReconnectBuffer makes a publish fail at once while the connection
+	// is down, instead of buffering it in nats.go's reconnect buffer and
+	// replaying the buffer as a burst on reconnect. Ingest sets it: it
+	// accepts no message it cannot hand to NATS.
+	NoReconnectBuffer bool
 	// OnEvent, when set, is called on each connection event.
 	OnEvent func(event metrics.NATSEvent)
 	// Extra options appended last (tests, tuning).
@@ -49,6 +67,12 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 	if o.RetryWindow <= 0 {
 		o.RetryWindow = 30 * time.Second
 	}
+	if o.PingInterval <= 0 {
+		o.PingInterval = DefaultPingInterval
+	}
+	if o.MaxPingsOut <= 0 {
+		o.MaxPingsOut = DefaultMaxPingsOut
+	}
 	event := func(e metrics.NATSEvent) {
 		if o.OnEvent != nil {
 			o.OnEvent(e)
@@ -60,8 +84,12 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 		nats.ReconnectWait(500 * time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
 		nats.Timeout(5 * time.Second),
-		nats.PingInterval(20 * time.Second),
-		nats.MaxPingsOutstanding(3),
+		nats.PingInterval(o.PingInterval),
+		nats.MaxPingsOutstanding(o.MaxPingsOut),
+		// A write to a frozen server blocks while holding the connection's
+		// lock, which also holds up the ping timer: bound it by the same
+		// budget as the pings (nats.go's default is a minute).
+		nats.FlusherTimeout(o.PingInterval * time.Duration(o.MaxPingsOut)),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err == nil { // our own Close or Drain
 				log.Debug("nats connection closed")
@@ -75,6 +103,9 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 			event(metrics.NATSReconnect)
 		}),
 		nats.ClosedHandler(func(*nats.Conn) { event(metrics.NATSClosed) }),
+	}
+	if o.NoReconnectBuffer {
+		opts = append(opts, nats.ReconnectBufSize(-1))
 	}
 	if o.InProcess != nil {
 		opts = append(opts, nats.InProcessServer(o.InProcess))
@@ -90,7 +121,7 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 	for attempt := 1; ; attempt++ {
 		nc, err := nats.Connect(url, opts...)
 		if err == nil {
-			log.Info("nats connected", "url", nc.ConnectedUrlRedacted(), "name", o.Name)
+			log.Info("nats connected", "url", where(nc, o.InProcess), "name", o.Name)
 			return nc, nil
 		}
 		if time.Now().Add(wait).After(deadline) {
@@ -104,6 +135,20 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 		}
 		wait = min(wait*2, 2*time.Second)
 	}
+}
+
+// where names the server a connection reached, for logs. An in-process
+// connection reports nats.go's default URL, where nothing may listen: say
+// "in-process" instead, or, when the embedded server also listens
+// (RELAY_NATS_LISTEN), the address other NATS clients can reach it on.
+func where(nc *nats.Conn, inProcess nats.InProcessConnProvider) string {
+	if inProcess == nil {
+		return nc.ConnectedUrlRedacted()
+	}
+	if s, ok := inProcess.(*server.Server); ok && s.Addr() != nil {
+		return "nats://" + s.Addr().String()
+	}
+	return "in-process"
 }
 
 func joinURLs(urls []string) string {

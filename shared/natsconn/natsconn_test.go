@@ -1,9 +1,11 @@
 package natsconn
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -114,5 +116,35 @@ func TestEmbeddedPortInUse(t *testing.T) {
 	if srv, err := StartEmbedded(EmbeddedOptions{Listen: l.Addr().String()}); err == nil {
 		srv.Shutdown()
 		t.Fatal("StartEmbedded on a busy port succeeded")
+	}
+}
+
+// TestConnectLogsWhereNATSIs: an in-process connection is logged as
+// "in-process", not as nats.go's default URL where nothing listens; when the
+// embedded server also listens, as the address it listens on.
+func TestConnectLogsWhereNATSIs(t *testing.T) {
+	t.Parallel()
+	for _, listen := range []string{"", "127.0.0.1:0"} {
+		t.Run("listen="+listen, func(t *testing.T) {
+			t.Parallel()
+			srv, err := StartEmbedded(EmbeddedOptions{Listen: listen})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+			var buf bytes.Buffer
+			nc, err := Connect(context.Background(), Options{InProcess: srv, Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			nc.Close()
+			want := "url=in-process"
+			if listen != "" {
+				want = "url=nats://" + srv.Addr().String()
+			}
+			if !strings.Contains(buf.String(), want+" ") || strings.Contains(buf.String(), "4222") {
+				t.Errorf("log %q, want %s", buf.String(), want)
+			}
+		})
 	}
 }

@@ -36,14 +36,10 @@ var OKLine = []byte(OK + "\n")
 // ErrLine is the whole reply that refuses a sender with reason. Line breaks in
 // reason become spaces: a reply is exactly one line.
 func ErrLine(reason string) []byte {
-	reason = strings.Map(func(r rune) rune {
-		if r == '\n' || r == '\r' {
-			return ' '
-		}
-		return r
-	}, reason)
-	return []byte(Err + " " + reason + "\n")
+	return []byte(Err + " " + oneLine.Replace(reason) + "\n")
 }
+
+var oneLine = strings.NewReplacer("\n", " ", "\r", " ")
 
 // AckLine is the reply that reports n messages stored.
 func AckLine(n uint64) []byte {

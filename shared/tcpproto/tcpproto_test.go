@@ -142,3 +142,23 @@ func FuzzHandshake(f *testing.F) {
 		}
 	})
 }
+
+// FuzzReply: any reason survives ErrLine and ParseReply as one line, and
+// ParseReply classifies any input without panicking.
+func FuzzReply(f *testing.F) {
+	for _, s := range []string{"", "too large", "a\nb", "+OK", "-ERR x", "+ACK 1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		ParseReply(s)
+		line := string(ErrLine(s))
+		if strings.Count(line, "\n") != 1 || !strings.HasSuffix(line, "\n") {
+			t.Fatalf("ErrLine(%q) = %q is not one line", s, line)
+		}
+		r := ParseReply(line)
+		want := strings.NewReplacer("\n", " ", "\r", " ").Replace(s)
+		if r.Kind != ReplyErr || r.Reason != want {
+			t.Fatalf("ErrLine(%q) parses as %+v", s, r)
+		}
+	})
+}

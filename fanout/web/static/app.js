@@ -265,8 +265,9 @@
     const host = addr ? addr.host : "HOST";
     const port = addr ? addr.port : "7071";
     const hostPort = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
-    // Valid channel names need no shell quoting.
-    ui.cmdNc.textContent = `printf '${name}\\nhello\\n' | nc ${host} ${port}`;
+    // Valid channel names need no shell quoting. -q1: netcat-openbsd (Debian's
+    // nc) would otherwise wait forever after stdin ends.
+    ui.cmdNc.textContent = `printf '${name}\\nhello\\n' | nc -q1 ${host} ${port}`;
     ui.cmdSend.textContent = `echo hello | relay send ${hostPort} ${name}`;
     ui.cmdWatch.textContent = `relay watch ${wsURL(name)}`;
     ui.ingestNote.hidden = addr !== null;
