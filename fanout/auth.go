@@ -98,7 +98,7 @@ func (s *Server) refuseAuth(w http.ResponseWriter, r *http.Request, err error, c
 	}
 	s.m.Refused.Inc(reason)
 	s.m.AuthRefused.Inc(metrics.AuthReason(string(ref.Reason)))
-	if n, ok := s.refusals.allow(string(reason)); ok {
+	if n, ok := s.refusals.Allow(string(reason)); ok {
 		s.log.Info("upgrade refused", "reason", reason, "code", int(code), "detail", ref.Text, "channel", channel,
 			"sub", sub, "remote", clientOf(r).addr.String(), "origin", r.Header.Get("Origin"), "suppressed", n)
 	}

@@ -411,7 +411,8 @@ func TestValuesListEveryVariable(t *testing.T) {
 	deliberate := map[string]string{
 		"RELAY_NATS_URL":   "", // computed: the bundled NATS Service
 		"RELAY_LOG_FORMAT": "json",
-		"RELAY_AUTH":       "", // computed: auth.mode
+		"RELAY_AUTH":       "",      // computed: auth.mode
+		"RELAY_ADMIN_ADDR": ":8090", // metrics and health off the public ports
 	}
 	vars := relayVars(t)
 	for _, v := range vars {

@@ -236,6 +236,19 @@ func TestAuthRefusesOpenFixedListeners(t *testing.T) {
 	}
 }
 
+// The default NATS ping settings notice a frozen or blackholed server
+// within 15 s (issue 11): interval x (max outstanding + 1).
+func TestDefaultPingsNoticeAFreezeWithin15s(t *testing.T) {
+	t.Parallel()
+	c, err := Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := c.NATSPingInterval * time.Duration(c.NATSMaxPings+1); d > 15*time.Second {
+		t.Fatalf("RELAY_NATS_PING_INTERVAL x (RELAY_NATS_MAX_PINGS_OUTSTANDING + 1) = %s, want <= 15s", d)
+	}
+}
+
 func TestUnknownVariables(t *testing.T) {
 	t.Parallel()
 	got := Unknown([]string{

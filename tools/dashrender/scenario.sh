@@ -5,7 +5,7 @@
 # deploy/helm/relay/files/alerts.yaml, through a sequence of faults. Then
 # tools/dashrender draws the dashboard's panels from that Prometheus.
 #
-#   bash tools/dashrender/scenario.sh            # ~17 minutes; ports 28000-28999
+#   bash tools/dashrender/scenario.sh            # ~13 minutes; ports 28000-28999
 #
 # Needs: go, Debian's prometheus and chromium, nc. Every process it starts
 # is stopped at the end (by PID). Alert states are saved next to the image.
@@ -24,6 +24,12 @@ cleanup() {
 	wait 2>/dev/null || true
 }
 trap cleanup EXIT
+trap 'exit 1' INT TERM
+# A signal interrupts wait at once (a foreground sleep would delay the cleanup).
+pause() {
+	sleep "$1" &
+	wait $!
+}
 
 cd "$ROOT"
 go build -o "$W/relay" ./cmd/relay
@@ -36,7 +42,7 @@ start_nats() {
 	pids+=("$NATS_PID")
 }
 start_nats
-sleep 1
+pause 1
 export RELAY_NATS_URL=nats://127.0.0.1:$NATS RELAY_LOG_LEVEL=info
 RELAY_INGEST_LISTENERS="127.0.0.1:$FIXED=default/line,127.0.0.1:$HS=*/line" RELAY_INGEST_HTTP_ADDR=127.0.0.1:$INGEST_HTTP \
 	RELAY_INGEST_MAX_CONNECTIONS=60 "$W/relay" ingest >>"$W/ingest.log" 2>&1 &
@@ -64,53 +70,55 @@ pids+=($!)
 START=$(date -u +%s)
 log "workdir $W; prometheus http://127.0.0.1:$PROM"
 
-# Steady load, restarted every minute so receivers closed by a fault come back.
+# Steady load, restarted every 2 minutes so receivers closed by a fault come back.
 load() { # name fanout-port receivers rate [extra flags]
 	local name=$1 port=$2 r=$3 rate=$4
 	shift 4
 	while :; do
 		"$W/relay" bench --quiet --ingest 127.0.0.1:$HS --fanout 127.0.0.1:$port --senders 2 --channels 4 \
-			--receivers "$r" --rate "$rate" --warmup 0s --duration 60s "$@" >>"$W/bench-$name.log" 2>&1 || sleep 2
+			--receivers "$r" --rate "$rate" --warmup 0s --duration 120s "$@" >>"$W/bench-$name.log" 2>&1 || sleep 2
 	done
 }
 load a $FAN_A 160 800 &
 pids+=($!)
 load b $FAN_B 120 400 &
 pids+=($!)
-sleep 150
+pause 150
 
-log "fault: nats-server killed (SIGKILL) for 20 s"
+log "fault: nats-server killed (SIGKILL) for 75 s"
 kill -KILL "$NATS_PID"
-sleep 20
+pause 75
 start_nats
-sleep 100
+pause 100
 
 log "fault: senders with bad handshakes, and more sender connections than RELAY_INGEST_MAX_CONNECTIONS"
 for _ in $(seq 600); do printf 'bad channel!\n' | timeout 2 nc -q1 127.0.0.1 $HS >/dev/null 2>&1 || true; sleep 0.2; done &
 pids+=($!)
-for i in $(seq 70); do (printf 'idle.%d\n' "$i"; sleep 150) | nc 127.0.0.1 $HS >/dev/null 2>&1 & pids+=($!); done
-sleep 150
+for i in $(seq 70); do (printf 'idle.%d\n' "$i"; sleep 150) | nc -q1 127.0.0.1 $HS >/dev/null 2>&1 & pids+=($!); done
+pause 150
 
-log "fault: receivers that stop reading, a burst, and more receivers than fanout B allows"
-"$W/relay" bench --quiet --ingest 127.0.0.1:$HS --fanout 127.0.0.1:$FAN_B --receivers 200 --slow 0.3 --rate 2000 \
+log "fault: receivers that stop reading and a burst (fanout A), more receivers than fanout B allows"
+"$W/relay" bench --quiet --ingest 127.0.0.1:$HS --fanout 127.0.0.1:$FAN_A --receivers 100 --slow 0.3 --rate 2000 \
 	--warmup 0s --duration 60s >>"$W/bench-slow.log" 2>&1 &
 pids+=($!)
-for i in 1 2 3 4; do "$W/relay" watch "ws://127.0.0.1:$FAN_B/ws/burst" >/dev/null 2>&1 & pids+=($!); done
-sleep 5
+for i in 1 2 3 4; do "$W/relay" watch "ws://127.0.0.1:$FAN_A/ws/burst" >/dev/null 2>&1 & pids+=($!); done
+"$W/relay" bench --quiet --ingest 127.0.0.1:$HS --fanout 127.0.0.1:$FAN_B --idle --receivers 250 >>"$W/bench-limit.log" 2>&1 &
+pids+=($!)
+pause 5
 seq 1 400000 | "$W/relay" send 127.0.0.1:$HS burst >/dev/null 2>&1 || true
-sleep 110
+pause 110
 
 log "fault: nats-server frozen (SIGSTOP) for 30 s"
 kill -STOP "$NATS_PID"
-sleep 30
+pause 30
 kill -CONT "$NATS_PID"
-sleep 150
+pause 150
 
 END=$(date -u +%s)
 log "rendering $(((END - START) / 60)) minutes"
 "$W/dashrender" -dashboard deploy/grafana/relay-dashboard.json -prometheus http://127.0.0.1:$PROM \
 	-range "$((END - START))s" -out "$W/dashboard.html" -png "$OUT" \
-	-note "tools/dashrender/scenario.sh: nats-server, 1 ingest, 2 fanouts, relay bench; NATS killed 20 s, bad senders, ingest at its connection limit, slow receivers + a burst, NATS frozen 30 s"
+	-note "tools/dashrender/scenario.sh: nats-server, 1 ingest, 2 fanouts, relay bench; NATS killed 75 s, bad senders, ingest at its connection limit, slow receivers + a burst, NATS frozen 30 s"
 curl -s "http://127.0.0.1:$PROM/api/v1/query_range" --data-urlencode 'query=ALERTS{alertstate="firing"}' \
 	--data-urlencode "start=$START" --data-urlencode "end=$END" --data-urlencode step=15 >"$W/alerts.json"
 log "screenshot $OUT; alerts that fired: $W/alerts.json"
