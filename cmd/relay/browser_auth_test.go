@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -88,14 +87,4 @@ func (b *browser) evalBool(t *testing.T, expr string) bool {
 		t.Fatalf("evaluating %s: %v", expr, err)
 	}
 	return v
-}
-
-func grepLines(text, prefix string) string {
-	var out []string
-	for _, l := range strings.Split(text, "\n") {
-		if strings.HasPrefix(l, prefix) {
-			out = append(out, l)
-		}
-	}
-	return fmt.Sprint(out)
 }
