@@ -79,6 +79,9 @@ type Options struct {
 	// so they get every message ingest accepted before 1001. Bounded by
 	// three quarters of ShutdownGrace.
 	Upstream <-chan struct{}
+	// NoHealthRoutes leaves /healthz and /readyz off the public address
+	// (RELAY_ADMIN_ADDR serves them); Ready still reports readiness.
+	NoHealthRoutes bool
 }
 
 // Server is the fanout tier: one HTTP server for WebSockets, the demo page,
@@ -172,7 +175,7 @@ func New(o Options) (*Server, error) {
 	}
 	s.hub = newHub(o.NATS, mapper, o.Metrics, log, cfg.SubPendingMsgs, cfg.SubPendingBytes, cfg.WriteTimeout)
 	s.health = health.New(tierkit.NATSReady(o.NATS))
-	s.routes(page, o.MetricsHandler)
+	s.routes(page, o.MetricsHandler, !o.NoHealthRoutes)
 	s.http = &http.Server{
 		Handler:           s.guard.wrap(s, s.mux),
 		ConnState:         s.connState,
@@ -279,7 +282,7 @@ func staticHandler() http.Handler {
 	})
 }
 
-func (s *Server) routes(page []byte, metricsHandler http.Handler) {
+func (s *Server) routes(page []byte, metricsHandler http.Handler, healthRoutes bool) {
 	s.mux.HandleFunc("GET /ws/{channel}", s.serveWS)
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
@@ -288,7 +291,9 @@ func (s *Server) routes(page []byte, metricsHandler http.Handler) {
 		w.Write(page)
 	})
 	s.mux.Handle("GET /static/", staticHandler())
-	s.health.Register(s.mux)
+	if healthRoutes {
+		s.health.Register(s.mux)
+	}
 	if metricsHandler != nil {
 		s.mux.Handle("GET /metrics", metricsHandler)
 	}
