@@ -64,6 +64,7 @@ func TestKustomizeBase(t *testing.T) {
 		"Deployment/relay-fanout", "Deployment/relay-ingest",
 		"HorizontalPodAutoscaler/relay-fanout", "HorizontalPodAutoscaler/relay-ingest",
 		"PodDisruptionBudget/relay-fanout", "PodDisruptionBudget/relay-ingest", "PodDisruptionBudget/relay-nats",
+		"Secret/relay-nats-auth", // NATS authorization (a demo password: see k8s/nats.yaml)
 		"Service/relay-fanout", "Service/relay-ingest", "Service/relay-nats", "Service/relay-nats-headless",
 		"ServiceAccount/relay",
 		"StatefulSet/relay-nats",

@@ -109,6 +109,13 @@ spec:
               value: {{ include "relay.envValue" $val | quote }}
             {{- end }}
             {{- end }}
+            {{- if and $root.Values.nats.enabled $root.Values.nats.auth.enabled }}
+            # The bundled NATS requires authorization (nats.auth).
+            - name: RELAY_NATS_USER
+              value: relay
+            - name: RELAY_NATS_PASSWORD_FILE
+              value: /etc/relay/nats-auth/password
+            {{- end }}
             {{- with $v.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -158,6 +165,17 @@ spec:
             {{- toYaml $v.resources | nindent 12 }}
           securityContext:
             {{- toYaml $root.Values.securityContext | nindent 12 }}
+          {{- if and $root.Values.nats.enabled $root.Values.nats.auth.enabled }}
+          volumeMounts:
+            - name: nats-auth
+              mountPath: /etc/relay/nats-auth
+              readOnly: true
+      volumes:
+        - name: nats-auth
+          secret:
+            secretName: {{ $root.Values.nats.auth.existingSecret | default (printf "%s-nats-auth" (include "relay.fullname" $root)) }}
+            defaultMode: 0440
+          {{- end }}
 {{- end }}
 
 {{- define "relay.tier.hpa" -}}
