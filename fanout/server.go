@@ -146,8 +146,12 @@ func New(o Options) (*Server, error) {
 		log:   log,
 		m:     o.Metrics,
 		limits: clientLimits{
-			queueMsgs:    cfg.ClientQueue,
-			queueBytes:   cfg.ClientQueueBytes,
+			queueMsgs:  cfg.ClientQueue,
+			queueBytes: cfg.ClientQueueBytes,
+			maxBytes:   cfg.ClientQueueMaxBytes,
+			// Judged before the write timeout would fail a stuck write
+			// (1011), so a stuck reader is told it is a slow consumer.
+			slowGrace:    min(cfg.SlowGrace, cfg.WriteTimeout/2),
 			writeTimeout: cfg.WriteTimeout,
 			pingInterval: cfg.PingInterval,
 			closeGrace:   min(maxCloseGrace, cfg.WriteTimeout),
@@ -368,10 +372,11 @@ func (s *Server) shutdown() {
 		s.awaitUpstream(start.Add(s.grace * 3 / 4))
 	}
 
-	// 3. Close every client; an upgrade that registers later closes itself.
-	for _, c := range clients {
-		c.close(websocket.StatusGoingAway, reasonShutdown, disconnectShutdown)
-	}
+	// 3. Close every client, spread out (leaving at least half of what
+	// remains for the handshakes); an upgrade that registers later closes
+	// itself.
+	spread := min(s.cfg.DrainSpread, s.grace/4, time.Until(deadline.Add(-s.grace/4))/2)
+	s.closeSpread(clients, max(spread, 0))
 
 	// 4. Wait for them; each cuts its TCP connection after closeGrace at
 	// the latest, so only a stuck client would use up the budget.
@@ -382,16 +387,28 @@ func (s *Server) shutdown() {
 	select {
 	case <-done:
 	case <-t.C:
-		s.log.Warn("clients still open at the shutdown deadline; cutting them")
+		// Cut with the close frame where nothing holds the connection, so
+		// a client sees 1001 rather than 1006 (see batchConn.cut).
 		s.mu.Lock()
+		n, unclosed, sent := 0, 0, 0
 		for c := range s.clients {
 			c.mu.Lock()
-			if c.bc != nil {
-				c.bc.Close()
-			}
+			bc, closed := c.bc, c.closed
 			c.mu.Unlock()
+			if bc == nil {
+				continue
+			}
+			n++
+			if !closed {
+				unclosed++
+			}
+			if bc.cut(uint16(websocket.StatusGoingAway), reasonShutdown, 0) {
+				sent++
+			}
 		}
 		s.mu.Unlock()
+		s.log.Warn("clients still open at the shutdown deadline; cut them", "clients", n,
+			"not_yet_closed", unclosed, "close_frame_sent_at_cut", sent)
 		// Cut connections fail every pending operation at once.
 		t.Reset(natsBudget / 2)
 		select {
@@ -419,6 +436,27 @@ func (s *Server) shutdown() {
 		time.Sleep(10 * time.Millisecond)
 	}
 	s.log.Info("fanout stopped", "took", time.Since(start).Round(time.Millisecond))
+}
+
+// closeSpread closes clients with 1001 evenly over spread rather than all
+// at once: each reconnects at once (to another replica, since /readyz
+// fails here), and ten thousand reconnects in the same millisecond are a
+// storm the remaining replicas would have to absorb. Clients not yet closed
+// keep receiving messages meanwhile.
+func (s *Server) closeSpread(clients []*client, spread time.Duration) {
+	start := time.Now()
+	for i, c := range clients {
+		due := start.Add(spread * time.Duration(i) / time.Duration(len(clients)))
+		// Sleeping per client would cost a timer each at 10,000 clients;
+		// closing a few milliseconds' worth together is spread enough.
+		if wait := time.Until(due); wait > 5*time.Millisecond {
+			time.Sleep(wait)
+		}
+		c.close(websocket.StatusGoingAway, reasonShutdown, disconnectShutdown)
+	}
+	if len(clients) > 0 {
+		s.log.Info("clients closed", "clients", len(clients), "spread", spread, "took", time.Since(start).Round(time.Millisecond))
+	}
 }
 
 // awaitUpstream waits (until by at the latest) for s.upstream to close,
