@@ -64,6 +64,7 @@ func TestKustomizeBase(t *testing.T) {
 		"Deployment/relay-fanout", "Deployment/relay-ingest",
 		"HorizontalPodAutoscaler/relay-fanout", "HorizontalPodAutoscaler/relay-ingest",
 		"PodDisruptionBudget/relay-fanout", "PodDisruptionBudget/relay-ingest", "PodDisruptionBudget/relay-nats",
+		"Secret/relay-nats-auth", // NATS authorization (a demo password: see k8s/nats.yaml)
 		"Service/relay-fanout", "Service/relay-ingest", "Service/relay-nats", "Service/relay-nats-headless",
 		"ServiceAccount/relay",
 		"StatefulSet/relay-nats",
@@ -212,11 +213,28 @@ config: {ingest: {RELAY_INGEST_LISTENERS: ":7070=board/line;public,:7071=*/line"
 						t.Errorf("%s: %s = %q, want %q", tier, name, env[name], want)
 					}
 				}
-				if len(spec.Volumes) != 1 || spec.Volumes[0].Secret == nil || spec.Volumes[0].Secret.SecretName != "relay-auth" {
+				// The bundled NATS's credentials may be mounted beside it.
+				authVol := -1
+				for i, v := range spec.Volumes {
+					if v.Name == "auth" {
+						authVol = i
+					}
+				}
+				if authVol < 0 || spec.Volumes[authVol].Secret == nil || spec.Volumes[authVol].Secret.SecretName != "relay-auth" {
 					t.Errorf("%s: volumes %+v, want the relay-auth Secret", tier, spec.Volumes)
 				}
-				if m := spec.Containers[0].VolumeMounts; len(m) != 1 || !m[0].ReadOnly || m[0].SubPath != "" {
-					t.Errorf("%s: mounts %+v, want one read-only mount without subPath (so updates arrive)", tier, m)
+				authMounts := 0
+				for _, m := range spec.Containers[0].VolumeMounts {
+					if m.Name != "auth" {
+						continue
+					}
+					authMounts++
+					if !m.ReadOnly || m.SubPath != "" || m.MountPath != "/etc/relay/auth" {
+						t.Errorf("%s: mount %+v, want read-only at /etc/relay/auth without subPath (so updates arrive)", tier, m)
+					}
+				}
+				if authMounts != 1 {
+					t.Errorf("%s: %d mounts of the auth volume, want 1", tier, authMounts)
 				}
 			}
 		},

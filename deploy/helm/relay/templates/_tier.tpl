@@ -111,6 +111,13 @@ spec:
             {{- end }}
             {{- end }}
             {{- include "relay.auth.env" $root | nindent 12 }}
+            {{- if and $root.Values.nats.enabled $root.Values.nats.auth.enabled }}
+            # The bundled NATS requires authorization (nats.auth).
+            - name: RELAY_NATS_USER
+              value: relay
+            - name: RELAY_NATS_PASSWORD_FILE
+              value: /etc/relay/nats-auth/password
+            {{- end }}
             {{- with $v.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -160,20 +167,35 @@ spec:
             {{- toYaml $v.resources | nindent 12 }}
           securityContext:
             {{- toYaml $root.Values.securityContext | nindent 12 }}
-          {{- if eq $root.Values.auth.mode "jwt" }}
+          {{- if or (eq $root.Values.auth.mode "jwt") (and $root.Values.nats.enabled $root.Values.nats.auth.enabled) }}
           volumeMounts:
+            {{- if (eq $root.Values.auth.mode "jwt") }}
             - name: auth
               mountPath: /etc/relay/auth
               readOnly: true
+            {{- end }}
+            {{- if (and $root.Values.nats.enabled $root.Values.nats.auth.enabled) }}
+            - name: nats-auth
+              mountPath: /etc/relay/nats-auth
+              readOnly: true
+            {{- end }}
           {{- end }}
-      {{- if eq $root.Values.auth.mode "jwt" }}
+      {{- if or (eq $root.Values.auth.mode "jwt") (and $root.Values.nats.enabled $root.Values.nats.auth.enabled) }}
       volumes:
+        {{- if (eq $root.Values.auth.mode "jwt") }}
         # A Secret volume follows updates (no subPath), so rotated keys
         # reach relay, which re-reads them.
         - name: auth
           secret:
             secretName: {{ $root.Values.auth.existingSecret }}
             defaultMode: 0440
+        {{- end }}
+        {{- if (and $root.Values.nats.enabled $root.Values.nats.auth.enabled) }}
+        - name: nats-auth
+          secret:
+            secretName: {{ $root.Values.nats.auth.existingSecret | default (printf "%s-nats-auth" (include "relay.fullname" $root)) }}
+            defaultMode: 0440
+        {{- end }}
       {{- end }}
 {{- end }}
 
