@@ -100,6 +100,8 @@ type client struct {
 	// that bc has written something since stallMark (see checkStall).
 	stallTimer *time.Timer
 	stallMark  uint64
+	// expiry closes the client with 4401 at its token's exp.
+	expiry *time.Timer
 
 	wg      sync.WaitGroup // writer and pings
 	pinging atomic.Bool
@@ -265,6 +267,22 @@ func (c *client) cut() {
 	}
 }
 
+// expireAt closes the client with 4401 "token expired" at t: the token it
+// was let in with is no longer valid from then on.
+func (c *client) expireAt(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	c.expiry = time.AfterFunc(time.Until(t), func() {
+		if c.close(StatusUnauthorized, reasonTokenExpired, disconnectTokenExpired) {
+			c.m.AuthRefused.Inc(metrics.AuthExpired)
+			c.log.Info("client closed: token expired")
+		}
+	})
+}
+
 // serve runs the connection until it is closed and everything it started
 // has stopped. The calling goroutine is the reader.
 func (c *client) serve() {
@@ -287,6 +305,9 @@ func (c *client) serve() {
 	}
 	if c.stallTimer != nil {
 		c.stallTimer.Stop()
+	}
+	if c.expiry != nil {
+		c.expiry.Stop()
 	}
 	c.mu.Unlock()
 	c.bc.Close()

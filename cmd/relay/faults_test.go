@@ -442,7 +442,9 @@ func TestSplitNATSOutage(t *testing.T) {
 // TestNATSFreezeDetected (issue 11, finding 3): the NATS server process is
 // stopped (SIGSTOP) under a streaming sender. With the default ping settings
 // both tiers notice within 15 s: /readyz turns 503, the watcher is closed
-// with 1012 and ingest stops accepting. After SIGCONT both recover.
+// with 1012 and ingest stops accepting. After SIGCONT both recover; the
+// sender, whose last lines went into the frozen connection, is told how many
+// were accepted, and a new sender's lines flow again.
 func TestNATSFreezeDetected(t *testing.T) {
 	t.Parallel()
 	natsAddr := freePort(t)
@@ -521,7 +523,17 @@ func TestNATSFreezeDetected(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitReady(t, "http://"+ingestHTTP+"/readyz", "http://"+fanoutAddr+"/readyz")
+	// The lines published into the frozen connection were never confirmed,
+	// so once NATS answers on a new connection the sender is told how many
+	// were accepted instead of carrying on past a gap.
+	reply := s.waitReply(t, 30*time.Second)
+	n := accepted(t, reply, "upstream unavailable")
+	if int64(n) > s.written.Load() {
+		t.Errorf("told %d accepted, but only %d were written", n, s.written.Load())
+	}
 	w2 := dialWS(t, "ws://"+fanoutAddr+"/ws/f")
+	s2 := startSender(t, sendAddr, "b", 500)
+	defer s2.stop()
 	testutil.Eventually(t, 30*time.Second, func() error {
 		if w2.count() < 200 {
 			return fmt.Errorf("watcher after SIGCONT has %d lines", w2.count())

@@ -193,6 +193,35 @@ config: {fanout: {RELAY_FANOUT_CLIENT_QUEUE_BYTES: 16777216, RELAY_FANOUT_CLIENT
 	},
 	{name: "monitoring", values: monitoringValues, check: checkMonitoring},
 	{
+		name: "auth jwt",
+		values: `
+auth: {existingSecret: relay-auth, publicKeysKey: keys.jwks}
+config: {ingest: {RELAY_INGEST_LISTENERS: ":7070=board/line;public,:7071=*/line"}, common: {RELAY_AUTH_PUBLIC_WATCH: "public.>"}}
+`,
+		check: func(t *testing.T, o *objects) {
+			for _, tier := range []string{"relay-ingest", "relay-fanout"} {
+				spec := o.deployments[tier].Spec.Template.Spec
+				env := envMap(&spec.Containers[0])
+				for name, want := range map[string]string{
+					"RELAY_AUTH":                  "jwt",
+					"RELAY_AUTH_HMAC_SECRET_FILE": "/etc/relay/auth/hmac.secret",
+					"RELAY_AUTH_PUBLIC_KEYS_FILE": "/etc/relay/auth/keys.jwks",
+					"RELAY_AUTH_PUBLIC_WATCH":     "public.>",
+				} {
+					if env[name] != want {
+						t.Errorf("%s: %s = %q, want %q", tier, name, env[name], want)
+					}
+				}
+				if len(spec.Volumes) != 1 || spec.Volumes[0].Secret == nil || spec.Volumes[0].Secret.SecretName != "relay-auth" {
+					t.Errorf("%s: volumes %+v, want the relay-auth Secret", tier, spec.Volumes)
+				}
+				if m := spec.Containers[0].VolumeMounts; len(m) != 1 || !m[0].ReadOnly || m[0].SubPath != "" {
+					t.Errorf("%s: mounts %+v, want one read-only mount without subPath (so updates arrive)", tier, m)
+				}
+			}
+		},
+	},
+	{
 		name: "other name",
 		values: `
 fullnameOverride: stream
@@ -245,6 +274,9 @@ func TestHelmRefuses(t *testing.T) {
 		{"misspelt value", "ingest: {autoscalng: {enabled: false}}", "autoscalng"},
 		{"misspelt variable", "config: {fanout: {RELAY_FANOUT_ALLOWED_ORIGIN: x}}", "RELAY_FANOUT_ALLOWED_ORIGIN"},
 		{"variable in the wrong role", "config: {ingest: {RELAY_FANOUT_ADDR: x}}", "RELAY_FANOUT_ADDR"},
+		{"auth jwt without a key", "auth: {mode: jwt}", "auth.mode is jwt (the default) but no key is given"},
+		{"auth jwt with an open fixed listener", "auth: {existingSecret: relay-auth}", `fixed listener ":7070=default/line", which carries no token`},
+		{"auth mode misspelt", "auth: {mode: none}", "mode"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -379,6 +411,7 @@ func TestValuesListEveryVariable(t *testing.T) {
 	deliberate := map[string]string{
 		"RELAY_NATS_URL":   "", // computed: the bundled NATS Service
 		"RELAY_LOG_FORMAT": "json",
+		"RELAY_AUTH":       "",      // computed: auth.mode
 		"RELAY_ADMIN_ADDR": ":8090", // metrics and health off the public ports
 	}
 	vars := relayVars(t)

@@ -6,6 +6,7 @@ where ports is a list of container port numbers besides the HTTP port.
 
 {{- define "relay.tier.deployment" -}}
 {{- $root := .root }}
+{{- include "relay.auth.check" $root }}
 {{- $v := index $root.Values .tier }}
 {{- $ctx := dict "root" $root "component" .tier }}
 {{- $admin := include "relay.adminPort" $root }}
@@ -98,7 +99,7 @@ spec:
             - name: RELAY_NATS_URL
               value: {{ include "relay.natsURL" $root | quote }}
             {{- range $k, $val := $root.Values.config.common }}
-            {{- if and (ne $k "RELAY_NATS_URL") (ne (toString $val) "") }}
+            {{- if and (not (has $k (list "RELAY_NATS_URL" "RELAY_AUTH" "RELAY_AUTH_HMAC_SECRET_FILE" "RELAY_AUTH_PUBLIC_KEYS_FILE"))) (ne (toString $val) "") }}
             - name: {{ $k }}
               value: {{ include "relay.envValue" $val | quote }}
             {{- end }}
@@ -109,6 +110,7 @@ spec:
               value: {{ include "relay.envValue" $val | quote }}
             {{- end }}
             {{- end }}
+            {{- include "relay.auth.env" $root | nindent 12 }}
             {{- with $v.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -158,6 +160,21 @@ spec:
             {{- toYaml $v.resources | nindent 12 }}
           securityContext:
             {{- toYaml $root.Values.securityContext | nindent 12 }}
+          {{- if eq $root.Values.auth.mode "jwt" }}
+          volumeMounts:
+            - name: auth
+              mountPath: /etc/relay/auth
+              readOnly: true
+          {{- end }}
+      {{- if eq $root.Values.auth.mode "jwt" }}
+      volumes:
+        # A Secret volume follows updates (no subPath), so rotated keys
+        # reach relay, which re-reads them.
+        - name: auth
+          secret:
+            secretName: {{ $root.Values.auth.existingSecret }}
+            defaultMode: 0440
+      {{- end }}
 {{- end }}
 
 {{- define "relay.tier.hpa" -}}
