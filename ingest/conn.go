@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"golang.org/x/time/rate"
 
+	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/subjects"
@@ -30,6 +31,9 @@ const (
 	reasonTooManyConnections = metrics.IngestTooManyConnections
 	reasonPublishFailed      = metrics.IngestPublishFailed
 	reasonShutdown           = metrics.IngestShutdown
+	reasonUnauthorized       = metrics.IngestUnauthorized // no, bad or expired token at the handshake
+	reasonForbidden          = metrics.IngestForbidden    // valid token, channel not permitted
+	reasonTokenExpired       = metrics.IngestTokenExpired // the token's exp ended a sending connection
 	reasonUpstream           = metrics.IngestUpstream
 )
 
@@ -63,6 +67,7 @@ type senderConn struct {
 	mu       sync.Mutex
 	conn     net.Conn // raw, or raw wrapped in PROXY and TLS; written under mu
 	stopping bool     // shutdown set a read deadline: a timeout is the end
+	expired  bool     // the token's exp set a read deadline: a timeout is the end
 
 	msgs, bytes int
 	ledger      *ledger // which of msgs NATS has confirmed
@@ -88,13 +93,31 @@ func (c *senderConn) stopReading(deadline time.Time) {
 	conn.SetReadDeadline(deadline)
 }
 
-// setReadDeadline applies t unless shutdown has set its own, shorter one.
+// setReadDeadline applies t unless shutdown or the token's expiry has set
+// its own, shorter one.
 func (c *senderConn) setReadDeadline(t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.stopping {
+	if !c.stopping && !c.expired {
 		c.conn.SetReadDeadline(t)
 	}
+}
+
+// expire ends reading when the token expires: the read in progress returns
+// a timeout, what was read before is published, and the sender is told.
+func (c *senderConn) expire() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.stopping {
+		c.expired = true
+		c.conn.SetReadDeadline(time.Now())
+	}
+}
+
+func (c *senderConn) isExpired() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.expired
 }
 
 func (c *senderConn) isStopping() bool {
@@ -127,15 +150,23 @@ func (c *senderConn) serve() {
 	c.br = bufio.NewReaderSize(r, s.cfg.ReadBuffer)
 
 	channel := c.spec.Channel
+	var id auth.Identity
 	if c.spec.Handshake() {
 		var err error
-		if channel, err = c.handshake(); err != nil {
+		if channel, id, err = c.handshake(); err != nil {
 			return
 		}
 	}
 	log := s.log.With("remote", remote, "channel", channel, "listener", c.spec.Addr)
+	if id.Sub != "" {
+		log = log.With("sub", id.Sub)
+	}
 	if c.peerName != "" {
 		log = log.With("cert", c.peerName)
+	}
+	if !id.Expires.IsZero() {
+		t := time.AfterFunc(time.Until(id.Expires), c.expire)
+		defer t.Stop()
 	}
 	log.Debug("sender connected")
 	if c.idle != nil {
@@ -144,6 +175,9 @@ func (c *senderConn) serve() {
 
 	err := c.pump(channel)
 	switch {
+	case c.isExpired() && (err == nil || isTimeout(err) || errors.Is(err, ErrTruncated)):
+		s.m.AuthRefused.Inc(metrics.AuthExpired)
+		c.fail(reasonTokenExpired, errTokenExpired, "token expired", "channel", channel, "sub", id.Sub)
 	case err == nil:
 		log.Debug("sender disconnected", "messages", c.msgs, "bytes", c.bytes)
 	case c.idle != nil && isTimeout(err) && !c.isStopping():
@@ -187,8 +221,11 @@ func (c *senderConn) shutdownReply() string {
 	return fmt.Sprintf("server shutting down: %d messages accepted", n)
 }
 
-// handshake reads `CHANNEL [TOKEN]\n` within the timeout and answers +OK.
-func (c *senderConn) handshake() (string, error) {
+var errTokenExpired = errors.New("ingest: token expired")
+
+// handshake reads `CHANNEL [TOKEN]\n` within the timeout, checks that the
+// token may send to CHANNEL, and answers +OK.
+func (c *senderConn) handshake() (string, auth.Identity, error) {
 	s := c.s
 	c.setReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	h, err := readHandshake(c.br)
@@ -203,15 +240,35 @@ func (c *senderConn) handshake() (string, error) {
 		default: // the sender went away before a full line
 			c.fail(reasonBadHandshake, err, "no handshake line")
 		}
-		return "", err
+		return "", auth.Identity{}, err
+	}
+	id, err := s.auth.Authorize(h.Token, auth.ActionSend, h.Channel)
+	if err != nil {
+		c.refuseAuth(err, h.Channel, id.Sub)
+		return "", id, err
 	}
 	c.setReadDeadline(time.Time{})
 	c.conn.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if _, err := c.conn.Write(tcpproto.OKLine); err != nil {
-		return "", err
+		return "", id, err
 	}
 	c.conn.SetWriteDeadline(time.Time{})
-	return h.Channel, nil
+	return h.Channel, id, nil
+}
+
+// refuseAuth answers a handshake the token does not allow: -ERR
+// unauthorized: … or -ERR forbidden: … (fixed texts, never the token).
+func (c *senderConn) refuseAuth(err error, channel, sub string) {
+	var r *auth.Refusal
+	if !errors.As(err, &r) {
+		r = auth.ErrInvalid
+	}
+	reason := reasonUnauthorized
+	if !r.Unauthorized() {
+		reason = reasonForbidden
+	}
+	c.s.m.AuthRefused.Inc(metrics.AuthReason(string(r.Reason)))
+	c.fail(reason, r, r.Text, "channel", channel, "sub", sub, "auth_reason", string(r.Reason))
 }
 
 // pump frames the stream and publishes each message in order. Publishing
@@ -326,11 +383,13 @@ func permanent(err error) bool {
 		errors.Is(err, nats.ErrInvalidConnection)
 }
 
-// fail tells the sender why it is being closed, counts and logs it.
-func (c *senderConn) fail(reason metrics.IngestRefusal, err error, msg string) {
+// fail tells the sender why it is being closed, counts and logs it (with
+// extra attributes, e.g. channel and sub).
+func (c *senderConn) fail(reason metrics.IngestRefusal, err error, msg string, extra ...any) {
 	c.s.m.Refused.Inc(reason)
-	c.s.logRefusal(reason, "ingest: sender closed with error", "remote", c.remote.String(),
-		"listener", c.spec.Addr, "reason", reason, "err", err, "messages", c.msgs)
+	args := append([]any{"remote", c.remote.String(),
+		"listener", c.spec.Addr, "reason", reason, "err", err, "messages", c.msgs}, extra...)
+	c.s.logRefusal(reason, "ingest: sender closed with error", args...)
 	c.errLine(msg)
 }
 

@@ -18,6 +18,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/health"
 	"github.com/relaydev/relay/shared/metrics"
@@ -45,6 +46,8 @@ type Options struct {
 	// Metrics is updated by the Server. Defaults to a set nobody serves.
 	Metrics        *metrics.Ingest
 	MetricsHandler http.Handler // served at GET /metrics; may be nil
+	// Auth checks handshake tokens; nil or disabled lets everyone send.
+	Auth *auth.Authenticator
 }
 
 // Server is the ingest tier.
@@ -55,6 +58,7 @@ type Server struct {
 	log     *slog.Logger
 	m       *metrics.Ingest
 	mapper  subjects.Mapper
+	auth    *auth.Authenticator
 	health  *health.Checker
 	lns     []*listener
 	httpLn  net.Listener
@@ -104,6 +108,15 @@ func New(o Options) (*Server, error) {
 		o.Metrics = metrics.New().Ingest
 	}
 	mapper, _ := subjects.NewMapper(o.SubjectPrefix) // checked above
+	if o.Auth.Enabled() {
+		var errs []error
+		for _, spec := range o.Config.Listeners {
+			errs = append(errs, spec.CheckAuth())
+		}
+		if err := errors.Join(errs...); err != nil {
+			return nil, fmt.Errorf("ingest: %w", err)
+		}
+	}
 	if mp := o.NATS.MaxPayload(); mp > 0 && int64(o.Config.MaxMessage)+headerRoom > mp {
 		return nil, fmt.Errorf("ingest: RELAY_INGEST_MAX_MESSAGE=%d does not fit the NATS server's max payload of %d bytes (headers need %d)", o.Config.MaxMessage, mp, headerRoom)
 	}
@@ -115,6 +128,7 @@ func New(o Options) (*Server, error) {
 		log:         o.Logger,
 		m:           o.Metrics,
 		mapper:      mapper,
+		auth:        o.Auth,
 		slots:       make(chan struct{}, o.Config.MaxConnections),
 		refusals:    tierkit.NewLogLimiter(time.Second),
 		conns:       map[*senderConn]struct{}{},

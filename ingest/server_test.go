@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	ptestutil "github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/natsconn"
@@ -47,6 +48,12 @@ func defaultConfig(listeners string) config.Ingest {
 // when nil) and stops it when the test ends.
 func startIngest(t *testing.T, srv *server.Server, cfg config.Ingest, natsOpts ...nats.Option) *harness {
 	t.Helper()
+	return startIngestAuth(t, srv, cfg, nil, natsOpts...)
+}
+
+// startIngestAuth is startIngest with token checks by a.
+func startIngestAuth(t *testing.T, srv *server.Server, cfg config.Ingest, a *auth.Authenticator, natsOpts ...nats.Option) *harness {
+	t.Helper()
 	if srv == nil {
 		srv = testutil.NATSServer(t)
 	}
@@ -59,6 +66,7 @@ func startIngest(t *testing.T, srv *server.Server, cfg config.Ingest, natsOpts .
 		NATS:    testutil.Connect(t, srv, append([]nats.Option{nats.ReconnectBufSize(-1)}, natsOpts...)...),
 		Logger:  testutil.Logger(t),
 		Metrics: reg.Ingest,
+		Auth:    a,
 	})
 	if err != nil {
 		t.Fatal(err)

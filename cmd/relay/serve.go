@@ -78,6 +78,11 @@ type started struct {
 func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log *slog.Logger, notify func(started)) error {
 	var info started
 	reg := metrics.New()
+	authn, err := newAuthenticator(cfg, log)
+	if err != nil {
+		return err
+	}
+	warnOpen(role, cfg, log)
 	switch role {
 	case config.RoleIngest:
 		reg.KeepTiers("ingest")
@@ -110,7 +115,6 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 	var readiness []func() error
 	var embedded *server.Server
 	if role == config.RoleAll {
-		var err error
 		embedded, err = natsconn.StartEmbedded(natsconn.EmbeddedOptions{
 			Listen:     cfg.EmbeddedListen,
 			MaxPayload: int32(max(1<<20, cfg.MaxMessage+1024)),
@@ -175,6 +179,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			Logger:         log.With("tier", "ingest"),
 			Metrics:        reg.Ingest,
 			MetricsHandler: publicMetrics,
+			Auth:           authn,
 		})
 		if err != nil {
 			nc.Close()
@@ -212,6 +217,9 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			MetricsHandler: publicMetrics,
 			NoHealthRoutes: adm != nil,
 			Upstream:       ingestDrained,
+			Auth:           authn,
+			AuthCookie:     cfg.Cookie,
+			QueryToken:     cfg.QueryToken,
 		})
 		if err != nil {
 			nc.Close()
@@ -267,7 +275,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			os.Exit(1)
 		}
 	}()
-	err := g.Wait()
+	err = g.Wait()
 	finished.Store(true)
 	close(waited)
 	if err != nil {

@@ -65,6 +65,9 @@ func relayVars(t *testing.T) map[string]configVar {
 				Group:   strings.ToLower(ts.Name.Name),
 				Default: tag.Get("default"),
 			}
+			if v.Group == "auth" {
+				v.Group = "common" // read by both tiers, like Common
+			}
 			vars[v.Name] = v
 		}
 		return true

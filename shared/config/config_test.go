@@ -204,6 +204,41 @@ func TestREADMEConfigTable(t *testing.T) {
 	}
 }
 
+// TestAuthRefusesOpenFixedListeners: under RELAY_AUTH=jwt every fixed
+// listener not marked public is an error naming it and the fix.
+func TestAuthRefusesOpenFixedListeners(t *testing.T) {
+	c, _ := Load()
+	c.AuthMode = "jwt"
+	c.HMACSecretFile = "/dev/null" // not read by Validate
+	c.Listeners = MustParseListeners(":7070=default/line,:7071=*/line,:7072=board/raw;public,:7073=x/len32,:7074=y/line;allow=10.0.0.0/8")
+	err := c.Validate(RoleIngest)
+	if err == nil {
+		t.Fatal("Validate accepted open fixed listeners under RELAY_AUTH=jwt")
+	}
+	for _, want := range []string{"fixed listener :7070=default/line carries no token", ":7070=default/line;public", "fixed listener :7073=x/len32"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), ":7072") || strings.Contains(err.Error(), ":7071") || strings.Contains(err.Error(), ":7074") {
+		t.Errorf("error names a public, restricted or handshake listener:\n%v", err)
+	}
+	if err := c.Validate(RoleFanout); err != nil {
+		t.Errorf("fanout role: %v", err)
+	}
+	c.Listeners = MustParseListeners(":7071=*/line,:7072=board/raw;public")
+	if err := c.Validate(RoleAll); err != nil {
+		t.Errorf("handshake and public listeners: %v", err)
+	}
+	c.AuthMode, c.HMACSecretFile, c.PublicWatch = "maybe", "", []string{"a.>.b"}
+	err = c.Validate(RoleAll)
+	for _, want := range []string{`RELAY_AUTH="maybe"`, "RELAY_AUTH_PUBLIC_WATCH"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q: %v", want, err)
+		}
+	}
+}
+
 // The default NATS ping settings notice a frozen or blackholed server
 // within 15 s (issue 11): interval x (max outstanding + 1).
 func TestDefaultPingsNoticeAFreezeWithin15s(t *testing.T) {

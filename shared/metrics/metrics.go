@@ -74,6 +74,7 @@ type Ingest struct {
 	Unpublished      *ReasonCounter[IngestUnpublished] // messages read but never published
 	Held             prometheus.Gauge                  // senders paused because NATS cannot take their message
 	Throttled        prometheus.Counter                // pauses for RELAY_INGEST_MAX_RATE
+	AuthRefused      *ReasonCounter[AuthRefusal]       // relay_auth_refused_total{tier="ingest"}
 }
 
 func newIngest() *Ingest {
@@ -106,11 +107,23 @@ func newIngest() *Ingest {
 			Name: "relay_ingest_throttled_total",
 			Help: "Times a sender over RELAY_INGEST_MAX_RATE was read more slowly (paused before its next message; nothing dropped).",
 		}),
+		AuthRefused: newAuthRefused("ingest"),
 	}
 }
 
+// newAuthRefused is relay_auth_refused_total for one tier, every reason's
+// series present from the start (at zero) so alerts see them.
+func newAuthRefused(tier string) *ReasonCounter[AuthRefusal] {
+	c := newReasonCounter(prometheus.CounterOpts{Name: "relay_auth_refused_total", ConstLabels: prometheus.Labels{"tier": tier}},
+		"reason", "Senders and receivers refused for their token (expired also counts connections ended at exp),", AuthRefusals())
+	for _, r := range AuthRefusals() {
+		c.With(r)
+	}
+	return c
+}
+
 func (m *Ingest) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused.vec, m.PublishRetries, m.Unpublished.vec, m.Held, m.Throttled}
+	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused.vec, m.PublishRetries, m.Unpublished.vec, m.Held, m.Throttled, m.AuthRefused.vec}
 }
 
 // Fanout is the fanout tier's metrics.
@@ -124,6 +137,7 @@ type Fanout struct {
 	Refused          *ReasonCounter[FanoutRefusal]    // upgrade refusals
 	Disconnects      *ReasonCounter[FanoutDisconnect] // client closes
 	SlowConsumers    *ReasonCounter[SlowConsumerKind]
+	AuthRefused      *ReasonCounter[AuthRefusal] // relay_auth_refused_total{tier="fanout"}
 }
 
 func newFanout() *Fanout {
@@ -152,9 +166,10 @@ func newFanout() *Fanout {
 			"reason", "WebSocket clients closed,", FanoutDisconnects()),
 		SlowConsumers: newReasonCounter(prometheus.CounterOpts{Name: "relay_fanout_slow_consumers_total"},
 			"kind", "Slow-consumer events (client: a WebSocket client's queue was full; nats: NATS dropped messages for a subscription),", SlowConsumerKinds()),
+		AuthRefused: newAuthRefused("fanout"),
 	}
 }
 
 func (m *Fanout) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Subscriptions, m.MessagesIn, m.Deliveries, m.BytesOut, m.Refused.vec, m.Disconnects.vec, m.SlowConsumers.vec}
+	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Subscriptions, m.MessagesIn, m.Deliveries, m.BytesOut, m.Refused.vec, m.Disconnects.vec, m.SlowConsumers.vec, m.AuthRefused.vec}
 }

@@ -34,13 +34,18 @@ const (
 	IngestProxyHeader   IngestRefusal = "proxy_header"                // PROXY header missing, malformed, slow or untrusted
 	IngestTLSHandshake  IngestRefusal = "tls_handshake"               // TLS handshake failed (no or bad client certificate, not TLS)
 	IngestIdleTimeout   IngestRefusal = "idle_timeout"                // nothing received for the listener's idle=
+
+	IngestUnauthorized IngestRefusal = "unauthorized"  // no, bad or expired token at the handshake
+	IngestForbidden    IngestRefusal = "forbidden"     // valid token, channel not permitted
+	IngestTokenExpired IngestRefusal = "token_expired" // the token's exp ended a sending connection
 )
 
 // IngestRefusals lists every IngestRefusal, in the order the help text shows them.
 func IngestRefusals() []IngestRefusal {
 	return []IngestRefusal{IngestBadHandshake, IngestHandshakeTimeout, IngestTooLarge, IngestTruncated,
 		IngestTooManyConnections, IngestPublishFailed, IngestShutdown, IngestUpstream,
-		IngestDenied, IngestRateLimited, IngestTooManyFromIP, IngestProxyHeader, IngestTLSHandshake, IngestIdleTimeout}
+		IngestDenied, IngestRateLimited, IngestTooManyFromIP, IngestProxyHeader, IngestTLSHandshake, IngestIdleTimeout,
+		IngestUnauthorized, IngestForbidden, IngestTokenExpired}
 }
 
 // IngestUnpublished is a value of relay_ingest_unpublished_total{reason}:
@@ -75,13 +80,16 @@ const (
 	FanoutRateLimited   FanoutRefusal = "rate_limited"                // over RELAY_FANOUT_CONNECT_RATE_PER_IP (4429)
 	FanoutTooManyFromIP FanoutRefusal = "too_many_connections_per_ip" // over RELAY_FANOUT_MAX_CONNECTIONS_PER_IP (4429)
 	FanoutHeaderTimeout FanoutRefusal = "header_timeout"              // request headers not complete in time (slowloris)
+
+	FanoutUnauthorized FanoutRefusal = "unauthorized" // no, bad or expired token (closed 4401 after the upgrade)
+	FanoutForbidden    FanoutRefusal = "forbidden"    // valid token, channel not permitted (closed 4403)
 )
 
 // FanoutRefusals lists every FanoutRefusal, in the order the help text shows them.
 func FanoutRefusals() []FanoutRefusal {
 	return []FanoutRefusal{FanoutBadChannel, FanoutBadOrigin, FanoutTooMany, FanoutDraining,
 		FanoutSubscribeFailed, FanoutBadRequest, FanoutNATSDown, FanoutBadHost, FanoutDenied, FanoutRateLimited, FanoutTooManyFromIP,
-		FanoutHeaderTimeout}
+		FanoutHeaderTimeout, FanoutUnauthorized, FanoutForbidden}
 }
 
 // FanoutDisconnect is a value of relay_fanout_disconnects_total{reason}.
@@ -96,6 +104,7 @@ const (
 	DisconnectPingTimeout      FanoutDisconnect = "ping_timeout"       // no pong in time
 	DisconnectShutdown         FanoutDisconnect = "shutdown"           // server draining (1001)
 	DisconnectNATSLost         FanoutDisconnect = "nats_disconnected"  // fanout lost NATS (1012)
+	DisconnectTokenExpired     FanoutDisconnect = "token_expired"      // the token's exp passed (4401)
 	DisconnectProtocolError    FanoutDisconnect = "protocol_error"     // the client broke RFC 6455 (1002)
 )
 
@@ -103,7 +112,7 @@ const (
 func FanoutDisconnects() []FanoutDisconnect {
 	return []FanoutDisconnect{DisconnectClientClosed, DisconnectSlowConsumer, DisconnectNATSSlowConsumer,
 		DisconnectClientData, DisconnectWriteError, DisconnectPingTimeout, DisconnectShutdown, DisconnectNATSLost,
-		DisconnectProtocolError}
+		DisconnectProtocolError, DisconnectTokenExpired}
 }
 
 // SlowConsumerKind is a value of relay_fanout_slow_consumers_total{kind}.
@@ -116,6 +125,33 @@ const (
 
 // SlowConsumerKinds lists every SlowConsumerKind, in the order the help text shows them.
 func SlowConsumerKinds() []SlowConsumerKind { return []SlowConsumerKind{SlowClient, SlowNATS} }
+
+// AuthRefusal is a value of relay_auth_refused_total{tier,reason}: the
+// shared/auth reasons, on both tiers.
+type AuthRefusal string
+
+const (
+	AuthMissing   AuthRefusal = "missing"   // no token where one is needed
+	AuthInvalid   AuthRefusal = "invalid"   // malformed, bad signature, wrong alg/key/iss/aud, not yet valid
+	AuthExpired   AuthRefusal = "expired"   // past exp at the handshake/upgrade, or a connection ended at exp
+	AuthForbidden AuthRefusal = "forbidden" // valid token, channel not permitted
+)
+
+// AuthReason maps a shared/auth reason (auth.Reason, the same words) to its
+// label value; anything unknown counts as invalid.
+func AuthReason(reason string) AuthRefusal {
+	for _, r := range AuthRefusals() {
+		if string(r) == reason {
+			return r
+		}
+	}
+	return AuthInvalid
+}
+
+// AuthRefusals lists every AuthRefusal, in the order the help text shows them.
+func AuthRefusals() []AuthRefusal {
+	return []AuthRefusal{AuthMissing, AuthInvalid, AuthExpired, AuthForbidden}
+}
 
 // NATSEvent is a value of relay_nats_events_total{event}.
 type NATSEvent string
