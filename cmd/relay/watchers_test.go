@@ -15,7 +15,7 @@ import (
 )
 
 // TestWatcherStuckOrGone: one channel, three watchers under a steady 2 MB/s
-// stream (`relay all`, a 1 MiB queue budget, 1 s slow grace). One reads
+// stream (`relay all`, a 1 MiB queue budget, 2 s slow grace). One reads
 // everything; one stops reading; one goes away without a close frame (its
 // process ended). The one that went away is noticed at once and counted as
 // client_closed; the stuck one, once over its budget and taking no bytes for
@@ -29,8 +29,8 @@ func TestWatcherStuckOrGone(t *testing.T) {
 		"RELAY_FANOUT_ADDR=" + httpAddr,
 		"RELAY_INGEST_HTTP_ADDR=" + ingestHTTP,
 		"RELAY_FANOUT_CLIENT_QUEUE_BYTES=1048576",
-		"RELAY_FANOUT_SLOW_GRACE=1s",
-		"RELAY_FANOUT_WRITE_TIMEOUT=4s",
+		"RELAY_FANOUT_SLOW_GRACE=2s", // a loaded machine may stall the reading watcher for a moment
+		"RELAY_FANOUT_WRITE_TIMEOUT=8s",
 	}, "all")
 	waitReady(t, "http://"+httpAddr+"/readyz", "http://"+ingestHTTP+"/readyz")
 	metrics := "http://" + httpAddr + "/metrics"
@@ -148,7 +148,7 @@ func TestWatcherStuckOrGone(t *testing.T) {
 	if n, err := gapFree(trimLines(reader.messages())); err != nil || n["w"] != int64(total) {
 		t.Errorf("reading watcher: %v lines, %v; want %d", n["w"], err, total)
 	}
-	t.Logf("relay all, 2 MB/s of 1,000-byte lines, queue budget 1 MiB, slow grace 1 s: the watcher that went away was counted closed %s after; the stuck one was closed with 1008 %.1f s into the stream (%d lines = %.1f MB written by then), holding a gap-free %d lines; the reading one got all %d lines and stayed connected",
+	t.Logf("relay all, 2 MB/s of 1,000-byte lines, queue budget 1 MiB, slow grace 2 s: the watcher that went away was counted closed %s after; the stuck one was closed with 1008 %.1f s into the stream (%d lines = %.1f MB written by then), holding a gap-free %d lines; the reading one got all %d lines and stayed connected",
 		goneNoticed.Round(time.Millisecond), stuckCut.Seconds(), writtenAtCut, float64(writtenAtCut)/1000, len(stuckGot), total)
 }
 
