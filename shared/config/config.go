@@ -65,11 +65,24 @@ type Fanout struct {
 	PublicIngestAddr string        `envconfig:"FANOUT_PUBLIC_INGEST_ADDR" default:"" desc:"host:port of the ingest handshake listener as users reach it, shown on the demo page (empty: this host, first handshake listener's port)"`
 }
 
+// Durable settings say which channels are stored in NATS JetStream and how
+// long (docs/architecture.md, Durable channels); every role reads them.
+type Durable struct {
+	DurableChannels []string      `envconfig:"DURABLE_CHANNELS" default:"" desc:"comma-separated channel patterns (* matches one token, a final > the rest, as in NATS) whose messages are stored in the JetStream stream RELAY_DURABLE_STREAM; ingest publishes them with acks and tells '+ack' senders what is stored; empty = none (every channel is core NATS, at most once)"`
+	DurableStream   string        `envconfig:"DURABLE_STREAM" default:"RELAY" desc:"name of the JetStream stream holding the durable channels; relay creates it, or updates its subjects and limits, at start"`
+	DurableMaxAge   time.Duration `envconfig:"DURABLE_MAX_AGE" default:"24h" desc:"a durable message is kept at most this long (0 = no age limit)"`
+	DurableMaxMsgs  int64         `envconfig:"DURABLE_MAX_MSGS_PER_CHANNEL" default:"10000" desc:"most messages kept per durable channel; the oldest go first (0 = no limit)"`
+	DurableMaxBytes int64         `envconfig:"DURABLE_MAX_BYTES" default:"1073741824" desc:"most bytes the stream keeps over all durable channels; the oldest messages go first (0 = no limit)"`
+	DurableReplicas int           `envconfig:"DURABLE_REPLICAS" default:"1" desc:"copies of the stream in the NATS cluster (1 to 5; at most the number of JetStream servers)"`
+	DataDir         string        `envconfig:"DATA_DIR" default:"relay-data" desc:"'relay all' only, with durable channels: directory of the embedded NATS server's JetStream store (created if missing; relative to the working directory), so history survives a restart"`
+}
+
 // Config is everything relay reads. Each role uses the parts it needs.
 type Config struct {
 	Common
 	Ingest
 	Fanout
+	Durable
 }
 
 // Load reads the environment. Unparseable values are all reported (joined),
@@ -146,6 +159,7 @@ func (c Config) Validate(role Role) error {
 		}
 	}
 
+	errs = append(errs, c.Durable.Validate(role))
 	if role == RoleAll || role == RoleIngest {
 		errs = append(errs, c.Ingest.Validate())
 	}
@@ -227,6 +241,36 @@ func (i Ingest) Validate() error {
 	}
 	if i.ReadBuffer < 4096 || i.ReadBuffer > 16<<20 {
 		add("RELAY_INGEST_READ_BUFFER=%d: must be between 4096 and %d", i.ReadBuffer, 16<<20)
+	}
+	return errors.Join(errs...)
+}
+
+// Validate checks the durable settings and returns every problem joined.
+func (d Durable) Validate(role Role) error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	for _, p := range d.DurableChannels {
+		if err := subjects.ValidatePattern(strings.TrimSpace(p)); err != nil {
+			add("RELAY_DURABLE_CHANNELS: %v", err)
+		}
+	}
+	if d.DurableStream == "" || strings.ContainsAny(d.DurableStream, " \t\r\n.*>/\\") || len(d.DurableStream) > 64 {
+		add("RELAY_DURABLE_STREAM=%q: must be 1 to 64 characters without spaces, '.', '*', '>', '/' or '\\'", d.DurableStream)
+	}
+	if d.DurableMaxAge < 0 {
+		add("RELAY_DURABLE_MAX_AGE=%s: must not be negative (0 = no limit)", d.DurableMaxAge)
+	}
+	if d.DurableMaxMsgs < 0 {
+		add("RELAY_DURABLE_MAX_MSGS_PER_CHANNEL=%d: must not be negative (0 = no limit)", d.DurableMaxMsgs)
+	}
+	if d.DurableMaxBytes < 0 {
+		add("RELAY_DURABLE_MAX_BYTES=%d: must not be negative (0 = no limit)", d.DurableMaxBytes)
+	}
+	if d.DurableReplicas < 1 || d.DurableReplicas > 5 {
+		add("RELAY_DURABLE_REPLICAS=%d: must be between 1 and 5", d.DurableReplicas)
+	}
+	if role == RoleAll && len(d.DurableChannels) > 0 && strings.TrimSpace(d.DataDir) == "" {
+		add("RELAY_DATA_DIR: empty; 'relay all' with durable channels needs a directory for the JetStream store")
 	}
 	return errors.Join(errs...)
 }

@@ -38,6 +38,7 @@ func (c Config) Vars() []Var {
 	add(c.Common, "all, ingest, fanout")
 	add(c.Ingest, "all, ingest")
 	add(c.Fanout, "all, fanout")
+	add(c.Durable, "all, ingest, fanout")
 	return out
 }
 
