@@ -24,7 +24,12 @@ const (
 	refusedDraining        = metrics.FanoutDraining
 	refusedSubscribeFailed = metrics.FanoutSubscribeFailed
 	refusedBadRequest      = metrics.FanoutBadRequest
+	refusedNATSDown        = metrics.FanoutNATSDown
 )
+
+// reasonNATSDown is the close reason of an upgrade refused while this
+// fanout has no NATS connection (code 1012).
+const reasonNATSDown = "upstream unavailable; retry later"
 
 // acceptOptions skips the library's origin check: serveWS has already done
 // the same check itself, so that a refusal is counted and logged. Compression
@@ -55,6 +60,12 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		_, _ = websocket.Accept(w, r, acceptOptions)
 		return
 	}
+	if !s.nc.IsConnected() {
+		// A browser cannot read an HTTP status (it sees 1006 and retries
+		// blindly), so complete the upgrade and close at once with 1012.
+		s.refuseUpgraded(w, r, refusedNATSDown, reasonNATSDown)
+		return
+	}
 	if s.active.Add(1) > int64(s.cfg.MaxConnections) {
 		s.active.Add(-1)
 		s.refuse(w, r, http.StatusServiceUnavailable, refusedTooMany, "too many connections")
@@ -80,7 +91,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	ch, err := s.hub.join(name, c)
 	if err != nil {
 		log.Warn("subscribe failed; upgrade refused", "err", err)
-		s.refuse(w, r, http.StatusServiceUnavailable, refusedSubscribeFailed, "subscription failed, retry")
+		s.refuseUpgraded(w, r, refusedSubscribeFailed, reasonNATSDown)
 		return
 	}
 
@@ -188,6 +199,22 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, reas
 		s.log.Info("upgrade refused", "reason", reason, "status", status, "remote", r.RemoteAddr,
 			"origin", r.Header.Get("Origin"), "path", r.URL.Path, "suppressed", n)
 	}
+}
+
+// refuseUpgraded completes the upgrade and closes at once with 1012 Service
+// Restart and reason: the way to refuse that a browser can see. The close
+// handshake is bounded by the library (5 s for each direction).
+func (s *Server) refuseUpgraded(w http.ResponseWriter, r *http.Request, reason metrics.FanoutRefusal, text string) {
+	s.m.Refused.Inc(reason)
+	if n, ok := s.refusals.allow(string(reason)); ok {
+		s.log.Info("upgrade refused", "reason", reason, "close", int(websocket.StatusServiceRestart), "remote", r.RemoteAddr,
+			"origin", r.Header.Get("Origin"), "path", r.URL.Path, "suppressed", n)
+	}
+	conn, err := websocket.Accept(w, r, acceptOptions)
+	if err != nil {
+		return
+	}
+	_ = conn.Close(websocket.StatusServiceRestart, text)
 }
 
 // logLimiter lets one log line per key through per interval and counts the

@@ -68,6 +68,13 @@ type Options struct {
 	Metrics *metrics.Fanout
 	// MetricsHandler is served at GET /metrics; nil leaves the route out.
 	MetricsHandler http.Handler
+	// Upstream, when set, is closed once the publishers feeding this
+	// process have stopped and NATS has confirmed what they published (in
+	// 'relay all': ingest.Server.Drained). Shutdown keeps the clients until
+	// then, and until this connection has received and queued all of it,
+	// so they get every message ingest accepted before 1001. Bounded by
+	// three quarters of ShutdownGrace.
+	Upstream <-chan struct{}
 }
 
 // Server is the fanout tier: one HTTP server for WebSockets, the demo page,
@@ -87,6 +94,7 @@ type Server struct {
 	health   *health.Checker
 	hub      *hub
 	refusals *logLimiter
+	upstream <-chan struct{}
 
 	active atomic.Int64 // upgrades in progress and connected clients, for MaxConnections
 	ran    atomic.Bool
@@ -139,6 +147,7 @@ func New(o Options) (*Server, error) {
 		mux:      http.NewServeMux(),
 		refusals: newLogLimiter(time.Second),
 		clients:  make(map[*client]struct{}),
+		upstream: o.Upstream,
 	}
 	for _, p := range cfg.AllowedOrigins {
 		s.origins = append(s.origins, strings.ToLower(strings.TrimSpace(p)))
@@ -343,6 +352,13 @@ func (s *Server) shutdown() {
 	}
 	cancel()
 
+	// 2b. Publishers of this process (ingest in 'relay all') may still be
+	// publishing what their senders wrote before the signal: keep the
+	// clients until every accepted message has reached their queues.
+	if s.upstream != nil {
+		s.awaitUpstream(start.Add(s.grace * 3 / 4))
+	}
+
 	// 3. Close every client; an upgrade that registers later closes itself.
 	for _, c := range clients {
 		c.close(websocket.StatusGoingAway, reasonShutdown, disconnectShutdown)
@@ -394,6 +410,35 @@ func (s *Server) shutdown() {
 		time.Sleep(10 * time.Millisecond)
 	}
 	s.log.Info("fanout stopped", "took", time.Since(start).Round(time.Millisecond))
+}
+
+// awaitUpstream waits (until by at the latest) for s.upstream to close,
+// then for this connection to receive everything NATS took before that (a
+// flush round trip: the server sends us all earlier messages before the
+// PONG) and for the subscriptions to hand all of it to the clients' queues
+// (a barrier runs after every message already received is processed).
+func (s *Server) awaitUpstream(by time.Time) {
+	t := time.NewTimer(time.Until(by))
+	defer t.Stop()
+	select {
+	case <-s.upstream:
+	case <-t.C:
+		s.log.Warn("publishers still draining at the deadline; closing clients", "waited", s.grace*3/4)
+		return
+	}
+	if err := s.nc.FlushTimeout(max(time.Until(by), 10*time.Millisecond)); err != nil {
+		s.log.Warn("nats flush before closing clients failed; they may miss the last messages", "err", err)
+		return
+	}
+	done := make(chan struct{})
+	if err := s.nc.Barrier(func() { close(done) }); err != nil {
+		return
+	}
+	select {
+	case <-done:
+	case <-t.C:
+		s.log.Warn("subscriptions still delivering at the deadline; closing clients")
+	}
 }
 
 // track counts an upgrade handler unless shutdown has begun.

@@ -373,3 +373,78 @@ func TestShutdownDeliversQueuedBeforeGoingAway(t *testing.T) {
 		t.Fatalf("receiver got %d of %d messages before 1001", r.n, n)
 	}
 }
+
+// While NATS is down an upgrade is refused at once in a way a browser can
+// see: the upgrade completes and closes with 1012 and a reason (not an HTTP
+// status after waiting for a subscription that cannot be confirmed).
+func TestUpgradeWhileNATSDownClosesWith1012(t *testing.T) {
+	t.Parallel()
+	e := startEnv(t, nil)
+	e.ns.Shutdown()
+	eventually(t, 10*time.Second, func() error {
+		if e.srv.Ready() == nil {
+			return errors.New("still ready with NATS down")
+		}
+		return nil
+	})
+	c, err := e.tryDial("down", nil)
+	if err != nil {
+		t.Fatalf("upgrade while NATS is down: %v (want 101, then close 1012)", err)
+	}
+	_, err = readErr(c, 10*time.Second)
+	var ce websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != websocket.StatusServiceRestart || ce.Reason != reasonNATSDown {
+		t.Fatalf("receiver got %v, want close 1012 %q", err, reasonNATSDown)
+	}
+	if got := val(e.m.Refused.With(refusedNATSDown)); got != 1 {
+		t.Errorf("Refused{nats_disconnected} = %v, want 1", got)
+	}
+	if got := val(e.m.Subscriptions); got != 0 {
+		t.Errorf("Subscriptions = %v after a refused upgrade", got)
+	}
+}
+
+// With Options.Upstream (ingest in 'relay all'), shutdown keeps the
+// receivers until the publishers are done, so messages published during
+// their drain still reach them before 1001.
+func TestShutdownWaitsForUpstream(t *testing.T) {
+	t.Parallel()
+	upstream := make(chan struct{})
+	e := startEnv(t, func(o *Options) {
+		o.Upstream = upstream
+		o.Config.ClientQueue = 1 << 16 // this test is not about bursts
+	})
+	c := e.dial("up", nil)
+	type result struct {
+		n   int
+		err error
+	}
+	res := make(chan result, 1)
+	go func() { n, err := readErr(c, 30*time.Second); res <- result{n, err} }()
+	stopped := make(chan error, 1)
+	go func() { _, err := e.stop(); stopped <- err }()
+	eventually(t, 10*time.Second, func() error {
+		if e.srv.Ready() == nil {
+			return errors.New("shutdown has not begun")
+		}
+		return nil
+	})
+	// The publisher drains after the signal: 2,000 messages, then done.
+	const n = 2000
+	for i := range n {
+		e.publish("up", fmt.Appendf(nil, "m %d", i))
+	}
+	e.flush()
+	close(upstream)
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+	r := <-res
+	var ce websocket.CloseError
+	if !errors.As(r.err, &ce) || ce.Code != websocket.StatusGoingAway {
+		t.Fatalf("receiver got %v after %d messages, want 1001", r.err, r.n)
+	}
+	if r.n != n {
+		t.Fatalf("receiver got %d of the %d messages published during the drain before 1001", r.n, n)
+	}
+}

@@ -31,6 +31,7 @@ const (
 	reasonTooManyConnections = metrics.IngestTooManyConnections
 	reasonPublishFailed      = metrics.IngestPublishFailed
 	reasonShutdown           = metrics.IngestShutdown
+	reasonUpstream           = metrics.IngestUpstream
 )
 
 // Format header values (docs/architecture.md, NATS). A binary message
@@ -57,10 +58,11 @@ type senderConn struct {
 	stopping bool // shutdown set a read deadline: a timeout is the end
 
 	msgs, bytes int
+	ledger      *ledger // which of msgs NATS has confirmed
 }
 
 func newSenderConn(s *Server, conn net.Conn, spec config.Listener) *senderConn {
-	return &senderConn{s: s, conn: conn, spec: spec}
+	return &senderConn{s: s, conn: conn, spec: spec, ledger: newLedger(s.k)}
 }
 
 // stopReading makes reads end at deadline (shutdown).
@@ -112,18 +114,41 @@ func (c *senderConn) serve() {
 		log.Debug("sender disconnected", "messages", c.msgs, "bytes", c.bytes)
 	case errors.Is(err, ErrTooLarge):
 		c.fail(reasonTooLarge, err, fmt.Sprintf("message too large (max %d bytes)", s.cfg.MaxMessage))
-	case errors.Is(err, ErrTruncated) && c.isStopping():
-		c.fail(reasonShutdown, err, "server shutting down")
+	case c.isStopping() && (isTimeout(err) || errors.Is(err, ErrTruncated) || errors.Is(err, errHeld)):
+		// Shutdown: what was read is published; say how much, once NATS has
+		// confirmed it, so the sender knows exactly where to resume.
+		reply := c.shutdownReply()
+		if errors.Is(err, errHeld) {
+			s.m.Unpublished.Inc(metrics.UnpublishedShutdown)
+			c.fail(reasonShutdown, err, reply)
+			return
+		}
+		c.errLine(reply)
+		log.Info("sender closed at shutdown", "messages", c.msgs, "bytes", c.bytes)
 	case errors.Is(err, ErrTruncated):
 		c.fail(reasonTruncated, err, "truncated frame")
+	case errors.Is(err, errHeld):
+		s.m.Unpublished.Inc(metrics.UnpublishedUpstream)
+		c.fail(reasonUpstream, err, fmt.Sprintf("upstream unavailable: %d messages accepted", c.ledger.confirmed(c.msgs)))
 	case errors.Is(err, errPublish):
-		c.fail(reasonPublishFailed, err, "publish failed; message not delivered")
-	case c.isStopping() && isTimeout(err):
-		c.errLine("server shutting down")
-		log.Info("sender closed at shutdown", "messages", c.msgs, "bytes", c.bytes)
+		s.m.Unpublished.Inc(metrics.UnpublishedPublishFailed)
+		c.fail(reasonPublishFailed, err, fmt.Sprintf("publish failed; message not delivered: %d messages accepted", c.ledger.confirmed(c.msgs)))
 	default:
 		log.Info("sender connection ended", "err", err, "messages", c.msgs, "bytes", c.bytes)
 	}
+}
+
+// shutdownReply confirms this connection's messages with NATS (a flush
+// round trip: the server has processed everything published before it)
+// and words the sender's last line: N is how many of its first messages
+// NATS confirmed, so the sender knows exactly where to resume.
+func (c *senderConn) shutdownReply() string {
+	n := c.ledger.flush(c.msgs, max(time.Until(c.s.flushBy()), 100*time.Millisecond))
+	if n < c.msgs {
+		c.s.logRefusal("shutdown_unconfirmed", "ingest: NATS did not confirm all of a sender's messages at shutdown",
+			"remote", c.conn.RemoteAddr().String(), "published", c.msgs, "confirmed", n)
+	}
+	return fmt.Sprintf("server shutting down: %d messages accepted", n)
 }
 
 // handshake reads `CHANNEL [TOKEN]\n` within the timeout and answers +OK.
@@ -134,7 +159,7 @@ func (c *senderConn) handshake() (string, error) {
 	if err != nil {
 		switch {
 		case c.isStopping() && isTimeout(err):
-			c.fail(reasonShutdown, err, "server shutting down")
+			c.fail(reasonShutdown, err, "server shutting down: 0 messages accepted")
 		case errors.Is(err, ErrBadHandshake):
 			c.fail(reasonBadHandshake, err, strings.TrimPrefix(err.Error(), "ingest: "))
 		case isTimeout(err):
@@ -179,7 +204,8 @@ func (c *senderConn) pump(channel string) error {
 		if text {
 			msg.Header = textHdr
 		}
-		if err := s.publish(msg); err != nil {
+		c.ledger.beforePublish(c.msgs)
+		if err := c.publish(msg); err != nil {
 			return err
 		}
 		c.msgs++
@@ -189,27 +215,61 @@ func (c *senderConn) pump(channel string) error {
 	}
 }
 
-var errPublish = errors.New("ingest: publish failed")
+var (
+	errPublish = errors.New("ingest: publish failed")
+	// errHeld: NATS could not take a message for as long as ingest holds
+	// one (RELAY_INGEST_OUTAGE_HOLD, or until the shutdown deadline).
+	errHeld = errors.New("ingest: NATS unavailable")
+)
 
-// publish hands msg to NATS, waiting while NATS cannot take more (the
-// reconnect buffer is full while disconnected). It gives up only when the
-// connection is closed or the shutdown grace runs out.
-func (s *Server) publish(msg *nats.Msg) error {
-	wait := 5 * time.Millisecond
+// publish hands msg to NATS. The connection has no reconnect buffer, so
+// while NATS is down a publish fails at once instead of being buffered and
+// replayed later: the message is held, reading stops (TCP pushes back on
+// the sender), and publishing resumes when NATS is back. Only a message NATS
+// took counts as accepted. Held longer than RELAY_INGEST_OUTAGE_HOLD, or past
+// the shutdown deadline, it fails with errHeld.
+func (c *senderConn) publish(msg *nats.Msg) error {
+	s := c.s
+	var heldSince time.Time
 	for {
-		err := s.nc.PublishMsg(msg)
-		if err == nil {
-			return nil
+		// A stalled confirmation means NATS has stopped answering while the
+		// connection still looks up (a frozen server): publishing more
+		// would only fill socket buffers that may never be read.
+		if !s.k.stalled() {
+			err := s.nc.PublishMsg(msg)
+			if err == nil {
+				if !heldSince.IsZero() {
+					s.m.Held.Dec()
+				}
+				return nil
+			}
+			if permanent(err) {
+				if !heldSince.IsZero() {
+					s.m.Held.Dec()
+				}
+				return fmt.Errorf("%w: %s: %w", errPublish, msg.Subject, err)
+			}
 		}
-		if !errors.Is(err, nats.ErrReconnectBufExceeded) {
-			return fmt.Errorf("%w: %s: %w", errPublish, msg.Subject, err)
+		if heldSince.IsZero() {
+			heldSince = time.Now()
+			s.m.Held.Inc()
+			// Mark what went out on this connection before it dropped, so
+			// the count told later is exact.
+			c.ledger.take(c.msgs)
 		}
 		s.m.PublishRetries.Inc()
-		if err := sleepCtx(s.hardCtx, wait); err != nil {
-			return fmt.Errorf("%w: %s: NATS still unavailable at shutdown deadline", errPublish, msg.Subject)
+		if err := s.waitUpstream(heldSince.Add(s.cfg.OutageHold)); err != nil {
+			s.m.Held.Dec()
+			return fmt.Errorf("%w: %s: held %s: %w", errHeld, msg.Subject, time.Since(heldSince).Round(time.Millisecond), err)
 		}
-		wait = min(2*wait, 500*time.Millisecond)
 	}
+}
+
+// permanent reports publish errors that waiting for NATS cannot cure.
+func permanent(err error) bool {
+	return errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrMaxPayload) ||
+		errors.Is(err, nats.ErrBadSubject) || errors.Is(err, nats.ErrHeadersNotSupported) ||
+		errors.Is(err, nats.ErrInvalidConnection)
 }
 
 // fail tells the sender why it is being closed, counts and logs it.
@@ -220,10 +280,27 @@ func (c *senderConn) fail(reason metrics.IngestRefusal, err error, msg string) {
 	c.errLine(msg)
 }
 
+// errLine writes the sender's last line, then closes gently: a sender
+// still writing would otherwise have its unread bytes answered with a TCP
+// reset, which can discard the -ERR line before the sender reads it. So
+// ingest half-closes and discards what still arrives for a moment (bounded
+// in time and bytes) before serve closes the connection.
 func (c *senderConn) errLine(msg string) {
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	c.conn.Write(tcpproto.ErrLine(msg))
+	if _, err := c.conn.Write(tcpproto.ErrLine(msg)); err != nil {
+		return
+	}
+	if tc, ok := c.conn.(interface{ CloseWrite() error }); ok && tc.CloseWrite() == nil {
+		c.conn.SetReadDeadline(time.Now().Add(lingerTime))
+		io.Copy(io.Discard, io.LimitReader(c.conn, lingerBytes))
+	}
 }
+
+// lingerTime and lingerBytes bound errLine's gentle close.
+const (
+	lingerTime  = 500 * time.Millisecond
+	lingerBytes = 4 << 20
+)
 
 // logRefusal rate-limits refusal logs per reason: a misbehaving fleet must
 // not flood the log. The counter still counts every one.

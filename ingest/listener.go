@@ -43,7 +43,7 @@ func (s *Server) acceptLoop(ln *listener) error {
 		c := newSenderConn(s, nc, ln.spec)
 		if !s.track(c) {
 			<-s.slots
-			s.refuse(nc, reasonShutdown, "server shutting down")
+			s.refuse(nc, reasonShutdown, "server shutting down: 0 messages accepted")
 			continue
 		}
 		go func() {

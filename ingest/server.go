@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -62,7 +63,16 @@ type Server struct {
 	// hardCtx ends when the shutdown grace runs out; it bounds publish retries.
 	hardCtx    context.Context
 	hardCancel context.CancelFunc
+	hardAt     atomic.Int64 // unix nanoseconds of the hard deadline, once shutdown began
 
+	// back is closed (and replaced) each time NATS reconnects: senders held
+	// by an outage wait on it.
+	backMu sync.Mutex
+	back   chan struct{}
+
+	k            *confirmer // which publishes NATS has confirmed; detects a stalled server
+	stopConfirm  chan struct{}
+	drained      chan struct{} // closed once shutdown has published and flushed what it read
 	shutdownOnce sync.Once
 }
 
@@ -81,6 +91,9 @@ func New(o Options) (*Server, error) {
 	if o.ShutdownGrace <= 0 {
 		o.ShutdownGrace = 20 * time.Second
 	}
+	if o.Config.OutageHold == 0 {
+		o.Config.OutageHold = 10 * time.Second
+	}
 	mapper, err := subjects.NewMapper(o.SubjectPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
@@ -88,23 +101,42 @@ func New(o Options) (*Server, error) {
 	if err := o.Config.Validate(); err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
-	specs, _ := config.ParseListeners(o.Config.Listeners) // checked by Validate
 	if mp := o.NATS.MaxPayload(); mp > 0 && int64(o.Config.MaxMessage)+headerRoom > mp {
 		return nil, fmt.Errorf("ingest: RELAY_INGEST_MAX_MESSAGE=%d does not fit the NATS server's max payload of %d bytes (headers need %d)", o.Config.MaxMessage, mp, headerRoom)
 	}
 	hardCtx, hardCancel := context.WithCancel(context.Background())
 	s := &Server{
-		cfg:        o.Config,
-		grace:      o.ShutdownGrace,
-		nc:         o.NATS,
-		log:        o.Logger,
-		m:          o.Metrics,
-		mapper:     mapper,
-		slots:      make(chan struct{}, o.Config.MaxConnections),
-		conns:      map[*senderConn]struct{}{},
-		hardCtx:    hardCtx,
-		hardCancel: hardCancel,
+		cfg:         o.Config,
+		grace:       o.ShutdownGrace,
+		nc:          o.NATS,
+		log:         o.Logger,
+		m:           o.Metrics,
+		mapper:      mapper,
+		slots:       make(chan struct{}, o.Config.MaxConnections),
+		conns:       map[*senderConn]struct{}{},
+		hardCtx:     hardCtx,
+		hardCancel:  hardCancel,
+		back:        make(chan struct{}),
+		k:           newConfirmer(o.NATS),
+		stopConfirm: make(chan struct{}),
+		drained:     make(chan struct{}),
 	}
+	if o.NATS.Opts.ReconnectBufSize >= 0 {
+		o.Logger.Warn("ingest: the NATS connection buffers publishes while disconnected; " +
+			"messages accepted during an outage would be replayed as a burst on reconnect (connect with natsconn's NoReconnectBuffer)")
+	}
+	// Senders held by an outage resume as soon as NATS is back. Handlers
+	// already set (logging, metrics) keep running first.
+	prevReconnect := o.NATS.Opts.ReconnectedCB
+	o.NATS.SetReconnectHandler(func(nc *nats.Conn) {
+		if prevReconnect != nil {
+			prevReconnect(nc)
+		}
+		s.backMu.Lock()
+		close(s.back)
+		s.back = make(chan struct{})
+		s.backMu.Unlock()
+	})
 	s.health = health.New(func() error {
 		if !s.nc.IsConnected() {
 			return errors.New("ingest: NATS not connected")
@@ -116,7 +148,7 @@ func New(o Options) (*Server, error) {
 		keepAlive = -1 // net.ListenConfig: negative disables keepalive
 	}
 	lc := net.ListenConfig{KeepAlive: keepAlive}
-	for _, spec := range specs {
+	for _, spec := range o.Config.Listeners {
 		ln, err := lc.Listen(context.Background(), "tcp", spec.Addr)
 		if err != nil {
 			s.closeListeners()
@@ -162,12 +194,55 @@ func (s *Server) HTTPAddr() net.Addr {
 // Ready returns nil while NATS is connected and the server is not draining.
 func (s *Server) Ready() error { return s.health.Ready() }
 
+// Drained is closed once shutdown has stopped reading from senders,
+// published what it read and NATS has confirmed it (a flush round trip), or
+// the grace ran out. In 'relay all' the fanout waits for it before closing
+// its clients, so they receive every message ingest accepted.
+func (s *Server) Drained() <-chan struct{} { return s.drained }
+
+// waitUpstream waits until NATS is connected again, until (an outage hold
+// ending), or the shutdown deadline.
+func (s *Server) waitUpstream(until time.Time) error {
+	poll := time.NewTimer(0)
+	defer poll.Stop()
+	for {
+		s.backMu.Lock()
+		back := s.back
+		s.backMu.Unlock()
+		if s.nc.IsConnected() && !s.k.stalled() {
+			return nil
+		}
+		left := time.Until(until)
+		if left <= 0 {
+			return errors.New("NATS still unreachable after RELAY_INGEST_OUTAGE_HOLD")
+		}
+		// The reconnect handler wakes us; the poll covers a publish that
+		// failed for another reason while the connection stayed up.
+		poll.Reset(min(left, confirmEvery))
+		select {
+		case <-back:
+		case <-poll.C:
+		case <-s.hardCtx.Done():
+			return errors.New("NATS still unreachable at the shutdown deadline")
+		}
+	}
+}
+
+// flushBy is when a shutdown flush must be done: the hard deadline.
+func (s *Server) flushBy() time.Time {
+	if at := s.hardAt.Load(); at != 0 {
+		return time.Unix(0, at)
+	}
+	return time.Now().Add(s.grace / 4)
+}
+
 // Run accepts senders until ctx ends, then shuts down gracefully: readiness
 // fails, listeners close, what senders already wrote is read and published,
 // NATS is flushed and closed. It returns nil after a clean shutdown.
 func (s *Server) Run(ctx context.Context) error {
 	errc := make(chan error, len(s.lns)+1)
 	var loops sync.WaitGroup
+	loops.Go(func() { s.k.run(s.stopConfirm) })
 	for _, ln := range s.lns {
 		s.log.Info("ingest listening", "addr", ln.Addr().String(), "channel", ln.spec.Channel, "framing", string(ln.spec.Framing))
 		loops.Go(func() {
@@ -217,14 +292,19 @@ func (s *Server) shutdown() {
 		// Publishes blocked on backpressure may retry until the hard
 		// deadline, keeping a quarter of the grace for the NATS flush.
 		hardAt := time.Until(deadline) * 3 / 4
+		s.hardAt.Store(time.Now().Add(hardAt).UnixNano())
 		timer := time.AfterFunc(hardAt, s.hardCancel)
 		waitTimeout(&s.wg, hardAt+time.Second)
 		timer.Stop()
 		s.hardCancel()
 
-		if err := s.nc.FlushTimeout(max(time.Until(deadline), 100*time.Millisecond)); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		if !s.nc.IsConnected() {
+			s.log.Warn("ingest: NATS not connected at shutdown; messages published since its last confirmation may be lost")
+		} else if err := s.nc.FlushTimeout(max(time.Until(deadline), 100*time.Millisecond)); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 			s.log.Warn("ingest: NATS flush at shutdown failed", "err", err)
 		}
+		close(s.drained)
+		close(s.stopConfirm)
 		s.nc.Close()
 		if s.httpSrv != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), max(time.Until(deadline), 100*time.Millisecond))

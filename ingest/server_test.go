@@ -34,7 +34,7 @@ type harness struct {
 
 func defaultConfig(listeners string) config.Ingest {
 	return config.Ingest{
-		Listeners:        listeners,
+		Listeners:        config.MustParseListeners(listeners),
 		MaxMessage:       65536,
 		HandshakeTimeout: 5 * time.Second,
 		KeepAlive:        30 * time.Second,
@@ -55,9 +55,10 @@ func startIngest(t *testing.T, srv *server.Server, cfg config.Ingest, natsOpts .
 		Config:        cfg,
 		SubjectPrefix: "relay",
 		ShutdownGrace: 5 * time.Second,
-		NATS:          testutil.Connect(t, srv, natsOpts...),
-		Logger:        testutil.Logger(t),
-		Metrics:       reg.Ingest,
+		// As relay connects ingest: no reconnect buffer (natsconn.Options.NoReconnectBuffer).
+		NATS:    testutil.Connect(t, srv, append([]nats.Option{nats.ReconnectBufSize(-1)}, natsOpts...)...),
+		Logger:  testutil.Logger(t),
+		Metrics: reg.Ingest,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -344,8 +345,9 @@ func TestBackpressureBoundsMemory(t *testing.T) {
 	t.Parallel()
 	srv := testutil.NATSServer(t)
 	port := srv.Addr().(*net.TCPAddr).Port
-	h := startIngest(t, srv, defaultConfig("127.0.0.1:0=bp/line"),
-		nats.ReconnectWait(time.Hour), nats.ReconnectBufSize(256<<10))
+	cfg := defaultConfig("127.0.0.1:0=bp/line")
+	cfg.OutageHold = 5 * time.Minute // this test is about holding, not giving up
+	h := startIngest(t, srv, cfg, nats.ReconnectWait(time.Hour))
 
 	srv.Shutdown()
 	srv.WaitForShutdown()
@@ -385,13 +387,22 @@ func TestBackpressureBoundsMemory(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	growth := int64(after.HeapInuse) - int64(before.HeapInuse)
 	t.Logf("sender pushed back after %d bytes (%d lines); ingest heap grew %d KiB", written, lines, growth>>10)
-	// Kernel socket buffers plus the 256 KiB reconnect buffer and one read
-	// buffer: tens of MiB at most, whatever the sender does.
+	// Kernel socket buffers and one read buffer (no reconnect buffer: a
+	// publish fails at once while NATS is down): tens of MiB at most,
+	// whatever the sender does.
 	if written > 64<<20 {
 		t.Fatalf("sender wrote %d MiB before backpressure", written>>20)
 	}
 	if growth > 32<<20 {
 		t.Fatalf("heap grew %d MiB while NATS was down", growth>>20)
+	}
+
+	// Held, not accepted: nothing counts as published while NATS is down.
+	if got := ptestutil.ToFloat64(h.m.Messages); got != 0 {
+		t.Fatalf("relay_ingest_messages_total = %v while NATS was down, want 0 (nothing accepted)", got)
+	}
+	if got := ptestutil.ToFloat64(h.m.Held); got != 1 {
+		t.Fatalf("relay_ingest_senders_held = %v, want 1", got)
 	}
 
 	// NATS comes back on the same port: everything the sender wrote arrives.
@@ -419,6 +430,9 @@ func TestBackpressureBoundsMemory(t *testing.T) {
 	}
 	if got := ptestutil.ToFloat64(h.m.PublishRetries); got == 0 {
 		t.Fatal("no publish was retried: backpressure path not exercised")
+	}
+	if got := ptestutil.ToFloat64(h.m.Messages); got != float64(lines) {
+		t.Fatalf("relay_ingest_messages_total = %v after NATS returned, want %d", got, lines)
 	}
 }
 
@@ -450,7 +464,7 @@ func TestShutdownPublishesWhatWasWritten(t *testing.T) {
 		}
 	}
 	br := bufio.NewReader(c)
-	if reply := readLine(t, c, br); reply != "-ERR server shutting down\n" {
+	if reply := readLine(t, c, br); reply != fmt.Sprintf("-ERR server shutting down: %d messages accepted\n", n) {
 		t.Fatalf("reply at shutdown %q", reply)
 	}
 	if _, err := net.DialTimeout("tcp", h.addr(0), time.Second); err == nil {
@@ -471,4 +485,70 @@ func TestNewFailsOnPortInUse(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "address already in use") {
 		t.Fatalf("New = %v, want address in use", err)
 	}
+}
+
+// TestOutageHoldRefusesWithCount: while NATS is down ingest accepts
+// nothing; a sender held longer than RELAY_INGEST_OUTAGE_HOLD is told how
+// many of its messages were accepted, and the counters keep published and
+// unpublished apart.
+func TestOutageHoldRefusesWithCount(t *testing.T) {
+	t.Parallel()
+	srv := testutil.NATSServer(t)
+	cfg := defaultConfig("127.0.0.1:0=hold/line")
+	cfg.OutageHold = 500 * time.Millisecond
+	h := startIngest(t, srv, cfg, nats.ReconnectWait(time.Hour))
+	sub := subscribe(t, srv, "relay.ch.hold")
+
+	c := dial(t, h.addr(0))
+	const before = 100
+	io.WriteString(c, numbered("m", 0, before))
+	for i := range before {
+		if _, err := sub.NextMsg(10 * time.Second); err != nil {
+			t.Fatalf("after %d of %d: %v", i, before, err)
+		}
+	}
+	// The confirmer's round trip proves NATS took them (within 100 ms).
+	testutil.Eventually(t, 10*time.Second, func() error {
+		h.ing.k.mu.Lock()
+		defer h.ing.k.mu.Unlock()
+		if out := h.ing.nc.Stats().OutMsgs; h.ing.k.confirmed < out {
+			return fmt.Errorf("confirmed %d of %d", h.ing.k.confirmed, out)
+		}
+		return nil
+	})
+	srv.Shutdown()
+	srv.WaitForShutdown()
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if h.ing.Ready() == nil {
+			return errors.New("ingest still ready with NATS down")
+		}
+		return nil
+	})
+	io.WriteString(c, numbered("m", before, 50))
+	br := bufio.NewReader(c)
+	if reply, want := readLine(t, c, br), fmt.Sprintf("-ERR upstream unavailable: %d messages accepted\n", before); reply != want {
+		t.Fatalf("reply %q, want %q", reply, want)
+	}
+	expectClosed(t, c, br)
+	if got := ptestutil.ToFloat64(h.m.Messages); got != before {
+		t.Errorf("relay_ingest_messages_total = %v, want %d (only what NATS took)", got, before)
+	}
+	if got := ptestutil.ToFloat64(h.m.Unpublished.With(metrics.UnpublishedUpstream)); got != 1 {
+		t.Errorf("relay_ingest_unpublished_total{upstream_unavailable} = %v, want 1 (the held message)", got)
+	}
+	if got := ptestutil.ToFloat64(h.m.Refused.With(reasonUpstream)); got != 1 {
+		t.Errorf("relay_ingest_refused_total{upstream_unavailable} = %v, want 1", got)
+	}
+	if got := ptestutil.ToFloat64(h.m.Held); got != 0 {
+		t.Errorf("relay_ingest_senders_held = %v after the sender was closed", got)
+	}
+}
+
+// numbered returns n numbered lines "prefix i\n" from first on.
+func numbered(prefix string, first, n int) string {
+	var b strings.Builder
+	for i := first; i < first+n; i++ {
+		fmt.Fprintf(&b, "%s %d\n", prefix, i)
+	}
+	return b.String()
 }

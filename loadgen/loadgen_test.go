@@ -140,7 +140,7 @@ func startStack(t *testing.T, queue int) stack {
 		return nc
 	}
 	ing, err := ingest.New(ingest.Options{
-		Config: config.Ingest{Listeners: "127.0.0.1:0=*/line", MaxMessage: 65536, HandshakeTimeout: 5 * time.Second,
+		Config: config.Ingest{Listeners: config.MustParseListeners("127.0.0.1:0=*/line"), MaxMessage: 65536, HandshakeTimeout: 5 * time.Second,
 			MaxConnections: 100, ReadBuffer: 32768},
 		SubjectPrefix: "relay", ShutdownGrace: 2 * time.Second, NATS: connect(), Logger: log, Metrics: reg.Ingest,
 	})

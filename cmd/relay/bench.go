@@ -263,7 +263,7 @@ func benchConfig() (config.Config, error) {
 	if err != nil {
 		return cfg, err
 	}
-	cfg.Ingest.Listeners = "127.0.0.1:0=*/line"
+	cfg.Ingest.Listeners = config.MustParseListeners("127.0.0.1:0=*/line")
 	cfg.Ingest.HTTPAddr = "127.0.0.1:0"
 	cfg.Fanout.Addr = "127.0.0.1:0"
 	cfg.EmbeddedListen = "127.0.0.1:0"

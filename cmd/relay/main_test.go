@@ -27,6 +27,9 @@ import (
 var relayBin string
 
 func TestMain(m *testing.M) {
+	if addr := os.Getenv(natsChildEnv); addr != "" {
+		runNATSChild(addr) // the freeze test's NATS server (faults_test.go)
+	}
 	dir, err := os.MkdirTemp("", "relay-e2e")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -37,10 +37,16 @@ func serve(roleName string, args []string, stderr io.Writer) int {
 	role := config.Role(roleName)
 	cfg, err := loadConfig(role)
 	if err != nil {
+		for _, w := range unknownVariables() {
+			fmt.Fprintf(stderr, "relay %s: warning: %s\n", role, w)
+		}
 		fmt.Fprintf(stderr, "relay %s: %v\n", role, err)
 		return 2
 	}
 	log := newLogger(cfg, stderr)
+	for _, w := range unknownVariables() {
+		log.Warn(w)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// A second signal during shutdown gets the default behaviour: exit now.
@@ -76,7 +82,12 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 	if err != nil {
 		return err
 	}
-	connectOpts := natsconn.Options{RetryWindow: cfg.NATSRetry, Logger: log}
+	connectOpts := natsconn.Options{
+		RetryWindow:  cfg.NATSRetry,
+		Logger:       log,
+		PingInterval: cfg.NATSPingInterval,
+		MaxPingsOut:  cfg.NATSMaxPings,
+	}
 	var embedded *server.Server
 	if role == config.RoleAll {
 		eo := natsconn.EmbeddedOptions{
@@ -112,6 +123,9 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		o.Logger = log.With("tier", tier)
 		events := metrics.NATSEvents(tier)
 		o.OnEvent = events.Inc
+		// Ingest accepts only what NATS takes: no reconnect buffer to be
+		// replayed as a burst after an outage (see ingest's publish).
+		o.NoReconnectBuffer = tier == "ingest"
 		nc, err := natsconn.Connect(ctx, o)
 		if err != nil {
 			return nil, err
@@ -130,6 +144,9 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 	g, gctx := errgroup.WithContext(ctx)
 	var finished atomic.Bool
 	var handshakePort string
+	// In 'relay all' the fanout closes its clients only after ingest has
+	// published (and NATS confirmed) what its senders wrote before the signal.
+	var ingestDrained <-chan struct{}
 
 	if role == config.RoleAll || role == config.RoleIngest {
 		nc, err := connect("ingest")
@@ -154,8 +171,8 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			return err
 		}
 		info.IngestAddr = ing.Addrs()
-		listeners, _ := cfg.ParseListeners()
-		for i, l := range listeners {
+		ingestDrained = ing.Drained()
+		for i, l := range cfg.Listeners {
 			if l.Handshake() && handshakePort == "" {
 				handshakePort = strconv.Itoa(port(ing.Addrs()[i]))
 			}
@@ -187,6 +204,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			Logger:         log.With("tier", "fanout"),
 			Metrics:        reg.Fanout,
 			MetricsHandler: reg.Handler(),
+			Upstream:       ingestDrained,
 		})
 		if err != nil {
 			nc.Close()
@@ -198,8 +216,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 	log.Info("relay started", "role", string(role))
 	if role == config.RoleAll {
 		// The first thing a new user wants to know: where to look, how to send.
-		listeners, _ := cfg.ParseListeners()
-		for i, l := range listeners {
+		for i, l := range cfg.Listeners {
 			if !l.Handshake() {
 				log.Info("try it", "open", fmt.Sprintf("http://localhost:%d/?channel=%s", port(info.FanoutAddr), l.Channel),
 					"send", fmt.Sprintf("echo hello | nc -q1 localhost %d", port(info.IngestAddr[i])))

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -29,24 +30,30 @@ const Prefix = "RELAY"
 
 // Common settings are read by every role.
 type Common struct {
-	NATSURL        string        `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222" desc:"comma-separated NATS server URLs (ignored by 'relay all', which embeds its own server)"`
+	NATSURL        string        `envconfig:"NATS_URL" roles:"ingest,fanout" default:"nats://127.0.0.1:4222" desc:"comma-separated NATS server URLs (ignored by 'relay all', which embeds its own server)"`
 	NATSRetry      time.Duration `envconfig:"NATS_RETRY_WINDOW" default:"30s" desc:"how long to keep retrying the first NATS connection before exiting non-zero"`
 	SubjectPrefix  string        `envconfig:"SUBJECT_PREFIX" default:"relay" desc:"channel C travels on NATS subject <prefix>.ch.C"`
 	LogLevel       string        `envconfig:"LOG_LEVEL" default:"info" desc:"log level: debug, info, warn, error"`
 	LogFormat      string        `envconfig:"LOG_FORMAT" default:"text" desc:"log format: text or json"`
 	ShutdownGrace  time.Duration `envconfig:"SHUTDOWN_GRACE" default:"20s" desc:"on SIGTERM, the longest relay takes to drain senders, close receivers and flush NATS before it exits (keep below the orchestrator's kill timeout)"`
-	EmbeddedListen string        `envconfig:"NATS_LISTEN" default:"" desc:"'relay all' only: also serve the embedded NATS server on this host:port (e.g. 127.0.0.1:4222) so other NATS clients can publish; empty = in-process only"`
+	EmbeddedListen string        `envconfig:"NATS_LISTEN" roles:"all" default:"" desc:"'relay all' only: also serve the embedded NATS server on this host:port (e.g. 127.0.0.1:4222) so other NATS clients can publish; empty = in-process only"`
+	// NATSPingInterval and NATSMaxPings bound how long a frozen or
+	// blackholed NATS server goes unnoticed: at most interval x (pings + 1),
+	// 12s by default.
+	NATSPingInterval time.Duration `envconfig:"NATS_PING_INTERVAL" default:"4s" desc:"how often each tier pings its NATS server; a server that leaves RELAY_NATS_MAX_PINGS_OUTSTANDING pings unanswered is treated as lost (readiness 503, ingest stops reading, fanout closes watchers with 1012), so a frozen or blackholed NATS is noticed within interval x (pings + 1): 12s by default"`
+	NATSMaxPings     int           `envconfig:"NATS_MAX_PINGS_OUTSTANDING" default:"2" desc:"unanswered NATS pings after which the connection is declared stale and replaced (see RELAY_NATS_PING_INTERVAL)"`
 }
 
 // Ingest settings are read by 'relay ingest' and 'relay all'.
 type Ingest struct {
-	Listeners        string        `envconfig:"INGEST_LISTENERS" default:":7070=default/line,:7071=*/line" desc:"comma-separated ADDR=CHANNEL/FRAMING; CHANNEL * = handshake listener; FRAMING line, raw or len32"`
+	Listeners        Listeners     `envconfig:"INGEST_LISTENERS" default:":7070=default/line,:7071=*/line" desc:"comma-separated ADDR=CHANNEL/FRAMING; CHANNEL * = handshake listener; FRAMING line, raw or len32"`
 	HTTPAddr         string        `envconfig:"INGEST_HTTP_ADDR" default:":8081" desc:"ingest /healthz, /readyz and /metrics (in 'relay all' the fanout address serves them too); empty disables"`
 	MaxMessage       int           `envconfig:"INGEST_MAX_MESSAGE" default:"65536" desc:"largest message in bytes; at most the NATS server's max payload. A larger line or len32 frame gets -ERR and the connection is closed; raw framing splits at this size"`
 	HandshakeTimeout time.Duration `envconfig:"INGEST_HANDSHAKE_TIMEOUT" default:"10s" desc:"a handshake listener's sender must send its CHANNEL line within this time"`
 	KeepAlive        time.Duration `envconfig:"INGEST_TCP_KEEPALIVE" default:"30s" desc:"TCP keepalive period for sender connections (0 disables), so dead peers are noticed"`
 	MaxConnections   int           `envconfig:"INGEST_MAX_CONNECTIONS" default:"10000" desc:"most concurrent sender connections per process; more get -ERR and are closed"`
 	ReadBuffer       int           `envconfig:"INGEST_READ_BUFFER" default:"32768" desc:"bytes buffered per sender connection while framing"`
+	OutageHold       time.Duration `envconfig:"INGEST_OUTAGE_HOLD" default:"10s" desc:"while NATS is unreachable ingest accepts nothing (it stops reading, so TCP pushes back on senders); a sender held this long gets '-ERR upstream unavailable: N messages accepted' and is closed"`
 	TextHeader       bool          `envconfig:"INGEST_TEXT_HEADER" default:"false" desc:"also send the NATS header Relay-Format: text with text messages (binary ones always carry Relay-Format: binary); off, text travels without a header, which the contract reads as text, and ingest publishes about twice as fast"`
 }
 
@@ -85,37 +92,94 @@ type Config struct {
 	Durable
 }
 
-// Load reads the environment. Unparseable values are all reported (joined),
-// and the rest of the config is still filled in from defaults so that
-// Validate can report its problems in the same run.
+// Load reads the RELAY_* variables from the environment (and nothing else: not
+// the unprefixed names envconfig would fall back to, so a NATS_URL or
+// LOG_LEVEL meant for another program is never taken). It never changes the
+// environment. Every unparseable value is reported (joined, each a *VarError);
+// such a variable keeps its default, so that Validate can report its own
+// problems in the same run.
 func Load() (Config, error) {
 	var c Config
 	var errs []error
-	// envconfig stops at the first unparseable value. To report them all at
-	// once, note the bad variable, hide it for the next pass and try again;
-	// everything is restored before returning.
-	hidden := map[string]string{}
-	defer func() {
-		for k, v := range hidden {
-			os.Setenv(k, v)
+	for _, f := range fields(&c) {
+		value, set := os.LookupEnv(f.name)
+		if err := f.load(value, set); err != nil {
+			errs = append(errs, &VarError{Name: f.name, Value: value, Err: err})
+			f.load("", false)
 		}
-	}()
-	for range 64 {
-		c = Config{}
-		err := envconfig.Process(Prefix, &c)
-		if err == nil {
-			break
-		}
-		var pe *envconfig.ParseError
-		if !errors.As(err, &pe) {
-			errs = append(errs, err)
-			break
-		}
-		errs = append(errs, fmt.Errorf("%s=%q: not a valid %s", pe.KeyName, pe.Value, pe.TypeName))
-		hidden[pe.KeyName] = os.Getenv(pe.KeyName)
-		os.Unsetenv(pe.KeyName)
 	}
 	return c, errors.Join(errs...)
+}
+
+// VarError is a variable whose value could not be parsed.
+type VarError struct {
+	Name, Value string
+	Err         error
+}
+
+func (e *VarError) Error() string {
+	if _, ok := e.Err.(listenerErrors); ok {
+		return e.Err.Error() // names the variable and each bad entry itself
+	}
+	return fmt.Sprintf("%s=%q: %v", e.Name, e.Value, e.Err)
+}
+
+func (e *VarError) Unwrap() error { return e.Err }
+
+// field is one RELAY_* variable of a Config being loaded.
+type field struct {
+	name  string // RELAY_...
+	tag   reflect.StructTag
+	value reflect.Value // settable
+}
+
+// fields lists c's variables, in declaration order.
+func fields(c *Config) []field {
+	var out []field
+	for _, group := range []reflect.Value{reflect.ValueOf(&c.Common).Elem(), reflect.ValueOf(&c.Ingest).Elem(), reflect.ValueOf(&c.Fanout).Elem(), reflect.ValueOf(&c.Durable).Elem()} {
+		for i := range group.NumField() {
+			sf := group.Type().Field(i)
+			if name, ok := sf.Tag.Lookup("envconfig"); ok {
+				out = append(out, field{name: Prefix + "_" + name, tag: sf.Tag, value: group.Field(i)})
+			}
+		}
+	}
+	return out
+}
+
+// load sets the field from value (from its default when not set), parsed by
+// envconfig: a one-field struct is processed whose key is the variable's full
+// name, or, for the default, a key no environment can hold (it contains '=').
+func (f field) load(value string, set bool) error {
+	key := f.name
+	if !set {
+		key = "=" + f.name
+	}
+	tag := fmt.Sprintf(`envconfig:%q default:%q`, key, f.tag.Get("default"))
+	one := reflect.New(reflect.StructOf([]reflect.StructField{{Name: "V", Type: f.value.Type(), Tag: reflect.StructTag(tag)}}))
+	err := envconfig.Process("", one.Interface())
+	var pe *envconfig.ParseError
+	if errors.As(err, &pe) {
+		return explain(f.value.Type(), pe.Err)
+	}
+	if err != nil {
+		return err
+	}
+	f.value.Set(one.Elem().Field(0))
+	return nil
+}
+
+// explain says what a value of type t looks like, with an example.
+func explain(t reflect.Type, err error) error {
+	switch {
+	case t == reflect.TypeFor[time.Duration]():
+		return errors.New("not a duration: write a number with a unit, e.g. 30s, 1m30s, 500ms or 2h")
+	case t.Kind() == reflect.Int:
+		return errors.New("not a whole number (e.g. 65536)")
+	case t.Kind() == reflect.Bool:
+		return errors.New("not true or false")
+	}
+	return err
 }
 
 // Role names which parts of the config a subcommand uses.
@@ -153,6 +217,12 @@ func (c Config) Validate(role Role) error {
 	if c.ShutdownGrace <= 0 {
 		add("RELAY_SHUTDOWN_GRACE=%s: must be positive", c.ShutdownGrace)
 	}
+	if c.NATSPingInterval < 100*time.Millisecond {
+		add("RELAY_NATS_PING_INTERVAL=%s: must be at least 100ms", c.NATSPingInterval)
+	}
+	if c.NATSMaxPings < 1 {
+		add("RELAY_NATS_MAX_PINGS_OUTSTANDING=%d: must be at least 1", c.NATSMaxPings)
+	}
 	if role == RoleAll && c.EmbeddedListen != "" {
 		if err := checkAddr(c.EmbeddedListen); err != nil {
 			add("RELAY_NATS_LISTEN=%q: %v", c.EmbeddedListen, err)
@@ -166,6 +236,7 @@ func (c Config) Validate(role Role) error {
 	if role == RoleAll || role == RoleFanout {
 		errs = append(errs, c.Fanout.Validate())
 	}
+	errs = append(errs, c.clashes(role)...)
 	return errors.Join(errs...)
 }
 
@@ -219,8 +290,8 @@ func checkAddr(addr string) error {
 func (i Ingest) Validate() error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if _, err := ParseListeners(i.Listeners); err != nil {
-		errs = append(errs, err)
+	if len(i.Listeners) == 0 {
+		add("RELAY_INGEST_LISTENERS: no listeners")
 	}
 	if i.HTTPAddr != "" {
 		if err := checkAddr(i.HTTPAddr); err != nil {
@@ -235,6 +306,9 @@ func (i Ingest) Validate() error {
 	}
 	if i.KeepAlive < 0 {
 		add("RELAY_INGEST_TCP_KEEPALIVE=%s: must not be negative", i.KeepAlive)
+	}
+	if i.OutageHold <= 0 {
+		add("RELAY_INGEST_OUTAGE_HOLD=%s: must be positive", i.OutageHold)
 	}
 	if i.MaxConnections < 1 {
 		add("RELAY_INGEST_MAX_CONNECTIONS=%d: must be at least 1", i.MaxConnections)

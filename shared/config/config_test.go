@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -19,7 +20,7 @@ func TestLoadDefaultsMatchTheContract(t *testing.T) {
 		t.Fatalf("defaults invalid: %v", err)
 	}
 	checks := map[string]any{
-		"NATSURL": c.NATSURL, "SubjectPrefix": c.SubjectPrefix, "Listeners": c.Listeners,
+		"NATSURL": c.NATSURL, "SubjectPrefix": c.SubjectPrefix, "Listeners": c.Listeners.String(),
 		"IngestHTTP": c.Ingest.HTTPAddr, "MaxMessage": c.MaxMessage, "FanoutAddr": c.Fanout.Addr,
 		"ClientQueue": c.ClientQueue, "LogLevel": c.LogLevel, "LogFormat": c.LogFormat,
 	}
@@ -49,13 +50,65 @@ func TestLoadReportsEveryBadValue(t *testing.T) {
 			t.Errorf("error does not name %s: %v", name, err)
 		}
 	}
-	// The environment is restored after Load hid the bad values.
-	if os.Getenv("RELAY_INGEST_MAX_MESSAGE") != "lots" {
-		t.Fatal("Load did not restore the environment")
+	if !strings.Contains(err.Error(), "e.g. 30s, 1m30s") {
+		t.Errorf("a bad duration shows no valid example: %v", err)
 	}
 	// The rest is still loaded, so Validate can report in the same run.
 	if verr := c.Validate(RoleAll); verr == nil || !strings.Contains(verr.Error(), "RELAY_LOG_LEVEL") {
 		t.Fatalf("Validate = %v", verr)
+	}
+}
+
+// TestLoadLeavesTheEnvironmentAlone: Load reads the environment without
+// changing it (it used to unset bad values while it retried), and reads only
+// RELAY_* names, not the unprefixed ones envconfig falls back to.
+func TestLoadLeavesTheEnvironmentAlone(t *testing.T) {
+	t.Setenv("RELAY_INGEST_MAX_MESSAGE", "lots")
+	t.Setenv("RELAY_SHUTDOWN_GRACE", "soon")
+	t.Setenv("LOG_LEVEL", "debug")
+	t.Setenv("NATS_URL", "nats://elsewhere:4222")
+	before := os.Environ()
+	c, err := Load()
+	if err == nil {
+		t.Fatal("Load accepted bad values")
+	}
+	if after := os.Environ(); strings.Join(after, "\n") != strings.Join(before, "\n") {
+		t.Fatalf("Load changed the environment:\nbefore %q\nafter  %q", before, after)
+	}
+	if c.LogLevel != "info" || c.NATSURL != "nats://127.0.0.1:4222" {
+		t.Errorf("Load read unprefixed variables: LogLevel %q, NATSURL %q", c.LogLevel, c.NATSURL)
+	}
+	if c.ShutdownGrace != 20*time.Second || c.MaxMessage != 65536 {
+		t.Errorf("a bad value did not keep its default: grace %s, max message %d", c.ShutdownGrace, c.MaxMessage)
+	}
+}
+
+// TestLoadParsesListenersOnce: RELAY_INGEST_LISTENERS is parsed by Load,
+// every bad entry reported there, and the parsed listeners carried in Config.
+func TestLoadParsesListenersOnce(t *testing.T) {
+	for _, tt := range []struct{ spec, want string }{
+		{":1=a/json", "framing"},
+		{":1=a b/line", "invalid channel"},
+		{":1=a/line,:1=b/line", "used twice"},
+		{"", "no listeners"},
+	} {
+		t.Setenv("RELAY_INGEST_LISTENERS", tt.spec)
+		c, err := Load()
+		if err == nil || !strings.Contains(err.Error(), tt.want) || strings.Count(err.Error(), "RELAY_INGEST_LISTENERS") != 1 {
+			t.Errorf("RELAY_INGEST_LISTENERS=%q: Load = %v, want one error about %q", tt.spec, err, tt.want)
+		}
+		if c.Listeners.String() != ":7070=default/line,:7071=*/line" {
+			t.Errorf("RELAY_INGEST_LISTENERS=%q: Listeners = %v, want the default", tt.spec, c.Listeners)
+		}
+	}
+	t.Setenv("RELAY_INGEST_LISTENERS", "127.0.0.1:1=x/len32, :2=*/raw")
+	c, err := Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Listeners{{Addr: "127.0.0.1:1", Channel: "x", Framing: FramingLen32}, {Addr: ":2", Channel: "*", Framing: FramingRaw}}
+	if !reflect.DeepEqual(c.Listeners, want) {
+		t.Fatalf("Listeners = %#v", c.Listeners)
 	}
 }
 
@@ -74,10 +127,8 @@ func TestValidate(t *testing.T) {
 		{"bad nats url", RoleIngest, func(c *Config) { c.NATSURL = "http://x:1" }, "RELAY_NATS_URL"},
 		{"nats url ignored by all", RoleAll, func(c *Config) { c.NATSURL = "" }, ""},
 		{"bad prefix", RoleFanout, func(c *Config) { c.SubjectPrefix = "a b" }, "RELAY_SUBJECT_PREFIX"},
-		{"bad listener framing", RoleIngest, func(c *Config) { c.Listeners = ":1=a/json" }, "framing"},
-		{"bad listener channel", RoleIngest, func(c *Config) { c.Listeners = ":1=a b/line" }, "invalid channel"},
-		{"listener ignored by fanout", RoleFanout, func(c *Config) { c.Listeners = "junk" }, ""},
-		{"duplicate listener", RoleIngest, func(c *Config) { c.Listeners = ":1=a/line,:1=b/line" }, "used twice"},
+		{"no listeners", RoleIngest, func(c *Config) { c.Listeners = nil }, "RELAY_INGEST_LISTENERS"},
+		{"listeners ignored by fanout", RoleFanout, func(c *Config) { c.Listeners = nil }, ""},
 		{"max message too big", RoleIngest, func(c *Config) { c.MaxMessage = 1 << 30 }, "RELAY_INGEST_MAX_MESSAGE"},
 		{"zero grace", RoleAll, func(c *Config) { c.ShutdownGrace = 0 }, "RELAY_SHUTDOWN_GRACE"},
 		{"negative ping", RoleFanout, func(c *Config) { c.PingInterval = -time.Second }, "RELAY_FANOUT_PING_INTERVAL"},
@@ -143,5 +194,81 @@ func TestREADMEConfigTable(t *testing.T) {
 		if v.Desc == "" {
 			t.Errorf("%s has no desc tag", v.Name)
 		}
+	}
+}
+
+func TestUnknownVariables(t *testing.T) {
+	t.Parallel()
+	got := Unknown([]string{
+		"RELAY_INGEST_LISTENER=:1=a/line", // a typo
+		"RELAY_LOGLEVEL=debug",            // another
+		"RELAY_FOO=1",                     // nothing like it
+		"RELAY_INGEST_PORT=1",             // looks like a service link, but no RELAY_INGEST_SERVICE_HOST
+		"RELAY_FANOUT_ADDR=:1",            // known
+		"PATH=/bin", "NATS_URL=x",         // not relay's
+		// What Kubernetes injects for Services named relay and relay-fanout.
+		"RELAY_SERVICE_HOST=10.0.0.1", "RELAY_SERVICE_PORT=8080", "RELAY_SERVICE_PORT_HTTP=8080",
+		"RELAY_PORT=tcp://10.0.0.1:8080", "RELAY_PORT_8080_TCP=tcp://10.0.0.1:8080",
+		"RELAY_PORT_8080_TCP_PROTO=tcp", "RELAY_PORT_8080_TCP_PORT=8080", "RELAY_PORT_8080_TCP_ADDR=10.0.0.1",
+		"RELAY_FANOUT_SERVICE_HOST=10.0.0.2", "RELAY_FANOUT_PORT_80_TCP_ADDR=10.0.0.2",
+	})
+	want := []string{
+		"RELAY_FOO is not a relay variable and is ignored (see 'relay config')",
+		"RELAY_INGEST_LISTENER is not a relay variable and is ignored (did you mean RELAY_INGEST_LISTENERS?)",
+		"RELAY_INGEST_PORT is not a relay variable and is ignored (see 'relay config')",
+		"RELAY_LOGLEVEL is not a relay variable and is ignored (did you mean RELAY_LOG_LEVEL?)",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("Unknown =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestClashingAddresses: two addresses a role would bind on the same port of
+// overlapping hosts are a configuration error, each pair named.
+func TestClashingAddresses(t *testing.T) {
+	base, err := Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := func(listeners, ingestHTTP, fanout, nats string) func(*Config) {
+		return func(c *Config) {
+			c.Listeners, c.Ingest.HTTPAddr, c.Fanout.Addr, c.EmbeddedListen = MustParseListeners(listeners), ingestHTTP, fanout, nats
+		}
+	}
+	tests := []struct {
+		name   string
+		role   Role
+		mutate func(*Config)
+		want   string // substring of the error; "" = valid
+	}{
+		{"defaults", RoleAll, set(":7070=a/line,:7071=*/line", ":8081", ":8080", ""), ""},
+		{"wildcard and loopback listeners", RoleIngest, set(":7070=a/line,127.0.0.1:7070=b/line", "", ":8080", ""), "both listen on port 7070"},
+		{"fanout on a listener's port", RoleAll, set(":7070=a/line", ":8081", "127.0.0.1:7070", ""), "RELAY_FANOUT_ADDR=127.0.0.1:7070"},
+		{"ingest http on a listener's port", RoleIngest, set("0.0.0.0:7070=a/line", ":7070", ":8080", ""), "RELAY_INGEST_HTTP_ADDR=:7070"},
+		{"localhost is loopback", RoleAll, set(":7070=a/line", "localhost:8080", "127.0.0.1:8080", ""), "port 8080"},
+		{"ipv6 loopback and localhost", RoleAll, set(":7070=a/line", "[::1]:8081", "localhost:8081", ""), "port 8081"},
+		{"embedded nats on the fanout port", RoleAll, set(":7070=a/line", "", ":4222", "127.0.0.1:4222"), "RELAY_NATS_LISTEN"},
+		{"different loopback addresses", RoleAll, set("127.0.0.1:7070=a/line", "", "127.0.0.2:7070", ""), ""},
+		{"ipv4 wildcard and ipv6 loopback", RoleAll, set("0.0.0.0:7070=a/line", "", "[::1]:7070", ""), ""},
+		{"port 0 twice", RoleAll, set("127.0.0.1:0=a/line,127.0.0.1:0=*/line", "127.0.0.1:0", "127.0.0.1:0", ""), ""},
+		{"fanout does not bind ingest's", RoleFanout, set(":7070=a/line", ":8080", ":8080", ""), ""},
+		{"ingest does not bind fanout's", RoleIngest, set(":7070=a/line", ":8081", ":7070", ""), ""},
+		{"nats listen only in all", RoleFanout, set(":7070=a/line", "", ":4222", ":4222"), ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := base
+			tt.mutate(&c)
+			err := c.Validate(tt.role)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Validate = %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Validate = %v, want an error mentioning %q", err, tt.want)
+			}
+		})
 	}
 }

@@ -34,10 +34,44 @@ func (l Listener) Handshake() bool { return l.Channel == HandshakeChannel }
 
 func (l Listener) String() string { return fmt.Sprintf("%s=%s/%s", l.Addr, l.Channel, l.Framing) }
 
-// ParseListeners parses RELAY_INGEST_LISTENERS, reporting every bad entry.
-func (c Config) ParseListeners() ([]Listener, error) {
-	return ParseListeners(c.Listeners)
+// Listeners is RELAY_INGEST_LISTENERS, parsed once, by Load: the tiers and
+// the logs use the result, never the spec again.
+type Listeners []Listener
+
+// Decode parses a spec for envconfig.
+func (ls *Listeners) Decode(spec string) error {
+	parsed, err := ParseListeners(spec)
+	if err != nil {
+		return listenerErrors{err}
+	}
+	*ls = parsed
+	return nil
 }
+
+// String gives the spec back: ADDR=CHANNEL/FRAMING, comma-separated.
+func (ls Listeners) String() string {
+	s := make([]string, len(ls))
+	for i, l := range ls {
+		s[i] = l.String()
+	}
+	return strings.Join(s, ",")
+}
+
+// MustParseListeners parses a spec known to be good (tests, fixed specs);
+// it panics on a bad one.
+func MustParseListeners(spec string) Listeners {
+	ls, err := ParseListeners(spec)
+	if err != nil {
+		panic(err)
+	}
+	return ls
+}
+
+// listenerErrors carries ParseListeners' errors, which already name the
+// variable and each bad entry.
+type listenerErrors struct{ error }
+
+func (e listenerErrors) Unwrap() error { return e.error }
 
 // ParseListeners parses a comma-separated list of ADDR=CHANNEL/FRAMING.
 func ParseListeners(spec string) ([]Listener, error) {

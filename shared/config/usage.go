@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"slices"
 	"strings"
-	"text/tabwriter"
 )
 
 // Var describes one environment variable.
@@ -13,32 +13,58 @@ type Var struct {
 	Name    string // RELAY_...
 	Default string
 	Desc    string
-	Roles   string // which subcommands read it
+	Roles   []Role // the subcommands that read it
 	Value   string // current value, as loaded
 }
 
+// UsedBy reports whether role reads v.
+func (v Var) UsedBy(role Role) bool { return slices.Contains(v.Roles, role) }
+
 // Vars lists every variable relay reads, in declaration order, with the
-// values held by c.
+// values held by c. A variable is read by the roles of its struct (Common:
+// every role), unless its `roles` tag (comma-separated) narrows them.
 func (c Config) Vars() []Var {
 	var out []Var
-	add := func(v any, roles string) {
+	add := func(v any, roles ...Role) {
 		rv := reflect.ValueOf(v)
 		rt := rv.Type()
 		for i := range rt.NumField() {
 			f := rt.Field(i)
+			name, ok := f.Tag.Lookup("envconfig")
+			if !ok {
+				continue
+			}
+			r := roles
+			if tag, ok := f.Tag.Lookup("roles"); ok {
+				r = nil
+				for s := range strings.SplitSeq(tag, ",") {
+					r = append(r, Role(strings.TrimSpace(s)))
+				}
+			}
 			out = append(out, Var{
-				Name:    Prefix + "_" + f.Tag.Get("envconfig"),
+				Name:    Prefix + "_" + name,
 				Default: f.Tag.Get("default"),
 				Desc:    f.Tag.Get("desc"),
-				Roles:   roles,
+				Roles:   r,
 				Value:   format(rv.Field(i).Interface()),
 			})
 		}
 	}
-	add(c.Common, "all, ingest, fanout")
-	add(c.Ingest, "all, ingest")
-	add(c.Fanout, "all, fanout")
-	add(c.Durable, "all, ingest, fanout")
+	add(c.Common, RoleAll, RoleIngest, RoleFanout)
+	add(c.Ingest, RoleAll, RoleIngest)
+	add(c.Fanout, RoleAll, RoleFanout)
+	add(c.Durable, RoleAll, RoleIngest, RoleFanout)
+	return out
+}
+
+// RoleVars is Vars narrowed to the variables role reads.
+func (c Config) RoleVars(role Role) []Var {
+	var out []Var
+	for _, v := range c.Vars() {
+		if v.UsedBy(role) {
+			out = append(out, v)
+		}
+	}
 	return out
 }
 
@@ -49,14 +75,47 @@ func format(v any) string {
 	return fmt.Sprint(v)
 }
 
-// PrintUsage writes every variable with its current value, default and meaning.
-func (c Config) PrintUsage(w io.Writer) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VARIABLE\tVALUE\tDEFAULT\tROLES\tMEANING")
-	for _, v := range c.Vars() {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", v.Name, orDash(v.Value), orDash(v.Default), v.Roles, v.Desc)
+// TerminalWidth is the width WriteVars wraps to: a common terminal's.
+const TerminalWidth = 100
+
+// WriteVars writes each variable on a line of its own followed by its
+// meaning, indented and wrapped to width columns. With values, the line shows
+// the variable's current value, and its default when the two differ;
+// without, its default.
+func WriteVars(w io.Writer, vars []Var, width int, values bool) error {
+	var b strings.Builder
+	for _, v := range vars {
+		b.WriteString(v.Name)
+		switch {
+		case !values:
+			b.WriteString("=" + v.Default)
+		case v.Value == v.Default:
+			b.WriteString("=" + v.Value + "  (default)")
+		default:
+			b.WriteString("=" + v.Value + "  (default: " + orEmpty(v.Default) + ")")
+		}
+		b.WriteByte('\n')
+		wrap(&b, v.Desc, "    ", width)
 	}
-	return tw.Flush()
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// wrap writes text in lines of at most width columns (a longer word gets a
+// line of its own), each starting with indent.
+func wrap(b *strings.Builder, text, indent string, width int) {
+	line := indent
+	for _, word := range strings.Fields(text) {
+		if line != indent && len(line)+1+len(word) > width {
+			b.WriteString(line + "\n")
+			line = indent
+		}
+		if line != indent {
+			line += " "
+		}
+		line += word
+	}
+	b.WriteString(line + "\n")
 }
 
 // Markdown writes the README's configuration table.
@@ -68,15 +127,19 @@ func Markdown(w io.Writer) error {
 		if v.Default != "" {
 			def = "`" + v.Default + "`"
 		}
-		fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", v.Name, def, v.Roles, strings.ReplaceAll(v.Desc, "|", "\\|"))
+		roles := make([]string, len(v.Roles))
+		for i, r := range v.Roles {
+			roles[i] = string(r)
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", v.Name, def, strings.Join(roles, ", "), strings.ReplaceAll(v.Desc, "|", "\\|"))
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }
 
-func orDash(s string) string {
+func orEmpty(s string) string {
 	if s == "" {
-		return "-"
+		return "empty"
 	}
 	return s
 }

@@ -71,6 +71,8 @@ type Ingest struct {
 	Bytes            prometheus.Counter
 	Refused          *ReasonCounter[IngestRefusal]
 	PublishRetries   prometheus.Counter
+	Unpublished      *ReasonCounter[IngestUnpublished] // messages read but never published
+	Held             prometheus.Gauge                  // senders paused because NATS cannot take their message
 }
 
 func newIngest() *Ingest {
@@ -82,13 +84,19 @@ func newIngest() *Ingest {
 			Name: "relay_ingest_connections_total", Help: "Sender TCP connections accepted.",
 		}),
 		Messages: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "relay_ingest_messages_total", Help: "Messages published to NATS.",
+			Name: "relay_ingest_messages_total", Help: "Messages published to NATS (accepted from senders); held or refused ones are not counted.",
 		}),
 		Bytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_ingest_bytes_total", Help: "Payload bytes published to NATS.",
 		}),
 		Refused: newReasonCounter(prometheus.CounterOpts{Name: "relay_ingest_refused_total"},
 			"reason", "Senders or messages refused (the sender got -ERR and was closed),", IngestRefusals()),
+		Unpublished: newReasonCounter(prometheus.CounterOpts{Name: "relay_ingest_unpublished_total"},
+			"reason", "Messages read from a sender but never published, so not counted as accepted (the sender was told with -ERR and N accepted),", IngestUnpublishedReasons()),
+		Held: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_ingest_senders_held",
+			Help: "Senders paused now because NATS cannot take their next message (not reading: TCP pushes back).",
+		}),
 		PublishRetries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_ingest_publish_retries_total",
 			Help: "Publishes retried because NATS could not take more (sender reads paused meanwhile).",
@@ -97,7 +105,7 @@ func newIngest() *Ingest {
 }
 
 func (m *Ingest) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused.vec, m.PublishRetries}
+	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused.vec, m.PublishRetries, m.Unpublished.vec, m.Held}
 }
 
 // Fanout is the fanout tier's metrics.

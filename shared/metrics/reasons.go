@@ -26,12 +26,28 @@ const (
 	IngestTooManyConnections IngestRefusal = "too_many_connections" // over RELAY_INGEST_MAX_CONNECTIONS
 	IngestPublishFailed      IngestRefusal = "publish_failed"       // NATS would not take a message
 	IngestShutdown           IngestRefusal = "shutdown"             // closed or refused while draining
+	IngestUpstream           IngestRefusal = "upstream_unavailable" // NATS unreachable for RELAY_INGEST_OUTAGE_HOLD
 )
 
 // IngestRefusals lists every IngestRefusal, in the order the help text shows them.
 func IngestRefusals() []IngestRefusal {
 	return []IngestRefusal{IngestBadHandshake, IngestHandshakeTimeout, IngestTooLarge, IngestTruncated,
-		IngestTooManyConnections, IngestPublishFailed, IngestShutdown}
+		IngestTooManyConnections, IngestPublishFailed, IngestShutdown, IngestUpstream}
+}
+
+// IngestUnpublished is a value of relay_ingest_unpublished_total{reason}:
+// why a message read from a sender was never published.
+type IngestUnpublished string
+
+const (
+	UnpublishedUpstream      IngestUnpublished = "upstream_unavailable" // NATS unreachable for RELAY_INGEST_OUTAGE_HOLD
+	UnpublishedShutdown      IngestUnpublished = "shutdown"             // still held at the shutdown deadline
+	UnpublishedPublishFailed IngestUnpublished = "publish_failed"       // the NATS connection closed for good
+)
+
+// IngestUnpublishedReasons lists every IngestUnpublished, in the order the help text shows them.
+func IngestUnpublishedReasons() []IngestUnpublished {
+	return []IngestUnpublished{UnpublishedUpstream, UnpublishedShutdown, UnpublishedPublishFailed}
 }
 
 // FanoutRefusal is a value of relay_fanout_refused_total{reason}.
@@ -44,12 +60,13 @@ const (
 	FanoutDraining        FanoutRefusal = "draining"             // shutting down
 	FanoutSubscribeFailed FanoutRefusal = "subscribe_failed"     // NATS subscription could not be made
 	FanoutBadRequest      FanoutRefusal = "bad_request"          // not a WebSocket upgrade, or a bad one
+	FanoutNATSDown        FanoutRefusal = "nats_disconnected"    // no NATS connection: upgraded, then closed 1012
 )
 
 // FanoutRefusals lists every FanoutRefusal, in the order the help text shows them.
 func FanoutRefusals() []FanoutRefusal {
 	return []FanoutRefusal{FanoutBadChannel, FanoutBadOrigin, FanoutTooMany, FanoutDraining,
-		FanoutSubscribeFailed, FanoutBadRequest}
+		FanoutSubscribeFailed, FanoutBadRequest, FanoutNATSDown}
 }
 
 // FanoutDisconnect is a value of relay_fanout_disconnects_total{reason}.

@@ -61,11 +61,12 @@ func TestReasonsAreListedExactly(t *testing.T) {
 		label  string
 		values []string
 	}{
-		"IngestRefusal":    {"relay_ingest_refused_total", "reason", strs(IngestRefusals(), r.Ingest.Refused)},
-		"FanoutRefusal":    {"relay_fanout_refused_total", "reason", strs(FanoutRefusals(), r.Fanout.Refused)},
-		"FanoutDisconnect": {"relay_fanout_disconnects_total", "reason", strs(FanoutDisconnects(), r.Fanout.Disconnects)},
-		"SlowConsumerKind": {"relay_fanout_slow_consumers_total", "kind", strs(SlowConsumerKinds(), r.Fanout.SlowConsumers)},
-		"NATSEvent":        {"relay_nats_events_total", "event", strs(NATSEventKinds(), events)},
+		"IngestRefusal":     {"relay_ingest_refused_total", "reason", strs(IngestRefusals(), r.Ingest.Refused)},
+		"IngestUnpublished": {"relay_ingest_unpublished_total", "reason", strs(IngestUnpublishedReasons(), r.Ingest.Unpublished)},
+		"FanoutRefusal":     {"relay_fanout_refused_total", "reason", strs(FanoutRefusals(), r.Fanout.Refused)},
+		"FanoutDisconnect":  {"relay_fanout_disconnects_total", "reason", strs(FanoutDisconnects(), r.Fanout.Disconnects)},
+		"SlowConsumerKind":  {"relay_fanout_slow_consumers_total", "kind", strs(SlowConsumerKinds(), r.Fanout.SlowConsumers)},
+		"NATSEvent":         {"relay_nats_events_total", "event", strs(NATSEventKinds(), events)},
 	}
 	if len(lists) != len(declared) {
 		t.Errorf("reasons.go declares reason types %v; this test checks %d of them", keys(declared), len(lists))

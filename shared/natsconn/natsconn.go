@@ -18,6 +18,12 @@ import (
 	"github.com/relaydev/relay/shared/metrics"
 )
 
+// Defaults of Options.PingInterval and Options.MaxPingsOut.
+const (
+	DefaultPingInterval = 4 * time.Second
+	DefaultMaxPingsOut  = 2
+)
+
 // ErrUnreachable is returned when no server answered within the retry window.
 var ErrUnreachable = errors.New("natsconn: NATS unreachable")
 
@@ -33,6 +39,17 @@ type Options struct {
 	RetryWindow time.Duration
 	// Logger receives connection events. Defaults to slog.Default().
 	Logger *slog.Logger
+	// PingInterval is how often the client pings the server; after
+	// MaxPingsOut unanswered pings the connection is declared stale and
+	// replaced, exactly like a dropped one. A frozen or blackholed server is
+	// so noticed within PingInterval x (MaxPingsOut + 1). Default 4s and 2.
+	PingInterval time.Duration
+	MaxPingsOut  int
+	// NoReconnectBuffer makes a publish fail at once while the connection
+	// is down, instead of buffering it in nats.go's reconnect buffer and
+	// replaying the buffer as a burst on reconnect. Ingest sets it: it
+	// accepts no message it cannot hand to NATS.
+	NoReconnectBuffer bool
 	// OnEvent, when set, is called on each connection event.
 	OnEvent func(event metrics.NATSEvent)
 	// Extra options appended last (tests, tuning).
@@ -50,6 +67,12 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 	if o.RetryWindow <= 0 {
 		o.RetryWindow = 30 * time.Second
 	}
+	if o.PingInterval <= 0 {
+		o.PingInterval = DefaultPingInterval
+	}
+	if o.MaxPingsOut <= 0 {
+		o.MaxPingsOut = DefaultMaxPingsOut
+	}
 	event := func(e metrics.NATSEvent) {
 		if o.OnEvent != nil {
 			o.OnEvent(e)
@@ -61,8 +84,12 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 		nats.ReconnectWait(500 * time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
 		nats.Timeout(5 * time.Second),
-		nats.PingInterval(20 * time.Second),
-		nats.MaxPingsOutstanding(3),
+		nats.PingInterval(o.PingInterval),
+		nats.MaxPingsOutstanding(o.MaxPingsOut),
+		// A write to a frozen server blocks while holding the connection's
+		// lock, which also holds up the ping timer: bound it by the same
+		// budget as the pings (nats.go's default is a minute).
+		nats.FlusherTimeout(o.PingInterval * time.Duration(o.MaxPingsOut)),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err == nil { // our own Close or Drain
 				log.Debug("nats connection closed")
@@ -76,6 +103,9 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 			event(metrics.NATSReconnect)
 		}),
 		nats.ClosedHandler(func(*nats.Conn) { event(metrics.NATSClosed) }),
+	}
+	if o.NoReconnectBuffer {
+		opts = append(opts, nats.ReconnectBufSize(-1))
 	}
 	if o.InProcess != nil {
 		opts = append(opts, nats.InProcessServer(o.InProcess))
