@@ -32,6 +32,8 @@ const (
 	reasonPublishFailed      = metrics.IngestPublishFailed
 	reasonShutdown           = metrics.IngestShutdown
 	reasonUpstream           = metrics.IngestUpstream
+	reasonStoreFailed        = metrics.IngestStoreFailed
+	reasonAckNotDurable      = metrics.IngestAckNotDurable
 )
 
 // Format header values (docs/architecture.md, NATS). A binary message
@@ -58,7 +60,9 @@ type senderConn struct {
 	stopping bool // shutdown set a read deadline: a timeout is the end
 
 	msgs, bytes int
-	ledger      *ledger // which of msgs NATS has confirmed
+	ledger      *ledger // which of msgs NATS has confirmed (core NATS channels)
+	st          *storer // durable channels: publishes with acks, counts what is stored
+	ack         *acker  // the sender asked for +ACK lines
 }
 
 func newSenderConn(s *Server, conn net.Conn, spec config.Listener) *senderConn {
@@ -82,6 +86,10 @@ func (c *senderConn) setReadDeadline(t time.Time) {
 	}
 }
 
+// abortRead makes a blocked read return now: durable storing has failed
+// and the sender is to be told at once.
+func (c *senderConn) abortRead() { c.conn.SetReadDeadline(time.Now()) }
+
 func (c *senderConn) isStopping() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -98,20 +106,42 @@ func (c *senderConn) serve() {
 	remote := c.conn.RemoteAddr().String()
 	c.br = bufio.NewReaderSize(c.conn, s.cfg.ReadBuffer)
 
-	channel := c.spec.Channel
+	h := handshake{Channel: c.spec.Channel}
 	if c.spec.Handshake() {
 		var err error
-		if channel, err = c.handshake(); err != nil {
+		if h, err = c.handshake(); err != nil {
 			return
 		}
 	}
+	channel := h.Channel
 	log := s.log.With("remote", remote, "channel", channel, "listener", c.spec.Addr)
 	log.Debug("sender connected")
+	if s.durable.Matches(channel) {
+		c.st = newStorer(c)
+		if h.Ack {
+			c.ack = startAcker(c, c.st)
+		}
+	}
 
 	err := c.pump(channel)
+	if c.st != nil {
+		// The last acks are due before the sender hears how many are stored.
+		deadline := time.Now().Add(drainAcks)
+		if c.isStopping() {
+			deadline = s.flushBy()
+		}
+		if serr := c.st.finish(deadline); serr != nil {
+			err = serr
+		}
+		if c.ack != nil {
+			c.ack.close()
+		}
+	}
 	switch {
 	case err == nil:
 		log.Debug("sender disconnected", "messages", c.msgs, "bytes", c.bytes)
+	case errors.Is(err, errStore):
+		c.fail(reasonStoreFailed, err, fmt.Sprintf("store failed: %d messages stored", c.accepted()))
 	case errors.Is(err, ErrTooLarge):
 		c.fail(reasonTooLarge, err, fmt.Sprintf("message too large (max %d bytes)", s.cfg.MaxMessage))
 	case c.isStopping() && (isTimeout(err) || errors.Is(err, ErrTruncated) || errors.Is(err, errHeld)):
@@ -129,10 +159,10 @@ func (c *senderConn) serve() {
 		c.fail(reasonTruncated, err, "truncated frame")
 	case errors.Is(err, errHeld):
 		s.m.Unpublished.Inc(metrics.UnpublishedUpstream)
-		c.fail(reasonUpstream, err, fmt.Sprintf("upstream unavailable: %d messages accepted", c.ledger.confirmed(c.msgs)))
+		c.fail(reasonUpstream, err, fmt.Sprintf("upstream unavailable: %d messages accepted", c.accepted()))
 	case errors.Is(err, errPublish):
 		s.m.Unpublished.Inc(metrics.UnpublishedPublishFailed)
-		c.fail(reasonPublishFailed, err, fmt.Sprintf("publish failed; message not delivered: %d messages accepted", c.ledger.confirmed(c.msgs)))
+		c.fail(reasonPublishFailed, err, fmt.Sprintf("publish failed; message not delivered: %d messages accepted", c.accepted()))
 	default:
 		log.Info("sender connection ended", "err", err, "messages", c.msgs, "bytes", c.bytes)
 	}
@@ -143,7 +173,12 @@ func (c *senderConn) serve() {
 // and words the sender's last line: N is how many of its first messages
 // NATS confirmed, so the sender knows exactly where to resume.
 func (c *senderConn) shutdownReply() string {
-	n := c.ledger.flush(c.msgs, max(time.Until(c.s.flushBy()), 100*time.Millisecond))
+	var n int
+	if c.st != nil {
+		n = c.accepted() // acks already awaited
+	} else {
+		n = c.ledger.flush(c.msgs, max(time.Until(c.s.flushBy()), 100*time.Millisecond))
+	}
 	if n < c.msgs {
 		c.s.logRefusal("shutdown_unconfirmed", "ingest: NATS did not confirm all of a sender's messages at shutdown",
 			"remote", c.conn.RemoteAddr().String(), "published", c.msgs, "confirmed", n)
@@ -151,8 +186,17 @@ func (c *senderConn) shutdownReply() string {
 	return fmt.Sprintf("server shutting down: %d messages accepted", n)
 }
 
-// handshake reads `CHANNEL [TOKEN]\n` within the timeout and answers +OK.
-func (c *senderConn) handshake() (string, error) {
+// accepted is how many of the sender's first messages are safe: stored by
+// the stream (durable channels) or confirmed by NATS (core NATS channels).
+func (c *senderConn) accepted() int {
+	if c.st != nil {
+		return int(c.st.stored.Load())
+	}
+	return c.ledger.confirmed(c.msgs)
+}
+
+// handshake reads `CHANNEL [TOKEN] [+ack]\n` within the timeout and answers +OK.
+func (c *senderConn) handshake() (handshake, error) {
 	s := c.s
 	c.setReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	h, err := readHandshake(c.br)
@@ -167,15 +211,22 @@ func (c *senderConn) handshake() (string, error) {
 		default: // the sender went away before a full line
 			c.fail(reasonBadHandshake, err, "no handshake line")
 		}
-		return "", err
+		return handshake{}, err
+	}
+	if h.Ack && !s.durable.Matches(h.Channel) {
+		// +ACK N means "stored"; core NATS stores nothing, so promising it
+		// would be a lie.
+		err := fmt.Errorf("%w: %s on a channel that is not durable", ErrBadHandshake, tcpproto.AckOption)
+		c.fail(reasonAckNotDurable, err, fmt.Sprintf("%s needs a durable channel; %s is not durable (RELAY_DURABLE_CHANNELS); send without %s", tcpproto.AckOption, h.Channel, tcpproto.AckOption))
+		return handshake{}, err
 	}
 	c.setReadDeadline(time.Time{})
 	c.conn.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if _, err := c.conn.Write(tcpproto.OKLine); err != nil {
-		return "", err
+		return handshake{}, err
 	}
 	c.conn.SetWriteDeadline(time.Time{})
-	return h.Channel, nil
+	return h, nil
 }
 
 // pump frames the stream and publishes each message in order. Publishing
@@ -199,13 +250,18 @@ func (c *senderConn) pump(channel string) error {
 			}
 			return err
 		}
-		msg.Data = data
-		msg.Header = binaryHeader
+		hdr := binaryHeader
 		if text {
-			msg.Header = textHdr
+			hdr = textHdr
+		}
+		m := msg
+		if c.st != nil {
+			m = c.st.message(msg.Subject, data, hdr)
+		} else {
+			msg.Data, msg.Header = data, hdr
 		}
 		c.ledger.beforePublish(c.msgs)
-		if err := c.publish(msg); err != nil {
+		if err := c.publish(m); err != nil {
 			return err
 		}
 		c.msgs++
@@ -236,7 +292,12 @@ func (c *senderConn) publish(msg *nats.Msg) error {
 		// connection still looks up (a frozen server): publishing more
 		// would only fill socket buffers that may never be read.
 		if !s.k.stalled() {
-			err := s.nc.PublishMsg(msg)
+			var err error
+			if c.st != nil {
+				err = c.st.send(msg)
+			} else {
+				err = s.nc.PublishMsg(msg)
+			}
 			if err == nil {
 				if !heldSince.IsZero() {
 					s.m.Held.Dec()
@@ -267,7 +328,7 @@ func (c *senderConn) publish(msg *nats.Msg) error {
 
 // permanent reports publish errors that waiting for NATS cannot cure.
 func permanent(err error) bool {
-	return errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrMaxPayload) ||
+	return errors.Is(err, errStore) || errors.Is(err, errHeld) || errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrMaxPayload) ||
 		errors.Is(err, nats.ErrBadSubject) || errors.Is(err, nats.ErrHeadersNotSupported) ||
 		errors.Is(err, nats.ErrInvalidConnection)
 }

@@ -17,8 +17,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/durable"
 	"github.com/relaydev/relay/shared/health"
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/subjects"
@@ -38,6 +40,9 @@ type Options struct {
 	Logger         *slog.Logger
 	Metrics        *metrics.Ingest
 	MetricsHandler http.Handler // served at GET /metrics; may be nil
+	// Durable says which channels are durable (published to JetStream with
+	// acks); nil or disabled: none. The stream must exist (Ensure).
+	Durable *durable.Stream
 }
 
 // Server is the ingest tier.
@@ -48,6 +53,8 @@ type Server struct {
 	log     *slog.Logger
 	m       *metrics.Ingest
 	mapper  subjects.Mapper
+	durable *durable.Stream     // which channels are durable
+	js      jetstream.JetStream // publishes durable messages; nil without durable channels
 	health  *health.Checker
 	lns     []*listener
 	httpLn  net.Listener
@@ -94,6 +101,9 @@ func New(o Options) (*Server, error) {
 	if o.Config.OutageHold == 0 {
 		o.Config.OutageHold = 10 * time.Second
 	}
+	if o.Config.DurableInFlight == 0 {
+		o.Config.DurableInFlight = 4096
+	}
 	mapper, err := subjects.NewMapper(o.SubjectPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
@@ -112,6 +122,7 @@ func New(o Options) (*Server, error) {
 		log:         o.Logger,
 		m:           o.Metrics,
 		mapper:      mapper,
+		durable:     o.Durable,
 		slots:       make(chan struct{}, o.Config.MaxConnections),
 		conns:       map[*senderConn]struct{}{},
 		hardCtx:     hardCtx,
@@ -120,6 +131,12 @@ func New(o Options) (*Server, error) {
 		k:           newConfirmer(o.NATS),
 		stopConfirm: make(chan struct{}),
 		drained:     make(chan struct{}),
+	}
+	if o.Durable.Enabled() {
+		if s.js, err = newJetStream(o.NATS, o.Config.DurableInFlight); err != nil {
+			hardCancel()
+			return nil, fmt.Errorf("ingest: %w", err)
+		}
 	}
 	if o.NATS.Opts.ReconnectBufSize >= 0 {
 		o.Logger.Warn("ingest: the NATS connection buffers publishes while disconnected; " +

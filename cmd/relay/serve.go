@@ -165,6 +165,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			Logger:         log.With("tier", "ingest"),
 			Metrics:        reg.Ingest,
 			MetricsHandler: reg.Handler(),
+			Durable:        stream,
 		})
 		if err != nil {
 			nc.Close()

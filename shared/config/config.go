@@ -55,6 +55,7 @@ type Ingest struct {
 	ReadBuffer       int           `envconfig:"INGEST_READ_BUFFER" default:"32768" desc:"bytes buffered per sender connection while framing"`
 	OutageHold       time.Duration `envconfig:"INGEST_OUTAGE_HOLD" default:"10s" desc:"while NATS is unreachable ingest accepts nothing (it stops reading, so TCP pushes back on senders); a sender held this long gets '-ERR upstream unavailable: N messages accepted' and is closed"`
 	TextHeader       bool          `envconfig:"INGEST_TEXT_HEADER" default:"false" desc:"also send the NATS header Relay-Format: text with text messages (binary ones always carry Relay-Format: binary); off, text travels without a header, which the contract reads as text, and ingest publishes about twice as fast"`
+	DurableInFlight  int           `envconfig:"INGEST_DURABLE_IN_FLIGHT" default:"4096" desc:"durable channels: most messages one ingest process has published and the stream has not yet acknowledged (a sender connection: at most 256 of them and 1 MiB); at the bound ingest stops reading, so TCP pushes back"`
 }
 
 // Fanout settings are read by 'relay fanout' and 'relay all'.
@@ -306,6 +307,9 @@ func (i Ingest) Validate() error {
 	}
 	if i.KeepAlive < 0 {
 		add("RELAY_INGEST_TCP_KEEPALIVE=%s: must not be negative", i.KeepAlive)
+	}
+	if i.DurableInFlight < 1 {
+		add("RELAY_INGEST_DURABLE_IN_FLIGHT=%d: must be at least 1", i.DurableInFlight)
 	}
 	if i.OutageHold <= 0 {
 		add("RELAY_INGEST_OUTAGE_HOLD=%s: must be positive", i.OutageHold)

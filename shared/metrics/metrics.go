@@ -73,6 +73,10 @@ type Ingest struct {
 	PublishRetries   prometheus.Counter
 	Unpublished      *ReasonCounter[IngestUnpublished] // messages read but never published
 	Held             prometheus.Gauge                  // senders paused because NATS cannot take their message
+	// Durable channels (JetStream).
+	Stored       prometheus.Counter // messages the stream acknowledged
+	StoreRetries prometheus.Counter // publishes retried after a failed or missing ack
+	AcksPending  prometheus.Gauge   // published, ack not yet in
 }
 
 func newIngest() *Ingest {
@@ -101,11 +105,24 @@ func newIngest() *Ingest {
 			Name: "relay_ingest_publish_retries_total",
 			Help: "Publishes retried because NATS could not take more (sender reads paused meanwhile).",
 		}),
+		Stored: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_ingest_stored_total",
+			Help: "Messages of durable channels the JetStream stream acknowledged (stored; a duplicate of one already stored counts once).",
+		}),
+		StoreRetries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_ingest_store_retries_total",
+			Help: "Durable publishes sent again (same Nats-Msg-Id, so stored once) after an error or no ack in time.",
+		}),
+		AcksPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_ingest_acks_pending",
+			Help: "Durable messages published and not yet acknowledged by the stream (bounded by RELAY_INGEST_DURABLE_IN_FLIGHT).",
+		}),
 	}
 }
 
 func (m *Ingest) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused.vec, m.PublishRetries, m.Unpublished.vec, m.Held}
+	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused.vec, m.PublishRetries, m.Unpublished.vec, m.Held,
+		m.Stored, m.StoreRetries, m.AcksPending}
 }
 
 // Fanout is the fanout tier's metrics.

@@ -27,12 +27,14 @@ const (
 	IngestPublishFailed      IngestRefusal = "publish_failed"       // NATS would not take a message
 	IngestShutdown           IngestRefusal = "shutdown"             // closed or refused while draining
 	IngestUpstream           IngestRefusal = "upstream_unavailable" // NATS unreachable for RELAY_INGEST_OUTAGE_HOLD
+	IngestStoreFailed        IngestRefusal = "store_failed"         // the durable channels' stream would not store a message after retries
+	IngestAckNotDurable      IngestRefusal = "ack_not_durable"      // +ack asked on a channel that is not durable
 )
 
 // IngestRefusals lists every IngestRefusal, in the order the help text shows them.
 func IngestRefusals() []IngestRefusal {
 	return []IngestRefusal{IngestBadHandshake, IngestHandshakeTimeout, IngestTooLarge, IngestTruncated,
-		IngestTooManyConnections, IngestPublishFailed, IngestShutdown, IngestUpstream}
+		IngestTooManyConnections, IngestPublishFailed, IngestShutdown, IngestUpstream, IngestStoreFailed, IngestAckNotDurable}
 }
 
 // IngestUnpublished is a value of relay_ingest_unpublished_total{reason}:
