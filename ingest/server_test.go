@@ -20,6 +20,7 @@ import (
 	ptestutil "github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/durable"
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/natsconn"
 	"github.com/relaydev/relay/shared/testutil"
@@ -47,6 +48,12 @@ func defaultConfig(listeners string) config.Ingest {
 // when nil) and stops it when the test ends.
 func startIngest(t *testing.T, srv *server.Server, cfg config.Ingest, natsOpts ...nats.Option) *harness {
 	t.Helper()
+	return startIngestWith(t, srv, cfg, nil, natsOpts...)
+}
+
+// startIngestWith is startIngest with a durable channels' stream (nil: none).
+func startIngestWith(t *testing.T, srv *server.Server, cfg config.Ingest, stream *durable.Stream, natsOpts ...nats.Option) *harness {
+	t.Helper()
 	if srv == nil {
 		srv = testutil.NATSServer(t)
 	}
@@ -59,6 +66,7 @@ func startIngest(t *testing.T, srv *server.Server, cfg config.Ingest, natsOpts .
 		NATS:    testutil.Connect(t, srv, append([]nats.Option{nats.ReconnectBufSize(-1)}, natsOpts...)...),
 		Logger:  testutil.Logger(t),
 		Metrics: reg.Ingest,
+		Durable: stream,
 	})
 	if err != nil {
 		t.Fatal(err)
