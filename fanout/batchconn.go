@@ -294,6 +294,9 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		conn.Close()
 		return nil, nil, err
 	}
+	if wc, ok := conn.(*watchedConn); ok {
+		conn = wc.Conn // the header watch is done; keep writev on the raw socket
+	}
 	h.bc = newBatchConn(conn, h.timeout)
 	// The library writes only control frames itself (data frames go
 	// through batchConn.writeFrames) and reads only control frames (a data

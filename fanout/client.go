@@ -3,6 +3,7 @@ package fanout
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"runtime"
@@ -17,12 +18,13 @@ import (
 
 // Close reasons sent to clients (at most 123 bytes each).
 const (
-	reasonSlowConsumer = "slow consumer"
-	reasonClientData   = "receive-only: clients may not send data"
-	reasonShutdown     = "server shutting down"
-	reasonPingTimeout  = "ping timeout"
-	reasonWriteFailed  = "write failed"
-	reasonNATSLost     = "upstream connection lost; messages may have been missed"
+	reasonSlowConsumer  = "slow consumer"
+	reasonClientData    = "receive-only: clients may not send data"
+	reasonShutdown      = "server shutting down"
+	reasonPingTimeout   = "ping timeout"
+	reasonWriteFailed   = "write failed"
+	reasonNATSLost      = "upstream connection lost; messages may have been missed"
+	reasonProtocolError = "protocol error"
 )
 
 // Disconnect reasons: short local names for the typed label values of
@@ -36,6 +38,7 @@ const (
 	disconnectPingTimeout      = metrics.DisconnectPingTimeout
 	disconnectShutdown         = metrics.DisconnectShutdown
 	disconnectNATSLost         = metrics.DisconnectNATSLost
+	disconnectProtocolError    = metrics.DisconnectProtocolError
 )
 
 // writerLinger is how long a client's writer goroutine waits for more to
@@ -228,11 +231,29 @@ func (c *client) serve() {
 // connection is closed or refused.
 func (c *client) readLoop() {
 	_, _, err := c.conn.Reader(context.Background())
-	if err == nil {
+	switch {
+	case err == nil:
 		c.close(websocket.StatusUnsupportedData, reasonClientData, disconnectClientData)
-		return
+	case isProtocolError(err):
+		// RFC 6455: a frame that breaks the protocol (unmasked, reserved
+		// bits, unknown opcode, bad control frame) ends with 1002.
+		c.close(websocket.StatusProtocolError, reasonProtocolError, disconnectProtocolError)
+	default:
+		c.close(websocket.StatusNormalClosure, "", disconnectClientClosed)
 	}
-	c.close(websocket.StatusNormalClosure, "", disconnectClientClosed)
+}
+
+// isProtocolError tells a peer that broke the WebSocket protocol from one
+// that closed (a close frame) or went away (the connection ended). The
+// library wraps network errors, so what is neither a close frame nor a
+// network error is the peer's protocol violation.
+func isProtocolError(err error) bool {
+	if websocket.CloseStatus(err) != -1 {
+		return false
+	}
+	var ne net.Error
+	return !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, net.ErrClosed) &&
+		!errors.As(err, &ne) && !errors.Is(err, context.Canceled)
 }
 
 // writeLoop is the client's only writer of data frames. It runs while

@@ -63,7 +63,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !s.nc.IsConnected() {
 		// A browser cannot read an HTTP status (it sees 1006 and retries
 		// blindly), so complete the upgrade and close at once with 1012.
-		s.refuseUpgraded(w, r, refusedNATSDown, reasonNATSDown)
+		s.refuseUpgraded(w, r, websocket.StatusServiceRestart, refusedNATSDown, reasonNATSDown)
 		return
 	}
 	if s.active.Add(1) > int64(s.cfg.MaxConnections) {
@@ -71,7 +71,13 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, http.StatusServiceUnavailable, refusedTooMany, "too many connections")
 		return
 	}
+	release, ok := s.acquire(w, r)
+	if !ok {
+		s.active.Add(-1)
+		return
+	}
 	if !s.track() {
+		release()
 		s.active.Add(-1)
 		s.refuse(w, r, http.StatusServiceUnavailable, refusedDraining, "server is shutting down")
 		return
@@ -81,17 +87,18 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	handedOff := false
 	defer func() {
 		if !handedOff {
+			release()
 			s.wg.Done()
 			s.active.Add(-1)
 		}
 	}()
 
-	log := s.log.With("channel", name, "remote", r.RemoteAddr)
+	log := s.log.With("channel", name, "remote", clientOf(r).addr.String())
 	c := newClient(name, s.limits, s.m, log)
 	ch, err := s.hub.join(name, c)
 	if err != nil {
 		log.Warn("subscribe failed; upgrade refused", "err", err)
-		s.refuseUpgraded(w, r, refusedSubscribeFailed, reasonNATSDown)
+		s.refuseUpgraded(w, r, websocket.StatusServiceRestart, refusedSubscribeFailed, reasonNATSDown)
 		return
 	}
 
@@ -120,7 +127,10 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// goroutine serves the client with a shallow stack, and net/http's
 	// goroutine, its grown stack and the request are freed. For a
 	// connection that idles for hours that is most of its memory.
-	go s.serveClient(c, ch, log)
+	go func() {
+		defer release()
+		s.serveClient(c, ch, log)
+	}()
 }
 
 // serveClient runs a connected client until it is closed, then releases
@@ -140,11 +150,14 @@ func (s *Server) serveClient(c *client, ch *channel, log *slog.Logger) {
 		"messages", delivered, "bytes", bytes)
 }
 
-// originAllowed applies coder/websocket's origin rule (same host, or a host
-// pattern from AllowedOrigins matched with path.Match; a pattern with "://"
-// is matched against scheme://host) so a refusal can be counted and logged.
-// A request without Origin is not from a browser and is allowed; "*" allows
-// every origin.
+// originAllowed applies the same-origin rule (scheme and host:port equal to
+// the request's, the scheme being https when the client reached us over TLS,
+// directly or through a trusted proxy), or a host pattern from
+// AllowedOrigins matched with path.Match (a pattern with "://" is matched
+// against scheme://host), so a refusal can be counted and logged. A request
+// without Origin is not from a browser and is allowed; "*" allows every
+// origin. Same origin alone cannot stop DNS rebinding (there the page's
+// Host and Origin are both the attacker's name): the Host check does.
 func (s *Server) originAllowed(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" {
@@ -154,7 +167,7 @@ func (s *Server) originAllowed(r *http.Request) bool {
 	if err != nil || u.Host == "" {
 		return false
 	}
-	if strings.EqualFold(r.Host, u.Host) {
+	if strings.EqualFold(r.Host, u.Host) && strings.EqualFold(u.Scheme, clientOf(r).scheme) {
 		return true
 	}
 	for _, p := range s.origins {
@@ -199,22 +212,6 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, reas
 		s.log.Info("upgrade refused", "reason", reason, "status", status, "remote", r.RemoteAddr,
 			"origin", r.Header.Get("Origin"), "path", r.URL.Path, "suppressed", n)
 	}
-}
-
-// refuseUpgraded completes the upgrade and closes at once with 1012 Service
-// Restart and reason: the way to refuse that a browser can see. The close
-// handshake is bounded by the library (5 s for each direction).
-func (s *Server) refuseUpgraded(w http.ResponseWriter, r *http.Request, reason metrics.FanoutRefusal, text string) {
-	s.m.Refused.Inc(reason)
-	if n, ok := s.refusals.allow(string(reason)); ok {
-		s.log.Info("upgrade refused", "reason", reason, "close", int(websocket.StatusServiceRestart), "remote", r.RemoteAddr,
-			"origin", r.Header.Get("Origin"), "path", r.URL.Path, "suppressed", n)
-	}
-	conn, err := websocket.Accept(w, r, acceptOptions)
-	if err != nil {
-		return
-	}
-	_ = conn.Close(websocket.StatusServiceRestart, text)
 }
 
 // logLimiter lets one log line per key through per interval and counts the

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"embed"
 	"encoding/hex"
 	"errors"
@@ -25,6 +26,7 @@ import (
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/health"
 	"github.com/relaydev/relay/shared/metrics"
+	"github.com/relaydev/relay/shared/netguard"
 	"github.com/relaydev/relay/shared/subjects"
 )
 
@@ -95,6 +97,7 @@ type Server struct {
 	hub      *hub
 	refusals *logLimiter
 	upstream <-chan struct{}
+	guard    *guard
 
 	active atomic.Int64 // upgrades in progress and connected clients, for MaxConnections
 	ran    atomic.Bool
@@ -152,6 +155,18 @@ func New(o Options) (*Server, error) {
 	for _, p := range cfg.AllowedOrigins {
 		s.origins = append(s.origins, strings.ToLower(strings.TrimSpace(p)))
 	}
+	if s.guard, err = newGuard(cfg, s); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("fanout: %w", err)
+	}
+	// tcp -> PROXY header (trusted proxies only) -> header-timeout watch -> TLS.
+	if len(s.guard.proxies) > 0 {
+		s.ln = netguard.ProxyListener(s.ln, s.guard.proxies)
+	}
+	s.ln = watchListener{Listener: s.ln}
+	if s.guard.tls != nil {
+		s.ln = tls.NewListener(s.ln, s.guard.tls)
+	}
 	s.hub = newHub(o.NATS, mapper, o.Metrics, log, cfg.SubPendingMsgs, cfg.SubPendingBytes, cfg.WriteTimeout)
 	s.health = health.New(func() error {
 		if !s.nc.IsConnected() {
@@ -161,7 +176,9 @@ func New(o Options) (*Server, error) {
 	})
 	s.routes(page, o.MetricsHandler)
 	s.http = &http.Server{
-		Handler:           s.mux,
+		Handler:           s.guard.wrap(s, s.mux),
+		ConnState:         s.connState,
+		ConnContext:       connContext,
 		ReadHeaderTimeout: readHeaderTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		IdleTimeout:       time.Minute,
@@ -294,8 +311,9 @@ func (s *Server) routes(page []byte, metricsHandler http.Handler) {
 // Addr is the address the listener is bound to.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
-// Handler serves every route of the Server; Run serves it on Addr.
-func (s *Server) Handler() http.Handler { return s.mux }
+// Handler serves every route of the Server, behind the Host and address
+// checks; Run serves it on Addr.
+func (s *Server) Handler() http.Handler { return s.http.Handler }
 
 // Ready returns nil while NATS is connected and the Server is not draining.
 func (s *Server) Ready() error { return s.health.Ready() }
@@ -309,7 +327,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if !s.ran.CompareAndSwap(false, true) {
 		return ErrAlreadyRun
 	}
-	s.log.Info("fanout listening", "addr", s.ln.Addr().String())
+	s.log.Info("fanout listening", "addr", s.ln.Addr().String(), "tls", s.guard.tls != nil)
 	served := make(chan error, 1)
 	go func() { served <- s.http.Serve(s.ln) }()
 

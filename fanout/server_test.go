@@ -66,6 +66,7 @@ func TestShutdownClosesClientsWithGoingAway(t *testing.T) {
 	}
 	rec = httptest.NewRecorder()
 	req := httptest.NewRequest("GET", "/ws/a", nil)
+	req.Host = "localhost" // a loopback-only listener answers only local names
 	req.Header.Set("Connection", "Upgrade")
 	req.Header.Set("Upgrade", "websocket")
 	e.srv.Handler().ServeHTTP(rec, req)

@@ -2,7 +2,6 @@ package ingest
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -52,12 +51,21 @@ var (
 // senderConn is one TCP sender.
 type senderConn struct {
 	s    *Server
-	conn net.Conn
+	raw  net.Conn // as accepted
 	spec config.Listener
 	br   *bufio.Reader
 
+	// remote is the client: the socket peer, or who a trusted PROXY header names.
+	remote   net.Addr
+	release  func() // gives back the per-address slot; nil if none was taken
+	peerName string // an mTLS sender's certificate common name
+	idle     *idleReader
+	throttle *rate.Limiter // RELAY_INGEST_MAX_RATE; nil: unlimited
+
 	mu       sync.Mutex
-	stopping bool // shutdown set a read deadline: a timeout is the end
+	conn     net.Conn // raw, or raw wrapped in PROXY and TLS; written under mu
+	stopping bool     // shutdown set a read deadline: a timeout is the end
+	aborted  bool     // abortRead set a read deadline
 
 	msgs, bytes int
 	ledger      *ledger // which of msgs NATS has confirmed (core NATS channels)
@@ -66,29 +74,42 @@ type senderConn struct {
 }
 
 func newSenderConn(s *Server, conn net.Conn, spec config.Listener) *senderConn {
-	return &senderConn{s: s, conn: conn, spec: spec, ledger: newLedger(s.k)}
+	return &senderConn{s: s, raw: conn, conn: conn, spec: spec, remote: conn.RemoteAddr(), throttle: newThrottle(s.cfg.MaxRate), ledger: newLedger(s.k)}
+}
+
+// setConn replaces the connection read from (PROXY and TLS wrappers).
+func (c *senderConn) setConn(nc net.Conn) {
+	c.mu.Lock()
+	c.conn = nc
+	c.mu.Unlock()
 }
 
 // stopReading makes reads end at deadline (shutdown).
 func (c *senderConn) stopReading(deadline time.Time) {
 	c.mu.Lock()
 	c.stopping = true
+	conn := c.conn
 	c.mu.Unlock()
-	c.conn.SetReadDeadline(deadline)
+	conn.SetReadDeadline(deadline)
 }
 
 // setReadDeadline applies t unless shutdown has set its own, shorter one.
 func (c *senderConn) setReadDeadline(t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.stopping {
+	if !c.stopping && !c.aborted {
 		c.conn.SetReadDeadline(t)
 	}
 }
 
-// abortRead makes a blocked read return now: durable storing has failed
-// and the sender is to be told at once.
-func (c *senderConn) abortRead() { c.conn.SetReadDeadline(time.Now()) }
+// abortRead makes a blocked read return now, and every later one: durable
+// storing has failed and the sender is to be told at once.
+func (c *senderConn) abortRead() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.aborted = true
+	c.conn.SetReadDeadline(time.Now())
+}
 
 func (c *senderConn) isStopping() bool {
 	c.mu.Lock()
@@ -102,9 +123,22 @@ func (c *senderConn) serve() {
 	s := c.s
 	s.m.Connections.Inc()
 	defer s.m.Connections.Dec()
-	defer c.conn.Close()
-	remote := c.conn.RemoteAddr().String()
-	c.br = bufio.NewReaderSize(c.conn, s.cfg.ReadBuffer)
+	defer func() {
+		c.conn.Close()
+		if c.release != nil {
+			c.release()
+		}
+	}()
+	if err := c.secure(); err != nil {
+		return
+	}
+	remote := c.remote.String()
+	var r io.Reader = c.conn
+	if c.spec.Idle > 0 {
+		c.idle = &idleReader{c: c, idle: c.spec.Idle}
+		r = c.idle
+	}
+	c.br = bufio.NewReaderSize(r, s.cfg.ReadBuffer)
 
 	h := handshake{Channel: c.spec.Channel}
 	if c.spec.Handshake() {
@@ -115,7 +149,13 @@ func (c *senderConn) serve() {
 	}
 	channel := h.Channel
 	log := s.log.With("remote", remote, "channel", channel, "listener", c.spec.Addr)
+	if c.peerName != "" {
+		log = log.With("cert", c.peerName)
+	}
 	log.Debug("sender connected")
+	if c.idle != nil {
+		c.idle.on = true
+	}
 	if s.durable.Matches(channel) {
 		c.st = newStorer(c)
 		if h.Ack {
@@ -142,6 +182,8 @@ func (c *senderConn) serve() {
 		log.Debug("sender disconnected", "messages", c.msgs, "bytes", c.bytes)
 	case errors.Is(err, errStore):
 		c.fail(reasonStoreFailed, err, fmt.Sprintf("store failed: %d messages stored", c.accepted()))
+	case c.idle != nil && isTimeout(err) && !c.isStopping():
+		c.fail(reasonIdleTimeout, err, fmt.Sprintf(replyIdleTimeoutTmpl, c.spec.Idle))
 	case errors.Is(err, ErrTooLarge):
 		c.fail(reasonTooLarge, err, fmt.Sprintf("message too large (max %d bytes)", s.cfg.MaxMessage))
 	case c.isStopping() && (isTimeout(err) || errors.Is(err, ErrTruncated) || errors.Is(err, errHeld)):
@@ -268,6 +310,13 @@ func (c *senderConn) pump(channel string) error {
 		c.bytes += len(data)
 		s.m.Messages.Inc()
 		s.m.Bytes.Add(float64(len(data)))
+		if c.throttle != nil && !c.throttle.Allow() {
+			// Over RELAY_INGEST_MAX_RATE: pause before reading on.
+			s.m.Throttled.Inc()
+			if err := c.throttle.Wait(s.hardCtx); err != nil {
+				return nil
+			}
+		}
 	}
 }
 
@@ -336,7 +385,7 @@ func permanent(err error) bool {
 // fail tells the sender why it is being closed, counts and logs it.
 func (c *senderConn) fail(reason metrics.IngestRefusal, err error, msg string) {
 	c.s.m.Refused.Inc(reason)
-	c.s.logRefusal(reason, "ingest: sender closed with error", "remote", c.conn.RemoteAddr().String(),
+	c.s.logRefusal(reason, "ingest: sender closed with error", "remote", c.remote.String(),
 		"listener", c.spec.Addr, "reason", reason, "err", err, "messages", c.msgs)
 	c.errLine(msg)
 }
@@ -373,14 +422,3 @@ func (s *Server) logRefusal(reason metrics.IngestRefusal, msg string, args ...an
 var refusalLogs sync.Map // reason -> *rate.Sometimes
 
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}

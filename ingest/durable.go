@@ -335,3 +335,15 @@ func (a *acker) write(n uint64) {
 	a.c.conn.SetWriteDeadline(time.Time{})
 	a.last = n
 }
+
+// sleepCtx waits d, or less when ctx ends (then it returns ctx's error).
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/metrics"
+	"github.com/relaydev/relay/shared/netguard"
 	"github.com/relaydev/relay/shared/tcpproto"
 )
 
@@ -34,15 +35,32 @@ func (s *Server) acceptLoop(ln *listener) error {
 		}
 		delay = 0
 		s.m.ConnectionsTotal.Inc()
+		// Address rules and per-address limits come before the global
+		// slot, so one address cannot take every slot (a ;proxy
+		// listener learns the client's address later, in secure).
+		var release func()
+		if !ln.spec.Proxy {
+			var ok bool
+			if release, ok = s.admit(nc, ln.spec, netguard.AddrOf(nc.RemoteAddr())); !ok {
+				continue
+			}
+		}
 		select {
 		case s.slots <- struct{}{}:
 		default:
+			if release != nil {
+				release()
+			}
 			s.refuse(nc, reasonTooManyConnections, "too many connections")
 			continue
 		}
 		c := newSenderConn(s, nc, ln.spec)
+		c.release = release
 		if !s.track(c) {
 			<-s.slots
+			if release != nil {
+				release()
+			}
 			s.refuse(nc, reasonShutdown, "server shutting down: 0 messages accepted")
 			continue
 		}
@@ -61,5 +79,12 @@ func (s *Server) refuse(nc net.Conn, reason metrics.IngestRefusal, msg string) {
 	s.logRefusal(reason, "ingest: sender refused", "remote", nc.RemoteAddr().String(), "reason", msg)
 	nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	nc.Write(tcpproto.ErrLine(msg))
+	nc.Close()
+}
+
+// refuseClose is refuse without the -ERR line (TLS listeners before the handshake).
+func (s *Server) refuseClose(nc net.Conn, reason metrics.IngestRefusal, msg string) {
+	s.m.Refused.Inc(reason)
+	s.logRefusal(reason, "ingest: sender refused", "remote", nc.RemoteAddr().String(), "reason", msg)
 	nc.Close()
 }

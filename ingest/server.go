@@ -59,6 +59,7 @@ type Server struct {
 	lns     []*listener
 	httpLn  net.Listener
 	httpSrv *http.Server
+	guard   *guard
 
 	slots chan struct{} // one per allowed concurrent connection
 
@@ -154,6 +155,10 @@ func New(o Options) (*Server, error) {
 		s.back = make(chan struct{})
 		s.backMu.Unlock()
 	})
+	if s.guard, err = newGuard(o.Config, o.Config.Listeners, s); err != nil {
+		hardCancel()
+		return nil, err
+	}
 	s.health = health.New(func() error {
 		if !s.nc.IsConnected() {
 			return errors.New("ingest: NATS not connected")

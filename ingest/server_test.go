@@ -560,3 +560,53 @@ func numbered(prefix string, first, n int) string {
 	}
 	return b.String()
 }
+
+// TestConfirmedExcludesInFlightAtDisconnect: messages published on a NATS
+// connection that then drops are never counted as accepted, even after a
+// later confirmation on the new connection; what NATS confirmed before the
+// drop still counts.
+func TestConfirmedExcludesInFlightAtDisconnect(t *testing.T) {
+	t.Parallel()
+	srv := testutil.NATSServer(t)
+	port := srv.Addr().(*net.TCPAddr).Port
+	nc := testutil.Connect(t, srv, nats.ReconnectBufSize(-1), nats.ReconnectWait(50*time.Millisecond))
+	k := newConfirmer(nc) // driven by hand: no run loop
+	l := newLedger(k)
+	msgs := 0
+	publish := func(n int) {
+		for range n {
+			l.beforePublish(msgs)
+			if err := nc.Publish("relay.ch.x", []byte("m")); err != nil {
+				t.Fatal(err)
+			}
+			msgs++
+		}
+	}
+	publish(100)
+	k.round()
+	if got := l.confirmed(msgs); got != 100 {
+		t.Fatalf("confirmed %d after a round trip, want 100", got)
+	}
+	publish(50) // in flight when NATS goes
+	srv.Shutdown()
+	srv.WaitForShutdown()
+	srv2, err := natsconn.StartEmbedded(natsconn.EmbeddedOptions{Listen: fmt.Sprintf("127.0.0.1:%d", port)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv2.Shutdown(); srv2.WaitForShutdown() })
+	testutil.Eventually(t, 20*time.Second, func() error {
+		if !nc.IsConnected() || nc.Stats().Reconnects == 0 {
+			return errors.New("not reconnected")
+		}
+		return nil
+	})
+	publish(10)
+	k.round()
+	if got := l.confirmed(msgs); got != 100 {
+		t.Fatalf("confirmed %d of %d, want 100: the 50 in flight at the drop may be lost", got, msgs)
+	}
+	if k.stalled() {
+		t.Fatal("stalled after a confirmed round")
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -69,6 +70,8 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		quiet       = fs.Bool("quiet", false, "no progress lines")
 		cpuProfile  = fs.String("cpuprofile", "", "write a CPU profile of the server over the measurement window to this file")
 		memProfile  = fs.String("memprofile", "", "write a heap profile of the server (after GC) to this file at the end of the measurement, connections still open")
+		soakFor     = fs.Duration("soak", 0, "soak for this long (e.g. 10m): a moderate rate while senders and watchers come and go; reports the slopes of the server's RSS and goroutines (a child server unless --ingest/--fanout; --rate, --senders, --receivers, --channels, --size set the load, else 500 msg/s, 8 senders, 40 watchers, 4 channels)")
+		lifetime    = fs.Duration("lifetime", 10*time.Second, "with --soak: mean time a sender or watcher stays connected before another replaces it")
 		serveMode   = fs.Bool("serve", false, "internal: run 'relay all' on loopback ports for a parent 'relay bench --spawn'")
 		serveFor    = fs.Duration("serve-timeout", time.Hour, "internal: --serve exits after this long")
 	)
@@ -86,6 +89,30 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	}
 	if *serveMode {
 		return benchServe(ctx, *serveFor, stdout, stderr)
+	}
+	if *soakFor > 0 {
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		sc := loadgen.SoakConfig{Duration: *soakFor, Lifetime: *lifetime}
+		if set["rate"] {
+			sc.Rate = *rate
+		}
+		if set["senders"] {
+			sc.Senders = *senders
+		}
+		if set["receivers"] {
+			sc.Watchers = *receivers
+		}
+		if set["channels"] {
+			sc.Channels = *channels
+		}
+		if set["size"] {
+			sc.Size = *size
+		}
+		if !*quiet {
+			sc.Progress = stderr
+		}
+		return benchSoak(ctx, sc, *ingestAddr, *fanoutAddr, *pid, *jsonOut, stdout, stderr)
 	}
 
 	base := loadgen.Config{
@@ -228,6 +255,57 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// benchSoak runs `relay bench --soak`: against --ingest/--fanout when
+// given, else against a child 'relay bench --serve' so that the RSS and
+// goroutines sampled are the server's alone.
+func benchSoak(ctx context.Context, sc loadgen.SoakConfig, ingestAddr, fanoutAddr string, pid int, jsonOut bool, stdout, stderr io.Writer) int {
+	if ingestAddr != "" || fanoutAddr != "" {
+		sc.IngestAddr, sc.FanoutAddr = ingestAddr, fanoutAddr
+		sc.Probe = loadgen.PIDProbe{PID: pid}
+		if pid <= 0 {
+			fmt.Fprintln(stderr, "relay bench: --soak against --ingest/--fanout needs --pid, the server's process id")
+			return 2
+		}
+	} else {
+		sc.IngestAddr, sc.FanoutAddr, sc.Probe = "x", "x", loadgen.PIDProbe{} // checked for real below
+	}
+	if err := sc.Validate(); err != nil {
+		fmt.Fprintf(stderr, "relay bench: %v\n", err)
+		return 2
+	}
+	if ingestAddr == "" && fanoutAddr == "" {
+		t, err := spawnBenchServer(ctx, stderr)
+		if err != nil {
+			fmt.Fprintf(stderr, "relay bench: start server: %v\n", err)
+			return 1
+		}
+		defer t.stop()
+		sc.IngestAddr, sc.FanoutAddr, sc.Probe = t.ingest, t.fanout, t.probe
+	}
+	res, err := loadgen.Soak(ctx, sc)
+	if err != nil {
+		fmt.Fprintf(stderr, "relay bench: soak: %v\n", err)
+		return 1
+	}
+	if jsonOut {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(struct {
+			Machine loadgen.Machine     `json:"machine"`
+			Soak    *loadgen.SoakResult `json:"soak"`
+		}{loadgen.ReadMachine(), res}); err != nil {
+			return 1
+		}
+	} else {
+		res.WriteText(stdout)
+	}
+	if res.Gaps > 0 {
+		fmt.Fprintf(stderr, "relay bench: soak: %d messages missed by watchers that stayed connected\n", res.Gaps)
+		return 1
+	}
+	return 0
+}
+
 // benchReport is the --json output.
 type benchReport struct {
 	Machine        loadgen.Machine   `json:"machine"`
@@ -268,6 +346,23 @@ func benchConfig() (config.Config, error) {
 	cfg.Fanout.Addr = "127.0.0.1:0"
 	cfg.EmbeddedListen = "127.0.0.1:0"
 	cfg.ShutdownGrace = 5 * time.Second
+	// Every sender and receiver of the load generator comes from one
+	// address, 127.0.0.1: per-address limits meant for the internet would
+	// refuse most of them (4429, -ERR rate limited). Lifted unless the
+	// environment sets them, so a run can still measure the limits.
+	unset := func(name string) bool { _, ok := os.LookupEnv(name); return !ok }
+	if unset("RELAY_INGEST_MAX_CONNECTIONS_PER_IP") {
+		cfg.Ingest.MaxConnectionsPerIP = 0
+	}
+	if unset("RELAY_INGEST_CONNECT_RATE_PER_IP") {
+		cfg.Ingest.ConnectRatePerIP = ""
+	}
+	if unset("RELAY_FANOUT_MAX_CONNECTIONS_PER_IP") {
+		cfg.Fanout.MaxConnectionsPerIP = 0
+	}
+	if unset("RELAY_FANOUT_CONNECT_RATE_PER_IP") {
+		cfg.Fanout.ConnectRatePerIP = ""
+	}
 	if os.Getenv("RELAY_LOG_LEVEL") == "" {
 		cfg.LogLevel = "warn"
 	}

@@ -65,7 +65,7 @@ func TestBrowserPage(t *testing.T) {
 	if msg := b.eval(t, `document.getElementById("channel-error").hidden ? "" : document.getElementById("channel-error").textContent`); !strings.Contains(msg, "dot") {
 		t.Errorf("invalid channel: error %q, want one about dots", msg)
 	}
-	if m := metricsText(t, base+"/metrics"); strings.Contains(m, `relay_fanout_refused_total{reason="bad_channel"}`) {
+	if m := metricsText(t, base+"/metrics"); !strings.Contains(m, `relay_fanout_refused_total{reason="bad_channel"} 0`) {
 		t.Error("the page tried to open a WebSocket for an invalid channel")
 	}
 

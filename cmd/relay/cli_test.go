@@ -124,7 +124,7 @@ func TestUsageErrorsNameTheProblem(t *testing.T) {
 		{[]string{"watch", "127.0.0.1:1/ws/a"}, []string{"URL must look like"}},
 		{[]string{"watch", "ws://127.0.0.1:1/ws/a", "ws://127.0.0.1:1/ws/b"}, []string{"extra argument"}},
 		{[]string{"config", "ingest", "extra"}, []string{`extra argument "extra"`}},
-		{[]string{"config", "sender"}, []string{"role must be"}},
+		{[]string{"config", "sender"}, []string{"ROLE must be all, ingest or fanout"}},
 		{[]string{"bench", "x"}, []string{`takes no arguments, got "x"`}},
 		{[]string{"all", "x"}, []string{`takes no arguments, got "x"`}},
 		{[]string{"health"}, []string{"want URL"}},

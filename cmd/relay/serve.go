@@ -71,6 +71,7 @@ type started struct {
 	NATS       *server.Server // the embedded server of 'relay all'
 	IngestAddr []net.Addr     // in RELAY_INGEST_LISTENERS order
 	FanoutAddr net.Addr
+	Registry   *metrics.Registry // every metric the role serves on /metrics
 }
 
 // runRoleNotify is runRole that calls notify (when not nil) once every
@@ -82,6 +83,13 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 	if err != nil {
 		return err
 	}
+	switch role {
+	case config.RoleIngest:
+		reg.KeepTiers("ingest")
+	case config.RoleFanout:
+		reg.KeepTiers("fanout")
+	}
+	info.Registry = reg
 	connectOpts := natsconn.Options{
 		RetryWindow:  cfg.NATSRetry,
 		Logger:       log,
@@ -171,6 +179,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			nc.Close()
 			return err
 		}
+		reg.MustRegister(metrics.MaxConnections("ingest", cfg.Ingest.MaxConnections))
 		info.IngestAddr = ing.Addrs()
 		ingestDrained = ing.Drained()
 		for i, l := range cfg.Listeners {
@@ -211,6 +220,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			nc.Close()
 			return errors.Join(err, abort(g, &finished))
 		}
+		reg.MustRegister(metrics.MaxConnections("fanout", fcfg.MaxConnections))
 		info.FanoutAddr = fan.Addr()
 		g.Go(func() error { return fan.Run(gctx) })
 	}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
@@ -46,6 +47,9 @@ type objects struct {
 	accounts     map[string]*corev1.ServiceAccount
 	hpas         map[string]*autoscalingv2.HorizontalPodAutoscaler
 	pdbs         map[string]*policyv1.PodDisruptionBudget
+	// Prometheus Operator objects (the chart's monitoring.* values).
+	serviceMonitors map[string]*monitoringv1.ServiceMonitor
+	rules           map[string]*monitoringv1.PrometheusRule
 }
 
 type named struct {
@@ -67,6 +71,9 @@ func decode(source string, data []byte) (*objects, error) {
 		accounts:     map[string]*corev1.ServiceAccount{},
 		hpas:         map[string]*autoscalingv2.HorizontalPodAutoscaler{},
 		pdbs:         map[string]*policyv1.PodDisruptionBudget{},
+
+		serviceMonitors: map[string]*monitoringv1.ServiceMonitor{},
+		rules:           map[string]*monitoringv1.PrometheusRule{},
 	}
 	var errs []error
 	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
@@ -145,6 +152,16 @@ func (o *objects) add(doc []byte) error {
 		v := &policyv1.PodDisruptionBudget{}
 		if err = strict(v, &v.ObjectMeta); err == nil {
 			err = put(o.pdbs, name, v)
+		}
+	case "monitoring.coreos.com/v1 ServiceMonitor":
+		v := &monitoringv1.ServiceMonitor{}
+		if err = strict(v, &v.ObjectMeta); err == nil {
+			err = put(o.serviceMonitors, name, v)
+		}
+	case "monitoring.coreos.com/v1 PrometheusRule":
+		v := &monitoringv1.PrometheusRule{}
+		if err = strict(v, &v.ObjectMeta); err == nil {
+			err = put(o.rules, name, v)
 		}
 	default:
 		return fmt.Errorf("unexpected kind %s %s (add it to the manifest test on purpose)", tm.APIVersion, tm.Kind)

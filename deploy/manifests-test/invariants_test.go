@@ -441,6 +441,10 @@ func (c *checker) checkServices(o *objects, ws []workload) {
 			continue
 		}
 		w := matched[0]
+		if s.Labels[metricsServiceLabel] == "true" {
+			c.checkMetricsService(what, s)
+			continue
+		}
 		for _, p := range s.Spec.Ports {
 			found := false
 			for i := range w.pod.Spec.Containers {
@@ -610,4 +614,19 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(ks)
 	return ks
+}
+
+// metricsServiceLabel marks the chart's headless Services that exist only
+// for a ServiceMonitor to find the pods' /metrics port.
+const metricsServiceLabel = "relay.dev/metrics"
+
+// checkMetricsService: a metrics Service stays inside the cluster (headless
+// ClusterIP) and exposes the HTTP port only, never the public listeners.
+func (c *checker) checkMetricsService(what str, s *corev1.Service) {
+	if s.Spec.Type != corev1.ServiceTypeClusterIP || s.Spec.ClusterIP != corev1.ClusterIPNone {
+		c.errorf(what, "metrics Service has type %q clusterIP %q, want a headless ClusterIP", s.Spec.Type, s.Spec.ClusterIP)
+	}
+	if len(s.Spec.Ports) != 1 || s.Spec.Ports[0].Name != "http" || s.Spec.Ports[0].TargetPort.String() != "http" {
+		c.errorf(what, "metrics Service ports %v, want only http -> http", s.Spec.Ports)
+	}
 }

@@ -191,6 +191,7 @@ config: {fanout: {RELAY_FANOUT_CLIENT_QUEUE_BYTES: 16777216, RELAY_FANOUT_CLIENT
 			}
 		},
 	},
+	{name: "monitoring", values: monitoringValues, check: checkMonitoring},
 	{
 		name: "other name",
 		values: `

@@ -42,11 +42,23 @@ type Common struct {
 	// 12s by default.
 	NATSPingInterval time.Duration `envconfig:"NATS_PING_INTERVAL" default:"4s" desc:"how often each tier pings its NATS server; a server that leaves RELAY_NATS_MAX_PINGS_OUTSTANDING pings unanswered is treated as lost (readiness 503, ingest stops reading, fanout closes watchers with 1012), so a frozen or blackholed NATS is noticed within interval x (pings + 1): 12s by default"`
 	NATSMaxPings     int           `envconfig:"NATS_MAX_PINGS_OUTSTANDING" default:"2" desc:"unanswered NATS pings after which the connection is declared stale and replaced (see RELAY_NATS_PING_INTERVAL)"`
+
+	AdminAddr  string `envconfig:"ADMIN_ADDR" default:"" desc:"when set, /metrics, /healthz and /readyz are served on this host:port (keep it off the public Service) and no longer on the public ports"`
+	AdminPprof bool   `envconfig:"ADMIN_PPROF" default:"false" desc:"also serve Go's /debug/pprof/ on RELAY_ADMIN_ADDR (needs RELAY_ADMIN_ADDR)"`
+
+	NATSCredsFile    string `envconfig:"NATS_CREDS_FILE" default:"" desc:"NATS credentials file (user JWT and nkey seed) for decentralised auth"`
+	NATSNkeySeedFile string `envconfig:"NATS_NKEY_SEED_FILE" default:"" desc:"file holding an NATS nkey seed (SU...) to authenticate with"`
+	NATSUser         string `envconfig:"NATS_USER" default:"" desc:"NATS user name; the password is read from RELAY_NATS_PASSWORD_FILE"`
+	NATSPasswordFile string `envconfig:"NATS_PASSWORD_FILE" default:"" desc:"file holding the NATS password of RELAY_NATS_USER"`
+	NATSTokenFile    string `envconfig:"NATS_TOKEN_FILE" default:"" desc:"file holding an NATS authentication token"`
+	NATSTLSCAFile    string `envconfig:"NATS_TLS_CA_FILE" default:"" desc:"CA bundle (PEM) to verify the NATS servers' certificates; setting any RELAY_NATS_TLS_* file requires TLS"`
+	NATSTLSCertFile  string `envconfig:"NATS_TLS_CERT_FILE" default:"" desc:"client certificate (PEM) for NATS servers that require one"`
+	NATSTLSKeyFile   string `envconfig:"NATS_TLS_KEY_FILE" default:"" desc:"key (PEM) of RELAY_NATS_TLS_CERT_FILE"`
 }
 
 // Ingest settings are read by 'relay ingest' and 'relay all'.
 type Ingest struct {
-	Listeners        Listeners     `envconfig:"INGEST_LISTENERS" default:":7070=default/line,:7071=*/line" desc:"comma-separated ADDR=CHANNEL/FRAMING; CHANNEL * = handshake listener; FRAMING line, raw or len32"`
+	Listeners        Listeners     `envconfig:"INGEST_LISTENERS" default:":7070=default/line,:7071=*/line" desc:"comma-separated ADDR=CHANNEL/FRAMING[;OPTION]...; CHANNEL * = handshake listener; FRAMING line, raw or len32; OPTIONs tls, mtls, allow=CIDR|..., deny=CIDR|..., proxy, public, idle=DURATION"`
 	HTTPAddr         string        `envconfig:"INGEST_HTTP_ADDR" default:":8081" desc:"ingest /healthz, /readyz and /metrics (in 'relay all' the fanout address serves them too); empty disables"`
 	MaxMessage       int           `envconfig:"INGEST_MAX_MESSAGE" default:"65536" desc:"largest message in bytes; at most the NATS server's max payload. A larger line or len32 frame gets -ERR and the connection is closed; raw framing splits at this size"`
 	HandshakeTimeout time.Duration `envconfig:"INGEST_HANDSHAKE_TIMEOUT" default:"10s" desc:"a handshake listener's sender must send its CHANNEL line within this time"`
@@ -56,6 +68,14 @@ type Ingest struct {
 	OutageHold       time.Duration `envconfig:"INGEST_OUTAGE_HOLD" default:"10s" desc:"while NATS is unreachable ingest accepts nothing (it stops reading, so TCP pushes back on senders); a sender held this long gets '-ERR upstream unavailable: N messages accepted' and is closed"`
 	TextHeader       bool          `envconfig:"INGEST_TEXT_HEADER" default:"false" desc:"also send the NATS header Relay-Format: text with text messages (binary ones always carry Relay-Format: binary); off, text travels without a header, which the contract reads as text, and ingest publishes about twice as fast"`
 	DurableInFlight  int           `envconfig:"INGEST_DURABLE_IN_FLIGHT" default:"4096" desc:"durable channels: most messages one ingest process has published and the stream has not yet acknowledged (a sender connection: at most 256 of them and 1 MiB); at the bound ingest stops reading, so TCP pushes back"`
+
+	MaxConnectionsPerIP int     `envconfig:"INGEST_MAX_CONNECTIONS_PER_IP" default:"100" desc:"most concurrent sender connections from one client address (IPv6: per /64); more get -ERR rate limited. 0 = no per-address cap"`
+	ConnectRatePerIP    string  `envconfig:"INGEST_CONNECT_RATE_PER_IP" default:"100/10s" desc:"new sender connections one client address may open, as N/DURATION (a token bucket of N refilled over DURATION); over it: -ERR rate limited. Empty = no limit"`
+	MaxRate             float64 `envconfig:"INGEST_MAX_RATE" default:"0" desc:"most messages per second one sender connection may publish; past it ingest reads that sender more slowly (TCP pushes back), nothing is dropped. 0 = unlimited"`
+	ProxyTrusted        string  `envconfig:"INGEST_PROXY_TRUSTED" default:"" desc:"comma-separated CIDRs of proxies whose PROXY protocol header a ;proxy listener believes; needed by every ;proxy listener"`
+	TLSCertFile         string  `envconfig:"INGEST_TLS_CERT_FILE" default:"" desc:"certificate (PEM, with chain) of ;tls and ;mtls listeners; re-read when the file changes"`
+	TLSKeyFile          string  `envconfig:"INGEST_TLS_KEY_FILE" default:"" desc:"key (PEM) of RELAY_INGEST_TLS_CERT_FILE"`
+	TLSClientCAFile     string  `envconfig:"INGEST_TLS_CLIENT_CA_FILE" default:"" desc:"CA bundle (PEM) that ;mtls listeners verify sender certificates against; re-read when the file changes"`
 }
 
 // Fanout settings are read by 'relay fanout' and 'relay all'.
@@ -71,6 +91,15 @@ type Fanout struct {
 	SubPendingBytes  int           `envconfig:"FANOUT_SUB_PENDING_BYTES" default:"67108864" desc:"bytes the fanout's NATS subscription may buffer before NATS reports a slow consumer"`
 	CloseOnNATSLoss  bool          `envconfig:"FANOUT_CLOSE_ON_NATS_LOSS" default:"true" desc:"when the fanout's NATS connection drops, close its clients with 1012 so they know messages may have been missed (false: keep them connected through the gap)"`
 	PublicIngestAddr string        `envconfig:"FANOUT_PUBLIC_INGEST_ADDR" default:"" desc:"host:port of the ingest handshake listener as users reach it, shown on the demo page (empty: this host, first handshake listener's port)"`
+
+	MaxConnectionsPerIP int      `envconfig:"FANOUT_MAX_CONNECTIONS_PER_IP" default:"1000" desc:"most concurrent WebSocket clients from one client address (IPv6: per /64); more are closed with 4429. 0 = no per-address cap"`
+	ConnectRatePerIP    string   `envconfig:"FANOUT_CONNECT_RATE_PER_IP" default:"100/10s" desc:"WebSocket upgrades one client address may make, as N/DURATION (token bucket); over it: close 4429. Empty = no limit"`
+	AllowedHosts        []string `envconfig:"FANOUT_ALLOWED_HOSTS" default:"" desc:"comma-separated Host header patterns (path.Match, e.g. relay.example.com, *.example.com; * = any) the fanout answers; others get 403. Empty: on a loopback-only RELAY_FANOUT_ADDR only localhost names and loopback addresses (against DNS rebinding), elsewhere any"`
+	AllowCIDRs          string   `envconfig:"FANOUT_ALLOW_CIDRS" default:"" desc:"comma-separated CIDRs of client addresses allowed to use the fanout (empty: all); others get 403"`
+	DenyCIDRs           string   `envconfig:"FANOUT_DENY_CIDRS" default:"" desc:"comma-separated CIDRs of client addresses refused with 403 (wins over RELAY_FANOUT_ALLOW_CIDRS)"`
+	TrustedProxies      string   `envconfig:"FANOUT_TRUSTED_PROXIES" default:"" desc:"comma-separated CIDRs of proxies whose X-Forwarded-For/Forwarded/X-Forwarded-Proto headers or PROXY protocol header are believed; from anyone else the socket peer is the client"`
+	TLSCertFile         string   `envconfig:"FANOUT_TLS_CERT_FILE" default:"" desc:"certificate (PEM, with chain): serve https/wss on RELAY_FANOUT_ADDR; re-read when the file changes"`
+	TLSKeyFile          string   `envconfig:"FANOUT_TLS_KEY_FILE" default:"" desc:"key (PEM) of RELAY_FANOUT_TLS_CERT_FILE"`
 }
 
 // Durable settings say which channels are stored in NATS JetStream and how
@@ -231,6 +260,7 @@ func (c Config) Validate(role Role) error {
 	}
 
 	errs = append(errs, c.Durable.Validate(role))
+	errs = append(errs, c.Common.validateNet())
 	if role == RoleAll || role == RoleIngest {
 		errs = append(errs, c.Ingest.Validate())
 	}
@@ -320,6 +350,7 @@ func (i Ingest) Validate() error {
 	if i.ReadBuffer < 4096 || i.ReadBuffer > 16<<20 {
 		add("RELAY_INGEST_READ_BUFFER=%d: must be between 4096 and %d", i.ReadBuffer, 16<<20)
 	}
+	errs = append(errs, i.validateNet())
 	return errors.Join(errs...)
 }
 
@@ -391,5 +422,6 @@ func (f Fanout) Validate() error {
 			add("RELAY_FANOUT_PUBLIC_INGEST_ADDR=%q: %v", f.PublicIngestAddr, err)
 		}
 	}
+	errs = append(errs, f.validateNet())
 	return errors.Join(errs...)
 }

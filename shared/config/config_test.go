@@ -160,12 +160,16 @@ func TestParseListeners(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Listener{{":7070", "default", FramingLine}, {"127.0.0.1:7071", "*", FramingLen32}, {"[::1]:7072", "x.y", FramingRaw}}
+	want := []Listener{
+		{Addr: ":7070", Channel: "default", Framing: FramingLine},
+		{Addr: "127.0.0.1:7071", Channel: "*", Framing: FramingLen32},
+		{Addr: "[::1]:7072", Channel: "x.y", Framing: FramingRaw},
+	}
 	if len(ls) != len(want) {
 		t.Fatalf("got %v", ls)
 	}
 	for i := range want {
-		if ls[i] != want[i] {
+		if !ls[i].Equal(want[i]) {
 			t.Errorf("listener %d = %+v, want %+v", i, ls[i], want[i])
 		}
 	}
@@ -194,6 +198,19 @@ func TestREADMEConfigTable(t *testing.T) {
 		if v.Desc == "" {
 			t.Errorf("%s has no desc tag", v.Name)
 		}
+	}
+}
+
+// The default NATS ping settings notice a frozen or blackholed server
+// within 15 s (issue 11): interval x (max outstanding + 1).
+func TestDefaultPingsNoticeAFreezeWithin15s(t *testing.T) {
+	t.Parallel()
+	c, err := Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := c.NATSPingInterval * time.Duration(c.NATSMaxPings+1); d > 15*time.Second {
+		t.Fatalf("RELAY_NATS_PING_INTERVAL x (RELAY_NATS_MAX_PINGS_OUTSTANDING + 1) = %s, want <= 15s", d)
 	}
 }
 

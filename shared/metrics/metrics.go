@@ -73,6 +73,7 @@ type Ingest struct {
 	PublishRetries   prometheus.Counter
 	Unpublished      *ReasonCounter[IngestUnpublished] // messages read but never published
 	Held             prometheus.Gauge                  // senders paused because NATS cannot take their message
+	Throttled        prometheus.Counter                // pauses for RELAY_INGEST_MAX_RATE
 	// Durable channels (JetStream).
 	Stored       prometheus.Counter // messages the stream acknowledged
 	StoreRetries prometheus.Counter // publishes retried after a failed or missing ack
@@ -105,6 +106,10 @@ func newIngest() *Ingest {
 			Name: "relay_ingest_publish_retries_total",
 			Help: "Publishes retried because NATS could not take more (sender reads paused meanwhile).",
 		}),
+		Throttled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_ingest_throttled_total",
+			Help: "Times a sender over RELAY_INGEST_MAX_RATE was read more slowly (paused before its next message; nothing dropped).",
+		}),
 		Stored: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_ingest_stored_total",
 			Help: "Messages of durable channels the JetStream stream acknowledged (stored; a duplicate of one already stored counts once).",
@@ -121,7 +126,7 @@ func newIngest() *Ingest {
 }
 
 func (m *Ingest) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused.vec, m.PublishRetries, m.Unpublished.vec, m.Held,
+	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused.vec, m.PublishRetries, m.Unpublished.vec, m.Held, m.Throttled,
 		m.Stored, m.StoreRetries, m.AcksPending}
 }
 

@@ -27,14 +27,23 @@ const (
 	IngestPublishFailed      IngestRefusal = "publish_failed"       // NATS would not take a message
 	IngestShutdown           IngestRefusal = "shutdown"             // closed or refused while draining
 	IngestUpstream           IngestRefusal = "upstream_unavailable" // NATS unreachable for RELAY_INGEST_OUTAGE_HOLD
-	IngestStoreFailed        IngestRefusal = "store_failed"         // the durable channels' stream would not store a message after retries
-	IngestAckNotDurable      IngestRefusal = "ack_not_durable"      // +ack asked on a channel that is not durable
+
+	IngestDenied        IngestRefusal = "denied"                      // outside the listener's allow=, or in its deny=
+	IngestRateLimited   IngestRefusal = "rate_limited"                // over RELAY_INGEST_CONNECT_RATE_PER_IP
+	IngestTooManyFromIP IngestRefusal = "too_many_connections_per_ip" // over RELAY_INGEST_MAX_CONNECTIONS_PER_IP
+	IngestProxyHeader   IngestRefusal = "proxy_header"                // PROXY header missing, malformed, slow or untrusted
+	IngestTLSHandshake  IngestRefusal = "tls_handshake"               // TLS handshake failed (no or bad client certificate, not TLS)
+	IngestIdleTimeout   IngestRefusal = "idle_timeout"                // nothing received for the listener's idle=
+	IngestStoreFailed   IngestRefusal = "store_failed"                // the durable channels' stream would not store a message after retries
+	IngestAckNotDurable IngestRefusal = "ack_not_durable"             // +ack asked on a channel that is not durable
 )
 
 // IngestRefusals lists every IngestRefusal, in the order the help text shows them.
 func IngestRefusals() []IngestRefusal {
 	return []IngestRefusal{IngestBadHandshake, IngestHandshakeTimeout, IngestTooLarge, IngestTruncated,
-		IngestTooManyConnections, IngestPublishFailed, IngestShutdown, IngestUpstream, IngestStoreFailed, IngestAckNotDurable}
+		IngestTooManyConnections, IngestPublishFailed, IngestShutdown, IngestUpstream,
+		IngestDenied, IngestRateLimited, IngestTooManyFromIP, IngestProxyHeader, IngestTLSHandshake, IngestIdleTimeout,
+		IngestStoreFailed, IngestAckNotDurable}
 }
 
 // IngestUnpublished is a value of relay_ingest_unpublished_total{reason}:
@@ -63,12 +72,19 @@ const (
 	FanoutSubscribeFailed FanoutRefusal = "subscribe_failed"     // NATS subscription could not be made
 	FanoutBadRequest      FanoutRefusal = "bad_request"          // not a WebSocket upgrade, or a bad one
 	FanoutNATSDown        FanoutRefusal = "nats_disconnected"    // no NATS connection: upgraded, then closed 1012
+
+	FanoutBadHost       FanoutRefusal = "bad_host"                    // Host not in RELAY_FANOUT_ALLOWED_HOSTS (DNS rebinding)
+	FanoutDenied        FanoutRefusal = "denied"                      // client address outside the CIDR rules
+	FanoutRateLimited   FanoutRefusal = "rate_limited"                // over RELAY_FANOUT_CONNECT_RATE_PER_IP (4429)
+	FanoutTooManyFromIP FanoutRefusal = "too_many_connections_per_ip" // over RELAY_FANOUT_MAX_CONNECTIONS_PER_IP (4429)
+	FanoutHeaderTimeout FanoutRefusal = "header_timeout"              // request headers not complete in time (slowloris)
 )
 
 // FanoutRefusals lists every FanoutRefusal, in the order the help text shows them.
 func FanoutRefusals() []FanoutRefusal {
 	return []FanoutRefusal{FanoutBadChannel, FanoutBadOrigin, FanoutTooMany, FanoutDraining,
-		FanoutSubscribeFailed, FanoutBadRequest, FanoutNATSDown}
+		FanoutSubscribeFailed, FanoutBadRequest, FanoutNATSDown, FanoutBadHost, FanoutDenied, FanoutRateLimited, FanoutTooManyFromIP,
+		FanoutHeaderTimeout}
 }
 
 // FanoutDisconnect is a value of relay_fanout_disconnects_total{reason}.
@@ -83,12 +99,14 @@ const (
 	DisconnectPingTimeout      FanoutDisconnect = "ping_timeout"       // no pong in time
 	DisconnectShutdown         FanoutDisconnect = "shutdown"           // server draining (1001)
 	DisconnectNATSLost         FanoutDisconnect = "nats_disconnected"  // fanout lost NATS (1012)
+	DisconnectProtocolError    FanoutDisconnect = "protocol_error"     // the client broke RFC 6455 (1002)
 )
 
 // FanoutDisconnects lists every FanoutDisconnect, in the order the help text shows them.
 func FanoutDisconnects() []FanoutDisconnect {
 	return []FanoutDisconnect{DisconnectClientClosed, DisconnectSlowConsumer, DisconnectNATSSlowConsumer,
-		DisconnectClientData, DisconnectWriteError, DisconnectPingTimeout, DisconnectShutdown, DisconnectNATSLost}
+		DisconnectClientData, DisconnectWriteError, DisconnectPingTimeout, DisconnectShutdown, DisconnectNATSLost,
+		DisconnectProtocolError}
 }
 
 // SlowConsumerKind is a value of relay_fanout_slow_consumers_total{kind}.
@@ -120,7 +138,14 @@ type ReasonCounter[T ~string] struct{ vec *prometheus.CounterVec }
 
 func newReasonCounter[T ~string](opts prometheus.CounterOpts, label, help string, all []T) *ReasonCounter[T] {
 	opts.Help = help + " by " + label + " " + listing(all) + "."
-	return &ReasonCounter[T]{vec: prometheus.NewCounterVec(opts, []string{label})}
+	vec := prometheus.NewCounterVec(opts, []string{label})
+	// Every reason is served from the start, at 0: Prometheus's increase()
+	// and rate() need a sample before the first event to count it, so an
+	// alert on a reason's first occurrence after a restart would miss it.
+	for _, r := range all {
+		vec.WithLabelValues(string(r))
+	}
+	return &ReasonCounter[T]{vec: vec}
 }
 
 // Inc counts one event for reason r.
