@@ -22,7 +22,7 @@ import (
 )
 
 // durableStream makes the stream for patterns on srv, as relay does at start.
-func durableStream(t *testing.T, srv *server.Server, patterns ...string) (*durable.Stream, jetstream.JetStream) {
+func durableStream(t testing.TB, srv *server.Server, patterns ...string) (*durable.Stream, jetstream.JetStream) {
 	t.Helper()
 	stream, err := durable.New("relay", config.Durable{
 		DurableChannels: patterns, DurableStream: "RELAY", DurableMaxAge: time.Hour,

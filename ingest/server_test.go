@@ -52,7 +52,7 @@ func startIngest(t *testing.T, srv *server.Server, cfg config.Ingest, natsOpts .
 }
 
 // startIngestWith is startIngest with a durable channels' stream (nil: none).
-func startIngestWith(t *testing.T, srv *server.Server, cfg config.Ingest, stream *durable.Stream, natsOpts ...nats.Option) *harness {
+func startIngestWith(t testing.TB, srv *server.Server, cfg config.Ingest, stream *durable.Stream, natsOpts ...nats.Option) *harness {
 	t.Helper()
 	if srv == nil {
 		srv = testutil.NATSServer(t)
