@@ -379,6 +379,8 @@ func TestValuesListEveryVariable(t *testing.T) {
 	deliberate := map[string]string{
 		"RELAY_NATS_URL":   "", // computed: the bundled NATS Service
 		"RELAY_LOG_FORMAT": "json",
+		// The bundled NATS has 3 JetStream nodes (docs/architecture.md, Durable channels).
+		"RELAY_DURABLE_REPLICAS": "3",
 	}
 	vars := relayVars(t)
 	for _, v := range vars {
