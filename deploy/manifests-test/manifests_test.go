@@ -245,6 +245,8 @@ func TestHelmRefuses(t *testing.T) {
 		{"misspelt value", "ingest: {autoscalng: {enabled: false}}", "autoscalng"},
 		{"misspelt variable", "config: {fanout: {RELAY_FANOUT_ALLOWED_ORIGIN: x}}", "RELAY_FANOUT_ALLOWED_ORIGIN"},
 		{"variable in the wrong role", "config: {ingest: {RELAY_FANOUT_ADDR: x}}", "RELAY_FANOUT_ADDR"},
+		{"durable channels without JetStream", `{config: {common: {RELAY_DURABLE_CHANNELS: "a.>"}}, nats: {jetstream: {enabled: false}}}`, "needs JetStream"},
+		{"more stream copies than NATS nodes", `config: {common: {RELAY_DURABLE_CHANNELS: "a.>", RELAY_DURABLE_REPLICAS: "5"}}`, "RELAY_DURABLE_REPLICAS"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
