@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/natsconn"
@@ -121,13 +122,35 @@ func BenchmarkPublish(b *testing.B) {
 // ingest has published everything and a flush round trip confirms it),
 // "durable" a durable channel with +ack (done when the last +ACK counts every
 // message: all stored). b.N messages of 64 B are split over the senders.
-// Run with -count N: each count runs core then durable, so the two
-// alternate on a machine whose load changes.
+// "bare-jetstream" is the yardstick: one nats.go JetStream publisher
+// (async, 4096 in flight) storing into the same stream without ingest.
+// -count N repeats each sub-benchmark in a row; to alternate them on a
+// machine whose load changes, run the test binary N times instead.
 func BenchmarkSenderThroughput(b *testing.B) {
 	srv := testutil.JetStreamServer(b)
-	stream, _ := durableStream(b, srv, "bench.durable.>")
+	stream, _ := durableStream(b, srv, "bench.durable.>", "bench.bare")
 	h := startIngestWith(b, srv, defaultConfig("127.0.0.1:0=*/line"), stream)
 	line := strings.Repeat("x", 63) + "\n"
+	b.Run("bare-jetstream", func(b *testing.B) {
+		js, err := jetstream.New(testutil.Connect(b, srv), jetstream.WithPublishAsyncMaxPending(4096))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.SetBytes(64)
+		data := []byte(line[:63])
+		start := time.Now()
+		for range b.N {
+			if _, err := js.PublishAsync("relay.ch.bench.bare", data); err != nil {
+				b.Fatal(err)
+			}
+		}
+		select {
+		case <-js.PublishAsyncComplete():
+		case <-time.After(5 * time.Minute):
+			b.Fatal("acks did not come")
+		}
+		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+	})
 	for _, senders := range []int{1, 10} {
 		for _, kind := range []string{"core", "durable"} {
 			b.Run(fmt.Sprintf("senders=%d/%s", senders, kind), func(b *testing.B) {
