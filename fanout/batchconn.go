@@ -2,43 +2,45 @@ package fanout
 
 import (
 	"bufio"
-	"encoding/binary"
 	"errors"
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/relaydev/relay/shared/wsframe"
 )
 
-// maxBatch bounds the bytes a batchConn holds back while corked: large
-// enough that a burst of small messages goes out in one write syscall, small
-// enough that the pooled buffers stay cheap.
+// maxBatch bounds the bytes writeFrames gathers for one write syscall: large
+// enough that a burst of small messages goes out in one write, small enough
+// that the pooled buffers stay cheap.
 const maxBatch = 64 << 10
 
 var batchPool = sync.Pool{New: func() any { b := make([]byte, 0, maxBatch); return &b }}
 
-// batchConn is the hijacked TCP connection under a WebSocket. coder/websocket
-// flushes its buffer after every frame, so writing N queued messages would
-// cost N write syscalls; while the client's writer has it corked, batchConn
-// collects those flushes and sends them with one write when uncorked (or
-// when maxBatch fills). It also puts a deadline on every network write,
-// including control frames the library writes on its own, so no write can
-// block past the write timeout.
+// batchConn is the hijacked TCP connection under a WebSocket. The client's
+// writer sends data frames through writeFrames, which frames a whole batch
+// of queued messages and writes it with one syscall per maxBatch bytes
+// (the library would cost a flush, so a syscall, per frame). The library
+// writes only its control frames (pong, ping, close) through Write. Every
+// network write has a deadline, so none can block past the write timeout.
 type batchConn struct {
 	net.Conn
 	timeout time.Duration
 
 	mu     sync.Mutex
-	corked bool
-	buf    *[]byte // from batchPool while corked
-	err    error   // sticky: after a failed write every write fails at once
-	writes int     // network writes, for tests and benchmarks
+	err    error // sticky: after a failed write every write fails at once
+	writes int   // network writes, for tests and benchmarks
+	// written counts bytes the socket has taken: the client's measure of
+	// whether it is draining.
+	written atomic.Uint64
 
 	// The library's own writes (pings, pongs, close frames) are scanned
 	// for frame boundaries: once its close frame has gone out, writeFrames
 	// sends no more data frames (RFC 6455 5.5.1), as the library's Write
 	// would refuse them.
-	libHdr    [14]byte
+	libHdr    [wsframe.MaxHeaderLen]byte
 	libHdrLen int
 	libRest   uint64 // payload bytes of the library's current frame still to come
 	closeSent bool
@@ -48,32 +50,8 @@ func newBatchConn(c net.Conn, timeout time.Duration) *batchConn {
 	return &batchConn{Conn: c, timeout: timeout}
 }
 
-// cork makes writes collect in memory until uncork.
-func (b *batchConn) cork() {
-	b.mu.Lock()
-	b.corked = true
-	b.buf = batchPool.Get().(*[]byte)
-	b.mu.Unlock()
-}
-
-// uncork sends what was collected with one write.
-func (b *batchConn) uncork() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var err error
-	if len(*b.buf) > 0 {
-		err = b.writeLocked(*b.buf, nil)
-	} else {
-		err = b.err
-	}
-	*b.buf = (*b.buf)[:0]
-	batchPool.Put(b.buf)
-	b.buf = nil
-	b.corked = false
-	return err
-}
-
-// Write is called by the WebSocket library, one flush at a time.
+// Write is called by the WebSocket library, one flush (of its control
+// frames) at a time.
 func (b *batchConn) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -81,20 +59,7 @@ func (b *batchConn) Write(p []byte) (int, error) {
 		return 0, b.err
 	}
 	b.scanLibrary(p)
-	if !b.corked {
-		if err := b.writeLocked(p, nil); err != nil {
-			return 0, err
-		}
-		return len(p), nil
-	}
-	if len(*b.buf)+len(p) <= maxBatch {
-		*b.buf = append(*b.buf, p...)
-		return len(p), nil
-	}
-	// Full: what is held and p go out together (writev), and p is not copied.
-	err := b.writeLocked(*b.buf, p)
-	*b.buf = (*b.buf)[:0]
-	if err != nil {
+	if err := b.writeLocked(p, nil); err != nil {
 		return 0, err
 	}
 	return len(p), nil
@@ -116,36 +81,14 @@ func (b *batchConn) scanLibrary(p []byte) {
 		b.libHdr[b.libHdrLen] = p[0]
 		b.libHdrLen++
 		p = p[1:]
-		h := b.libHdr[:b.libHdrLen]
-		if len(h) < 2 {
+		h, _, ok := wsframe.ParseHeader(b.libHdr[:b.libHdrLen])
+		if !ok {
 			continue
 		}
-		need := 2
-		switch h[1] & 0x7f {
-		case 126:
-			need = 4
-		case 127:
-			need = 10
-		}
-		if h[1]&0x80 != 0 {
-			need += 4 // masking key (a client's frames; kept general)
-		}
-		if len(h) < need {
-			continue
-		}
-		var n uint64
-		switch h[1] & 0x7f {
-		case 126:
-			n = uint64(binary.BigEndian.Uint16(h[2:4]))
-		case 127:
-			n = binary.BigEndian.Uint64(h[2:10])
-		default:
-			n = uint64(h[1] & 0x7f)
-		}
-		if h[0]&0x0f == 0x8 {
+		if h.Op == wsframe.OpClose {
 			b.closeSent = true
 		}
-		b.libRest, b.libHdrLen = n, 0
+		b.libRest, b.libHdrLen = h.Len, 0
 	}
 }
 
@@ -219,42 +162,79 @@ func (b *batchConn) writeLocked(p, q []byte) error {
 	}
 	b.writes++
 	var err error
+	var n int64
 	if q == nil {
-		_, err = b.Conn.Write(p)
+		var k int
+		k, err = b.Conn.Write(p)
+		n = int64(k)
 	} else {
 		bufs := net.Buffers{p, q}
-		_, err = bufs.WriteTo(b.Conn)
+		n, err = bufs.WriteTo(b.Conn)
 	}
+	b.written.Add(uint64(n))
 	if err != nil {
 		b.err = err
 	}
 	return err
 }
 
-// closeFlushTimeout bounds the last write of bytes still held at Close.
+// closeFlushTimeout bounds the close frame a cut sends, and how long a cut
+// waits for a writer holding the connection.
 const closeFlushTimeout = 100 * time.Millisecond
 
 // Close closes the TCP connection promptly; a blocked Write returns. It never
 // waits for the lock, so it works while a write is stuck on a full window.
-// When the lock is free it first sends what a corked batch holds: the
-// library may write a close frame and close the connection in the middle of
-// the writer's batch (a client-initiated close), and that frame should not
-// be lost.
 func (b *batchConn) Close() error {
 	if b.mu.TryLock() {
-		if b.corked && len(*b.buf) > 0 && b.err == nil {
-			if b.Conn.SetWriteDeadline(time.Now().Add(min(b.timeout, closeFlushTimeout))) == nil {
-				b.writes++
-				_, _ = b.Conn.Write(*b.buf)
-			}
-			*b.buf = (*b.buf)[:0]
-		}
 		if b.err == nil {
 			b.err = net.ErrClosed
 		}
 		b.mu.Unlock()
 	}
 	return b.Conn.Close()
+}
+
+// cut closes the TCP connection like Close, but first sends a close frame
+// with code and reason if none has gone out and nothing holds the
+// connection: the client's writer may not have been scheduled yet (ten
+// thousand clients closed together on a busy machine), and a client cut
+// without a close frame sees 1006 and cannot tell a shutdown from a crash.
+// A writer blocked on a full window holds the lock, and then no frame could
+// get through anyway; but the lock may also be held by a writer about to
+// send the library's own close frame (descheduled on a busy machine), so cut
+// waits up to wait for it before cutting regardless.
+//
+// It reports whether it sent the frame.
+func (b *batchConn) cut(code uint16, reason string, wait time.Duration) (sent bool) {
+	if b.lockWithin(wait) {
+		if !b.closeSent && b.err == nil && b.libRest == 0 && b.libHdrLen == 0 {
+			frame, _ := wsframe.AppendClose(nil, code, reason, nil) // reasons are at most 123 bytes
+			if b.Conn.SetWriteDeadline(time.Now().Add(min(b.timeout, closeFlushTimeout))) == nil {
+				b.writes++
+				_, err := b.Conn.Write(frame)
+				sent = err == nil
+			}
+			b.closeSent = true
+		}
+		if b.err == nil {
+			b.err = net.ErrClosed // nothing more after the close frame
+		}
+		b.mu.Unlock()
+	}
+	_ = b.Close()
+	return sent
+}
+
+// lockWithin takes b.mu if it is free within d.
+func (b *batchConn) lockWithin(d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for !b.mu.TryLock() {
+		if !time.Now().Before(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return true
 }
 
 // networkWrites reports how many write syscalls (or writev) were made.

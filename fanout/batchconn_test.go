@@ -49,68 +49,7 @@ func readN(t *testing.T, c net.Conn, n int) []byte {
 	return b
 }
 
-func TestBatchConnCorkedWritesShareOneSyscall(t *testing.T) {
-	t.Parallel()
-	s, c := tcpPair(t)
-	bc := newBatchConn(s, 10*time.Second)
-	var want []byte
-	bc.cork()
-	for i := range 10 {
-		p := bytes.Repeat([]byte{byte('a' + i)}, 100)
-		want = append(want, p...)
-		if n, err := bc.Write(p); n != len(p) || err != nil {
-			t.Fatalf("Write: %d, %v", n, err)
-		}
-	}
-	if got := bc.networkWrites(); got != 0 {
-		t.Fatalf("%d network writes while corked", got)
-	}
-	if err := bc.uncork(); err != nil {
-		t.Fatal(err)
-	}
-	if got := bc.networkWrites(); got != 1 {
-		t.Errorf("%d network writes for one batch, want 1", got)
-	}
-	if got := readN(t, c, len(want)); !bytes.Equal(got, want) {
-		t.Error("bytes differ")
-	}
-}
-
-func TestBatchConnOverflowKeepsOrder(t *testing.T) {
-	t.Parallel()
-	s, c := tcpPair(t)
-	bc := newBatchConn(s, 10*time.Second)
-	var want []byte
-	got := make(chan []byte, 1)
-	go func() {
-		b := make([]byte, 40*10<<10)
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		_, err := io.ReadFull(c, b)
-		if err != nil {
-			t.Error(err)
-		}
-		got <- b
-	}()
-	bc.cork()
-	for i := range 40 {
-		p := bytes.Repeat([]byte{byte(i)}, 10<<10)
-		want = append(want, p...)
-		if _, err := bc.Write(p); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := bc.uncork(); err != nil {
-		t.Fatal(err)
-	}
-	if n := bc.networkWrites(); n > 8 {
-		t.Errorf("%d network writes for 400 KiB, want about 400/64", n)
-	}
-	if !bytes.Equal(<-got, want) {
-		t.Error("bytes differ or out of order")
-	}
-}
-
-func TestBatchConnUncorkedWritesGoStraightOut(t *testing.T) {
+func TestBatchConnLibraryWritesGoStraightOut(t *testing.T) {
 	t.Parallel()
 	s, c := tcpPair(t)
 	bc := newBatchConn(s, 10*time.Second)
@@ -127,20 +66,36 @@ func TestBatchConnUncorkedWritesGoStraightOut(t *testing.T) {
 	}
 }
 
-func TestBatchConnCloseSendsHeldBytes(t *testing.T) {
+// A cut sends the close frame when none has gone out, then closes; after
+// the library's own close frame it sends nothing more.
+func TestBatchConnCutSendsCloseFrame(t *testing.T) {
 	t.Parallel()
 	s, c := tcpPair(t)
 	bc := newBatchConn(s, 10*time.Second)
-	bc.cork()
-	bc.Write([]byte("close frame"))
-	bc.Close()
+	if !bc.cut(1001, "bye", 0) {
+		t.Error("cut reported no close frame sent")
+	}
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	got, err := io.ReadAll(c)
-	if err != nil || string(got) != "close frame" {
-		t.Errorf("peer got %q, %v", got, err)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := bc.uncork(); err == nil {
-		t.Error("uncork after Close succeeded")
+	if code, reason, ok := lastCloseFrame(got); !ok || code != 1001 || reason != "bye" {
+		t.Errorf("peer got %q, want a 1001 close frame", got)
+	}
+
+	s, c = tcpPair(t)
+	bc = newBatchConn(s, 10*time.Second)
+	lib := []byte{0x88, 0x02, 0x03, 0xe8} // the library's close frame, 1000
+	if _, err := bc.Write(lib); err != nil {
+		t.Fatal(err)
+	}
+	if bc.cut(1001, "bye", 0) {
+		t.Error("cut sent a second close frame")
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if got, err := io.ReadAll(c); err != nil || !bytes.Equal(got, lib) {
+		t.Errorf("peer got %q, %v; want only the library's frame", got, err)
 	}
 }
 

@@ -51,10 +51,22 @@ const writerLinger = time.Second
 // ever read in full.
 const readLimit = 1024
 
+// msgOverhead is what one queued message costs a client beyond its
+// payload: its slot in the queue (and in the writer's spare batch) and its
+// share of the message value. Charging it makes the byte bounds bound memory
+// for small messages too, so the message-count bound is only a backstop.
+const msgOverhead = 64
+
 // clientLimits are the per-client settings from config.Fanout.
 type clientLimits struct {
-	queueMsgs    int
+	queueMsgs int
+	// queueBytes is the budget: below it a client is never judged. Over it
+	// the client must keep draining: if no write completes for slowGrace
+	// it is closed as a slow consumer. maxBytes is the hard cap, however
+	// fast it drains. Both count payload + msgOverhead per message.
 	queueBytes   int
+	maxBytes     int
+	slowGrace    time.Duration
 	writeTimeout time.Duration
 	pingInterval time.Duration
 	closeGrace   time.Duration // how long a close handshake may take before the TCP connection is cut
@@ -93,6 +105,10 @@ type client struct {
 	// costs no goroutine and no stack for its writer.
 	writing   bool
 	pingTimer *time.Timer
+	// stallTimer runs while the client is over its byte budget; it checks
+	// that bc has written something since stallMark (see checkStall).
+	stallTimer *time.Timer
+	stallMark  uint64
 
 	wg      sync.WaitGroup // writer and pings
 	pinging atomic.Bool
@@ -115,23 +131,30 @@ func newClient(channel string, lim clientLimits, m *metrics.Fanout, log *slog.Lo
 }
 
 // enqueue adds msg to the client's queue without ever blocking. It returns
-// false when the queue is full: the client cannot take msg and must be
-// closed, because leaving it connected would hide a gap. A message larger
-// than the whole byte budget is still taken by an empty queue, so a big
-// message closes nobody who is keeping up.
+// false when the queue is at its hard cap (bytes or messages): the client
+// cannot take msg and must be closed, because leaving it connected would
+// hide a gap. Past the byte budget it still takes msg, but starts judging
+// whether the client drains (checkStall): a burst is judged by draining,
+// not by size. A message larger than the whole cap is still taken by an
+// empty queue, so a big message closes nobody who is keeping up.
 func (c *client) enqueue(msg *message) bool {
+	size := len(msg.data) + msgOverhead
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
 		return true
 	}
-	if c.pendMsgs >= c.lim.queueMsgs || (c.pendMsgs > 0 && c.pendBytes+len(msg.data) > c.lim.queueBytes) {
+	if c.pendMsgs > 0 && (c.pendMsgs >= c.lim.queueMsgs || c.pendBytes+size > c.lim.maxBytes) {
 		c.mu.Unlock()
 		return false
 	}
 	c.queue = append(c.queue, msg)
 	c.pendMsgs++
-	c.pendBytes += len(msg.data)
+	c.pendBytes += size
+	if c.pendBytes > c.lim.queueBytes && c.stallTimer == nil {
+		c.stallMark = c.written()
+		c.stallTimer = time.AfterFunc(c.lim.slowGrace, c.checkStall)
+	}
 	started := c.startWriterLocked()
 	c.mu.Unlock()
 	if !started {
@@ -141,6 +164,42 @@ func (c *client) enqueue(msg *message) bool {
 		}
 	}
 	return true
+}
+
+// written is how many bytes have reached the client's socket; c.mu held.
+func (c *client) written() uint64 {
+	if c.bc == nil {
+		return 0
+	}
+	return c.bc.written.Load()
+}
+
+// checkStall runs slowGrace after the client went over its byte budget, and
+// every slowGrace while it stays there. A client whose socket took nothing
+// in that time is not draining, so it is closed with 1008; one that is
+// draining keeps going (the hard cap still bounds it).
+func (c *client) checkStall() {
+	c.mu.Lock()
+	if c.closed || c.pendBytes <= c.lim.queueBytes {
+		c.stallTimer = nil
+		c.mu.Unlock()
+		return
+	}
+	if w := c.written(); w != c.stallMark {
+		c.stallMark = w
+		c.stallTimer.Reset(c.lim.slowGrace)
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	c.cutSlow()
+}
+
+// cutSlow closes a client that cannot take the channel's messages.
+func (c *client) cutSlow() {
+	if c.close(websocket.StatusPolicyViolation, reasonSlowConsumer, disconnectSlowConsumer) {
+		c.m.SlowConsumers.Inc(metrics.SlowClient)
+	}
 }
 
 // startWriterLocked starts the writer goroutine unless one runs or there is
@@ -163,7 +222,7 @@ func (c *client) attach(conn *websocket.Conn, bc *batchConn) {
 	c.mu.Lock()
 	c.conn, c.bc = conn, bc
 	if c.closed && c.forceClose == nil {
-		c.forceClose = time.AfterFunc(c.lim.closeGrace, func() { bc.Close() })
+		c.forceClose = time.AfterFunc(c.lim.closeGrace, c.cut)
 	}
 	c.mu.Unlock()
 }
@@ -191,8 +250,12 @@ func (c *client) close(code websocket.StatusCode, text string, reason metrics.Fa
 		clear(c.queue)
 		c.queue = nil
 	}
-	if bc := c.bc; bc != nil {
-		c.forceClose = time.AfterFunc(c.lim.closeGrace, func() { bc.Close() })
+	// The close grace bounds the close handshake. Queued messages still
+	// to be sent first are bounded by the write timeout per write (and the
+	// shutdown deadline): a client that is taking them should not be cut
+	// a second into a large flush, so their writer starts the clock.
+	if c.bc != nil && !(c.flushOnClose && len(c.queue) > 0) {
+		c.forceClose = time.AfterFunc(c.lim.closeGrace, c.cut)
 	}
 	// The writer sends the close frame: make sure one runs.
 	c.startWriterLocked()
@@ -200,6 +263,18 @@ func (c *client) close(code websocket.StatusCode, text string, reason metrics.Fa
 	close(c.closing)
 	c.m.Disconnects.Inc(reason)
 	return true
+}
+
+// cut ends a client whose close handshake has not finished within
+// closeGrace: its TCP connection is closed, after its close frame if that
+// has not gone out yet (see batchConn.cut).
+func (c *client) cut() {
+	c.mu.Lock()
+	bc, code, text := c.bc, c.closeCode, c.closeText
+	c.mu.Unlock()
+	if bc.cut(uint16(code), text, closeFlushTimeout) {
+		c.log.Debug("close handshake not started within the close grace; close frame sent at the cut")
+	}
 }
 
 // serve runs the connection until it is closed and everything it started
@@ -221,6 +296,9 @@ func (c *client) serve() {
 	}
 	if c.pingTimer != nil {
 		c.pingTimer.Stop()
+	}
+	if c.stallTimer != nil {
+		c.stallTimer.Stop()
 	}
 	c.mu.Unlock()
 	c.bc.Close()
@@ -269,10 +347,16 @@ func (c *client) writeLoop() {
 			c.mu.Lock()
 			code, text, flush := c.closeCode, c.closeText, c.flushOnClose
 			c.mu.Unlock()
-			// Both bounded by forceClose, which cuts the connection after closeGrace.
+			// The flush is bounded by the write timeout per write; the
+			// handshake by forceClose, which cuts after closeGrace.
 			if flush {
 				_ = c.flush(true)
 			}
+			c.mu.Lock()
+			if c.forceClose == nil {
+				c.forceClose = time.AfterFunc(c.lim.closeGrace, c.cut)
+			}
+			c.mu.Unlock()
 			_ = c.conn.Close(code, text)
 			return // writing stays set: no writer is needed after this one
 		default:
@@ -323,7 +407,7 @@ func (c *client) flush(final bool) error {
 	n, err := c.bc.writeFrames(batch)
 	bytes, batchBytes := 0, 0
 	for i, msg := range batch {
-		batchBytes += len(msg.data)
+		batchBytes += len(msg.data) + msgOverhead
 		if i < n {
 			bytes += len(msg.data)
 		}

@@ -1,7 +1,6 @@
 package fanout
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/subjects"
+	"github.com/relaydev/relay/shared/wsframe"
 )
 
 // ErrSubscribe is returned (wrapped) when a channel's NATS subscription could
@@ -33,23 +33,11 @@ type message struct {
 	hdrLen uint8
 }
 
-// newMessage encodes the WebSocket frame header for data once.
+// newMessage encodes the WebSocket frame header for data once (opcode:
+// MessageText = 1, MessageBinary = 2, as on the wire).
 func newMessage(typ websocket.MessageType, data []byte) *message {
 	m := &message{typ: typ, data: data}
-	m.hdr[0] = 0x80 | byte(typ) // FIN, opcode (MessageText = 1, MessageBinary = 2)
-	switch n := len(data); {
-	case n <= 125:
-		m.hdr[1] = byte(n)
-		m.hdrLen = 2
-	case n <= 0xffff:
-		m.hdr[1] = 126
-		binary.BigEndian.PutUint16(m.hdr[2:], uint16(n))
-		m.hdrLen = 4
-	default:
-		m.hdr[1] = 127
-		binary.BigEndian.PutUint64(m.hdr[2:], uint64(n))
-		m.hdrLen = 10
-	}
+	m.hdrLen = uint8(len(wsframe.AppendHeader(m.hdr[:0], byte(typ), len(data), nil)))
 	return m
 }
 
@@ -235,8 +223,8 @@ func (ch *channel) deliver(m *nats.Msg) {
 	ch.h.m.MessagesIn.Inc()
 	ch.mu.RLock()
 	for _, c := range ch.clients {
-		if !c.enqueue(msg) && c.close(websocket.StatusPolicyViolation, reasonSlowConsumer, disconnectSlowConsumer) {
-			ch.h.m.SlowConsumers.Inc(metrics.SlowClient)
+		if !c.enqueue(msg) {
+			c.cutSlow()
 		}
 	}
 	ch.mu.RUnlock()

@@ -227,6 +227,7 @@ func TestNATSSlowConsumerClosesChannelClients(t *testing.T) {
 		o.Config.SubPendingBytes = 1 << 20
 		o.Config.ClientQueue = 1 << 20 // only NATS may be the slow one here
 		o.Config.ClientQueueBytes = 256 << 20
+		o.Config.ClientQueueMaxBytes = 256 << 20
 	})
 	a := e.dial("flood", nil)
 	b := e.dial("quiet", nil)

@@ -47,14 +47,16 @@ type env struct {
 
 func testConfig() config.Fanout {
 	return config.Fanout{
-		Addr:             "127.0.0.1:0",
-		ClientQueue:      1024,
-		ClientQueueBytes: 8 << 20,
-		WriteTimeout:     5 * time.Second,
-		MaxConnections:   1000,
-		SubPendingMsgs:   65536,
-		SubPendingBytes:  64 << 20,
-		CloseOnNATSLoss:  true,
+		Addr:                "127.0.0.1:0",
+		ClientQueue:         1024,
+		ClientQueueBytes:    8 << 20,
+		ClientQueueMaxBytes: 32 << 20,
+		SlowGrace:           2 * time.Second,
+		WriteTimeout:        5 * time.Second,
+		MaxConnections:      1000,
+		SubPendingMsgs:      65536,
+		SubPendingBytes:     64 << 20,
+		CloseOnNATSLoss:     true,
 	}
 }
 

@@ -28,6 +28,7 @@ import (
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/netguard"
 	"github.com/relaydev/relay/shared/subjects"
+	"github.com/relaydev/relay/shared/tierkit"
 )
 
 // Sentinel errors.
@@ -35,7 +36,7 @@ var (
 	// ErrInvalidOptions is returned (wrapped, with every problem) by New.
 	ErrInvalidOptions = errors.New("fanout: invalid options")
 	// ErrNATSDisconnected is reported by Ready while the NATS connection is down.
-	ErrNATSDisconnected = errors.New("fanout: NATS not connected")
+	ErrNATSDisconnected = tierkit.ErrNATSDisconnected
 	// ErrAlreadyRun is returned by a second call to Run.
 	ErrAlreadyRun = errors.New("fanout: Run called twice")
 )
@@ -58,7 +59,8 @@ type Options struct {
 	// SubjectPrefix is RELAY_SUBJECT_PREFIX: channel C is read from
 	// <prefix>.ch.C.
 	SubjectPrefix string
-	// ShutdownGrace is the whole budget for a graceful shutdown.
+	// ShutdownGrace is the whole budget for a graceful shutdown. Defaults to
+	// tierkit.DefaultShutdownGrace.
 	ShutdownGrace time.Duration
 	// NATS is owned by the Server from New on: New sets its async error
 	// handler and Run drains it before returning.
@@ -66,7 +68,7 @@ type Options struct {
 	// Logger receives the tier's logs (the caller adds attributes such as
 	// tier=fanout). Defaults to slog.Default() with tier=fanout.
 	Logger *slog.Logger
-	// Metrics is updated by the Server.
+	// Metrics is updated by the Server. Defaults to a set nobody serves.
 	Metrics *metrics.Fanout
 	// MetricsHandler is served at GET /metrics; nil leaves the route out.
 	MetricsHandler http.Handler
@@ -77,6 +79,9 @@ type Options struct {
 	// so they get every message ingest accepted before 1001. Bounded by
 	// three quarters of ShutdownGrace.
 	Upstream <-chan struct{}
+	// NoHealthRoutes leaves /healthz and /readyz off the public address
+	// (RELAY_ADMIN_ADDR serves them); Ready still reports readiness.
+	NoHealthRoutes bool
 }
 
 // Server is the fanout tier: one HTTP server for WebSockets, the demo page,
@@ -95,7 +100,7 @@ type Server struct {
 	mux      *http.ServeMux
 	health   *health.Checker
 	hub      *hub
-	refusals *logLimiter
+	refusals *tierkit.LogLimiter
 	upstream <-chan struct{}
 	guard    *guard
 
@@ -117,11 +122,12 @@ func New(o Options) (*Server, error) {
 	if err := validate(o); err != nil {
 		return nil, err
 	}
+	tierkit.Defaults("fanout", &o.Logger, &o.ShutdownGrace)
+	if o.Metrics == nil {
+		o.Metrics = metrics.New().Fanout
+	}
 	mapper, _ := subjects.NewMapper(o.SubjectPrefix) // checked by validate
 	log := o.Logger
-	if log == nil {
-		log = slog.Default().With("tier", "fanout")
-	}
 	cfg := o.Config
 
 	page, err := renderPage(pageConfig{PublicIngestAddr: cfg.PublicIngestAddr})
@@ -140,15 +146,19 @@ func New(o Options) (*Server, error) {
 		log:   log,
 		m:     o.Metrics,
 		limits: clientLimits{
-			queueMsgs:    cfg.ClientQueue,
-			queueBytes:   cfg.ClientQueueBytes,
+			queueMsgs:  cfg.ClientQueue,
+			queueBytes: cfg.ClientQueueBytes,
+			maxBytes:   cfg.ClientQueueMaxBytes,
+			// Judged before the write timeout would fail a stuck write
+			// (1011), so a stuck reader is told it is a slow consumer.
+			slowGrace:    min(cfg.SlowGrace, cfg.WriteTimeout/2),
 			writeTimeout: cfg.WriteTimeout,
 			pingInterval: cfg.PingInterval,
 			closeGrace:   min(maxCloseGrace, cfg.WriteTimeout),
 		},
 		ln:       ln,
 		mux:      http.NewServeMux(),
-		refusals: newLogLimiter(time.Second),
+		refusals: tierkit.NewLogLimiter(time.Second),
 		clients:  make(map[*client]struct{}),
 		upstream: o.Upstream,
 	}
@@ -168,13 +178,8 @@ func New(o Options) (*Server, error) {
 		s.ln = tls.NewListener(s.ln, s.guard.tls)
 	}
 	s.hub = newHub(o.NATS, mapper, o.Metrics, log, cfg.SubPendingMsgs, cfg.SubPendingBytes, cfg.WriteTimeout)
-	s.health = health.New(func() error {
-		if !s.nc.IsConnected() {
-			return ErrNATSDisconnected
-		}
-		return nil
-	})
-	s.routes(page, o.MetricsHandler)
+	s.health = health.New(tierkit.NATSReady(o.NATS))
+	s.routes(page, o.MetricsHandler, !o.NoHealthRoutes)
 	s.http = &http.Server{
 		Handler:           s.guard.wrap(s, s.mux),
 		ConnState:         s.connState,
@@ -204,21 +209,9 @@ func New(o Options) (*Server, error) {
 	return s, nil
 }
 
+// validate reports every problem with o, the way ingest's does.
 func validate(o Options) error {
-	var errs []error
-	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if o.NATS == nil {
-		add("NATS connection is nil")
-	}
-	if o.Metrics == nil {
-		add("Metrics is nil")
-	}
-	if err := subjects.ValidatePrefix(o.SubjectPrefix); err != nil {
-		add("subject prefix %q: %v", o.SubjectPrefix, err)
-	}
-	if o.ShutdownGrace <= 0 {
-		add("ShutdownGrace %s: must be positive", o.ShutdownGrace)
-	}
+	errs := tierkit.Check(o.NATS, o.SubjectPrefix)
 	if err := o.Config.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -293,7 +286,7 @@ func staticHandler() http.Handler {
 	})
 }
 
-func (s *Server) routes(page []byte, metricsHandler http.Handler) {
+func (s *Server) routes(page []byte, metricsHandler http.Handler, healthRoutes bool) {
 	s.mux.HandleFunc("GET /ws/{channel}", s.serveWS)
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
@@ -302,7 +295,9 @@ func (s *Server) routes(page []byte, metricsHandler http.Handler) {
 		w.Write(page)
 	})
 	s.mux.Handle("GET /static/", staticHandler())
-	s.health.Register(s.mux)
+	if healthRoutes {
+		s.health.Register(s.mux)
+	}
 	if metricsHandler != nil {
 		s.mux.Handle("GET /metrics", metricsHandler)
 	}
@@ -377,10 +372,11 @@ func (s *Server) shutdown() {
 		s.awaitUpstream(start.Add(s.grace * 3 / 4))
 	}
 
-	// 3. Close every client; an upgrade that registers later closes itself.
-	for _, c := range clients {
-		c.close(websocket.StatusGoingAway, reasonShutdown, disconnectShutdown)
-	}
+	// 3. Close every client, spread out (leaving at least half of what
+	// remains for the handshakes); an upgrade that registers later closes
+	// itself.
+	spread := min(s.cfg.DrainSpread, s.grace/4, time.Until(deadline.Add(-s.grace/4))/2)
+	s.closeSpread(clients, max(spread, 0))
 
 	// 4. Wait for them; each cuts its TCP connection after closeGrace at
 	// the latest, so only a stuck client would use up the budget.
@@ -391,16 +387,28 @@ func (s *Server) shutdown() {
 	select {
 	case <-done:
 	case <-t.C:
-		s.log.Warn("clients still open at the shutdown deadline; cutting them")
+		// Cut with the close frame where nothing holds the connection, so
+		// a client sees 1001 rather than 1006 (see batchConn.cut).
 		s.mu.Lock()
+		n, unclosed, sent := 0, 0, 0
 		for c := range s.clients {
 			c.mu.Lock()
-			if c.bc != nil {
-				c.bc.Close()
-			}
+			bc, closed := c.bc, c.closed
 			c.mu.Unlock()
+			if bc == nil {
+				continue
+			}
+			n++
+			if !closed {
+				unclosed++
+			}
+			if bc.cut(uint16(websocket.StatusGoingAway), reasonShutdown, 0) {
+				sent++
+			}
 		}
 		s.mu.Unlock()
+		s.log.Warn("clients still open at the shutdown deadline; cut them", "clients", n,
+			"not_yet_closed", unclosed, "close_frame_sent_at_cut", sent)
 		// Cut connections fail every pending operation at once.
 		t.Reset(natsBudget / 2)
 		select {
@@ -428,6 +436,27 @@ func (s *Server) shutdown() {
 		time.Sleep(10 * time.Millisecond)
 	}
 	s.log.Info("fanout stopped", "took", time.Since(start).Round(time.Millisecond))
+}
+
+// closeSpread closes clients with 1001 evenly over spread rather than all
+// at once: each reconnects at once (to another replica, since /readyz
+// fails here), and ten thousand reconnects in the same millisecond are a
+// storm the remaining replicas would have to absorb. Clients not yet closed
+// keep receiving messages meanwhile.
+func (s *Server) closeSpread(clients []*client, spread time.Duration) {
+	start := time.Now()
+	for i, c := range clients {
+		due := start.Add(spread * time.Duration(i) / time.Duration(len(clients)))
+		// Sleeping per client would cost a timer each at 10,000 clients;
+		// closing a few milliseconds' worth together is spread enough.
+		if wait := time.Until(due); wait > 5*time.Millisecond {
+			time.Sleep(wait)
+		}
+		c.close(websocket.StatusGoingAway, reasonShutdown, disconnectShutdown)
+	}
+	if len(clients) > 0 {
+		s.log.Info("clients closed", "clients", len(clients), "spread", spread, "took", time.Since(start).Round(time.Millisecond))
+	}
 }
 
 // awaitUpstream waits (until by at the latest) for s.upstream to close,

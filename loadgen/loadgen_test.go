@@ -149,6 +149,7 @@ func startStack(t *testing.T, queue int) stack {
 	}
 	fan, err := fanout.New(fanout.Options{
 		Config: config.Fanout{Addr: "127.0.0.1:0", ClientQueue: queue, ClientQueueBytes: 8 << 20,
+			ClientQueueMaxBytes: 8 << 20, SlowGrace: time.Second,
 			WriteTimeout: 5 * time.Second, MaxConnections: 1000, SubPendingMsgs: 65536, SubPendingBytes: 64 << 20},
 		SubjectPrefix: "relay", ShutdownGrace: 2 * time.Second, NATS: connect(), Logger: log, Metrics: reg.Fanout,
 	})

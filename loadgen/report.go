@@ -37,6 +37,31 @@ func (res *Result) WriteText(w io.Writer) {
 		io.WriteString(w, b.String())
 		return
 	}
+	if res.Mode == ModeBurst {
+		br := res.Burst
+		p("mode burst: %d receivers on one channel reading as fast as they can, one sender writing %d-byte lines unpaced\n",
+			res.Receivers, res.Size)
+		for _, t := range br.Trials {
+			p("  %8d lines %9sB: %d of %d survived (%.1fs)", t.Lines, si(float64(t.Bytes)), t.Survived, res.Receivers, t.Seconds)
+			if len(t.CloseCodes) > 0 {
+				p(" %v", t.CloseCodes)
+			}
+			if t.RSSBytes > 0 {
+				p(", server RSS %s", mib(t.RSSBytes))
+			}
+			p("\n")
+		}
+		p("largest burst every receiver survived: %d lines (%sB)", br.Largest, si(float64(br.LargestBytes)))
+		if br.Capped {
+			p(" (none failed: raise --burst-max)")
+		}
+		if br.PeakRSSBytes > 0 {
+			p("; server peak RSS %s", mib(br.PeakRSSBytes))
+		}
+		p("\n")
+		io.WriteString(w, b.String())
+		return
+	}
 	rate := "flat out"
 	if res.Mode == ModeFloor {
 		rate = "one message at a time, plain TCP from every core"

@@ -45,6 +45,10 @@ const (
 	// ModeFloor: one message at a time written to R plain TCP receivers
 	// in this process from every core: the machine's latency floor.
 	ModeFloor Mode = "floor"
+	// ModeBurst: R receivers reading as fast as they can, one sender
+	// writing an unpaced burst of lines; finds the largest burst every
+	// receiver survives (see runBurst).
+	ModeBurst Mode = "burst"
 )
 
 // InProcess reports whether m measures only this process (the ceiling and
@@ -100,6 +104,11 @@ type Config struct {
 	DialTimeout time.Duration
 	// DialConcurrency is how many receivers connect at once. Defaults to 64.
 	DialConcurrency int
+
+	// ModeBurst: the first burst (lines), the largest tried, and how many
+	// bisections narrow the answer after the first failure. Default 1000,
+	// 1<<20, 3.
+	BurstStart, BurstMax, BurstSteps int
 }
 
 func (c *Config) defaults() {
@@ -123,6 +132,17 @@ func (c *Config) defaults() {
 	}
 	if c.Drain <= 0 {
 		c.Drain = 10 * time.Second
+	}
+	if c.BurstStart <= 0 {
+		c.BurstStart = 1000
+	}
+	if c.BurstMax <= 0 {
+		c.BurstMax = 1 << 20
+	}
+	if c.BurstSteps < 0 {
+		c.BurstSteps = 0
+	} else if c.BurstSteps == 0 {
+		c.BurstSteps = 3
 	}
 }
 
@@ -155,10 +175,20 @@ func (c Config) Validate() error {
 		if c.Receivers < 1 {
 			add("receivers %d: idle mode needs at least 1", c.Receivers)
 		}
+	case ModeBurst:
+		if c.IngestAddr == "" || c.FanoutAddr == "" {
+			add("burst mode needs an ingest and a fanout address")
+		}
+		if c.Receivers < 1 {
+			add("receivers %d: burst mode needs at least 1", c.Receivers)
+		}
+		if c.BurstMax < c.BurstStart {
+			add("burst max %d: below the first burst %d", c.BurstMax, c.BurstStart)
+		}
 	default:
-		add("mode %q: must be relay, ceiling, floor, nats or idle", c.Mode)
+		add("mode %q: must be relay, ceiling, floor, nats, idle or burst", c.Mode)
 	}
-	if c.Mode != ModeIdle {
+	if c.Mode != ModeIdle && c.Mode != ModeBurst {
 		if c.Senders < 1 {
 			add("senders %d: must be at least 1", c.Senders)
 		}
@@ -212,6 +242,7 @@ type Result struct {
 	// another process: on one host the two share the cores.
 	LoadGen *LoadGenReport `json:"load_generator,omitempty"`
 	Idle    *IdleReport    `json:"idle,omitempty"`
+	Burst   *BurstReport   `json:"burst,omitempty"`
 }
 
 // LoadGenReport is the load generator's cost over the measurement window.
@@ -287,6 +318,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return runNATS(ctx, cfg)
 	case ModeFloor:
 		return runFloor(ctx, cfg)
+	case ModeBurst:
+		return runBurst(ctx, cfg)
 	}
 	return runStream(ctx, cfg)
 }

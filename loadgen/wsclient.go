@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"crypto/sha1"
 	"encoding/base64"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +12,8 @@ import (
 	"net/http"
 	"syscall"
 	"time"
+
+	"github.com/relaydev/relay/shared/wsframe"
 )
 
 // wsConn is a receive-only WebSocket client made for load generation: the
@@ -84,16 +85,6 @@ func dialTCP(addr string, timeout time.Duration, rcvBuf int) (net.Conn, error) {
 	return d.Dial("tcp", addr)
 }
 
-// WebSocket opcodes.
-const (
-	opContinuation = 0x0
-	opText         = 0x1
-	opBinary       = 0x2
-	opClose        = 0x8
-	opPing         = 0x9
-	opPong         = 0xa
-)
-
 // CloseError is how the server ended a receiver's connection.
 type CloseError struct{ Code int }
 
@@ -107,7 +98,7 @@ func (w *wsConn) readLoop(now func() int64, onMessage func(p []byte, at int64)) 
 	br := w.br
 	var at int64
 	var big []byte // for frames that do not fit the read buffer
-	var hdr [14]byte
+	var hdr [wsframe.MaxHeaderLen]byte
 	for {
 		if br.Buffered() == 0 {
 			if _, err := br.Peek(1); err != nil {
@@ -118,23 +109,15 @@ func (w *wsConn) readLoop(now func() int64, onMessage func(p []byte, at int64)) 
 		if _, err := io.ReadFull(br, hdr[:2]); err != nil {
 			return err
 		}
-		fin, op := hdr[0]&0x80 != 0, hdr[0]&0x0f
-		if hdr[1]&0x80 != 0 {
+		hl := wsframe.HeaderLen(hdr[0], hdr[1])
+		if _, err := io.ReadFull(br, hdr[2:hl]); err != nil {
+			return err
+		}
+		h, _, _ := wsframe.ParseHeader(hdr[:hl])
+		if h.Masked {
 			return fmt.Errorf("%w: masked frame from server", errProtocol)
 		}
-		n := uint64(hdr[1] & 0x7f)
-		switch n {
-		case 126:
-			if _, err := io.ReadFull(br, hdr[2:4]); err != nil {
-				return err
-			}
-			n = uint64(binary.BigEndian.Uint16(hdr[2:4]))
-		case 127:
-			if _, err := io.ReadFull(br, hdr[2:10]); err != nil {
-				return err
-			}
-			n = binary.BigEndian.Uint64(hdr[2:10])
-		}
+		op, n := h.Op, h.Len
 		if n > 64<<20 {
 			return fmt.Errorf("%w: frame of %d bytes", errProtocol, n)
 		}
@@ -155,25 +138,20 @@ func (w *wsConn) readLoop(now func() int64, onMessage func(p []byte, at int64)) 
 			}
 		}
 		switch op {
-		case opText, opBinary, opContinuation:
+		case wsframe.OpText, wsframe.OpBinary, wsframe.OpContinuation:
 			// relay sends every message as one frame; a fragmented message
 			// is timed by its first frame.
-			if op != opContinuation {
+			if op != wsframe.OpContinuation {
 				onMessage(p, at)
 			}
-			_ = fin
-		case opPing:
-			if err := w.writeControl(opPong, p); err != nil {
+		case wsframe.OpPing:
+			if err := w.writeControl(wsframe.OpPong, p); err != nil {
 				return err
 			}
-		case opClose:
-			code := 1005
-			if len(p) >= 2 {
-				code = int(binary.BigEndian.Uint16(p))
-			}
-			_ = w.writeControl(opClose, p[:min(len(p), 2)])
-			return CloseError{Code: code}
-		case opPong:
+		case wsframe.OpClose:
+			_ = w.writeControl(wsframe.OpClose, p[:min(len(p), 2)])
+			return CloseError{Code: wsframe.CloseCode(p)}
+		case wsframe.OpPong:
 		default:
 			return fmt.Errorf("%w: opcode %d", errProtocol, op)
 		}
@@ -186,17 +164,15 @@ func (w *wsConn) readLoop(now func() int64, onMessage func(p []byte, at int64)) 
 // writeControl sends a masked control frame (payload at most 125 bytes).
 // Only the reading goroutine writes, so no lock is needed.
 func (w *wsConn) writeControl(op byte, p []byte) error {
-	var buf [6 + 125]byte
-	buf[0] = 0x80 | op
-	buf[1] = 0x80 | byte(len(p))
+	var buf [6 + wsframe.MaxControlPayload]byte
 	var key [4]byte
 	_, _ = rand.Read(key[:])
-	copy(buf[2:6], key[:])
-	for i, b := range p {
-		buf[6+i] = b ^ key[i%4]
+	frame, err := wsframe.AppendControl(buf[:0], op, p, &key)
+	if err != nil {
+		return err
 	}
 	_ = w.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_, err := w.conn.Write(buf[:6+len(p)])
+	_, err = w.conn.Write(frame)
 	return err
 }
 

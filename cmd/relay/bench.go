@@ -66,6 +66,11 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		natsBase    = fs.Bool("nats-baseline", false, "also measure a bare nats.go publisher into the same NATS, and report ingest as a ratio of it")
 		baseHeader  = fs.Bool("baseline-header", false, "with --nats-baseline: the bare publisher also sends Relay-Format: text (as ingest does with RELAY_INGEST_TEXT_HEADER=true)")
 		idle        = fs.Bool("idle", false, "memory: open R idle WebSocket connections and report the server's RSS per connection (after GC)")
+		burst       = fs.Bool("burst", false, "find the largest unpaced burst (--size-byte lines, one sender, one write) that R receivers reading as fast as they can all survive")
+		burstStart  = fs.Int("burst-start", 1000, "with --burst: lines in the first burst; doubled until one fails, then bisected")
+		burstMax    = fs.Int("burst-max", 1<<20, "with --burst: the largest burst tried (lines)")
+		burstSteps  = fs.Int("burst-steps", 3, "with --burst: bisections after the first failure")
+		restart     = fs.Bool("restart", false, "rolling restart: R watchers on one of two 'relay fanout' children (NATS in this process), SIGTERM to it; reports 1001s, 1006s and the other's reconnects/s and peak RSS")
 		jsonOut     = fs.Bool("json", false, "print the report as JSON on stdout (progress still goes to stderr)")
 		quiet       = fs.Bool("quiet", false, "no progress lines")
 		cpuProfile  = fs.String("cpuprofile", "", "write a CPU profile of the server over the measurement window to this file")
@@ -89,6 +94,9 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	}
 	if *serveMode {
 		return benchServe(ctx, *serveFor, stdout, stderr)
+	}
+	if *restart {
+		return benchRestart(ctx, *receivers, *channels, *jsonOut, stdout, stderr)
 	}
 	if *soakFor > 0 {
 		set := map[string]bool{}
@@ -118,6 +126,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	base := loadgen.Config{
 		Senders: *senders, Receivers: *receivers, Channels: *channels, Size: *size,
 		Rate: *rate, Window: *window, Slow: *slow, Warmup: *warmup, Duration: *duration,
+		BurstStart: *burstStart, BurstMax: *burstMax, BurstSteps: *burstSteps,
 	}
 	if !*quiet {
 		base.Progress = stderr
@@ -127,6 +136,8 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	case *idle:
 		modes = []loadgen.Mode{loadgen.ModeIdle}
 		base.Warmup = 0
+	case *burst:
+		modes = []loadgen.Mode{loadgen.ModeBurst}
 	case *ceiling:
 		modes = []loadgen.Mode{loadgen.ModeCeiling}
 	case *floor:
@@ -142,7 +153,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	for _, m := range modes {
 		c := base
 		c.Mode = m
-		if m == loadgen.ModeRelay || m == loadgen.ModeIdle {
+		if m == loadgen.ModeRelay || m == loadgen.ModeIdle || m == loadgen.ModeBurst {
 			c.IngestAddr, c.FanoutAddr = "x", "x" // checked for real below
 		}
 		if m == loadgen.ModeNATS {
@@ -194,7 +205,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 			c.Probe = loadgen.SelfProbe{}
 		}
 		c.NATSHeader = *baseHeader
-		if *cpuProfile != "" && m != loadgen.ModeIdle {
+		if *cpuProfile != "" && m != loadgen.ModeIdle && m != loadgen.ModeBurst {
 			file := *cpuProfile
 			if len(modes) > 1 {
 				file += "." + string(m)

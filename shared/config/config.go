@@ -80,17 +80,20 @@ type Ingest struct {
 
 // Fanout settings are read by 'relay fanout' and 'relay all'.
 type Fanout struct {
-	Addr             string        `envconfig:"FANOUT_ADDR" default:":8080" desc:"HTTP address: /ws/{channel}, the demo page /, /healthz, /readyz, /metrics"`
-	ClientQueue      int           `envconfig:"FANOUT_CLIENT_QUEUE" default:"1024" desc:"messages a WebSocket client may fall behind by; past it the client is closed with 1008 'slow consumer'"`
-	ClientQueueBytes int           `envconfig:"FANOUT_CLIENT_QUEUE_BYTES" default:"8388608" desc:"bytes a WebSocket client may fall behind by (messages are shared, so this bounds each client's share); past it: 1008 'slow consumer'"`
-	AllowedOrigins   []string      `envconfig:"FANOUT_ALLOWED_ORIGINS" default:"" desc:"comma-separated Origin host patterns (path.Match, e.g. *.example.com) allowed to open WebSockets; empty = same origin only; * = any"`
-	PingInterval     time.Duration `envconfig:"FANOUT_PING_INTERVAL" default:"30s" desc:"WebSocket ping period; a client that does not answer within the write timeout is closed (0 disables pings)"`
-	WriteTimeout     time.Duration `envconfig:"FANOUT_WRITE_TIMEOUT" default:"10s" desc:"deadline for one write (or ping) to a WebSocket client; past it the client is closed"`
-	MaxConnections   int           `envconfig:"FANOUT_MAX_CONNECTIONS" default:"100000" desc:"most concurrent WebSocket clients per process; more get HTTP 503"`
-	SubPendingMsgs   int           `envconfig:"FANOUT_SUB_PENDING_MSGS" default:"65536" desc:"messages the fanout's NATS subscription may buffer before NATS reports a slow consumer (the channel's clients are then closed)"`
-	SubPendingBytes  int           `envconfig:"FANOUT_SUB_PENDING_BYTES" default:"67108864" desc:"bytes the fanout's NATS subscription may buffer before NATS reports a slow consumer"`
-	CloseOnNATSLoss  bool          `envconfig:"FANOUT_CLOSE_ON_NATS_LOSS" default:"true" desc:"when the fanout's NATS connection drops, close its clients with 1012 so they know messages may have been missed (false: keep them connected through the gap)"`
-	PublicIngestAddr string        `envconfig:"FANOUT_PUBLIC_INGEST_ADDR" default:"" desc:"host:port of the ingest handshake listener as users reach it, shown on the demo page (empty: this host, first handshake listener's port)"`
+	Addr                string        `envconfig:"FANOUT_ADDR" default:":8080" desc:"HTTP address: /ws/{channel}, the demo page /, /healthz, /readyz, /metrics"`
+	ClientQueue         int           `envconfig:"FANOUT_CLIENT_QUEUE" default:"1048576" desc:"most messages a WebSocket client may fall behind by (a backstop far above what the byte bounds let small messages reach); past it: 1008 'slow consumer'"`
+	ClientQueueBytes    int           `envconfig:"FANOUT_CLIENT_QUEUE_BYTES" default:"8388608" desc:"byte budget of a WebSocket client's queue (payload + 64 bytes per message); a client over it must keep draining: no write completed for RELAY_FANOUT_SLOW_GRACE closes it with 1008 'slow consumer'"`
+	ClientQueueMaxBytes int           `envconfig:"FANOUT_CLIENT_QUEUE_MAX_BYTES" default:"33554432" desc:"hard cap on a WebSocket client's queue (payload + 64 bytes per message), however fast it drains; past it: 1008 'slow consumer' at once"`
+	SlowGrace           time.Duration `envconfig:"FANOUT_SLOW_GRACE" default:"5s" desc:"how long a client over RELAY_FANOUT_CLIENT_QUEUE_BYTES may go without completing a write before it is closed with 1008 (at most half the write timeout is used)"`
+	AllowedOrigins      []string      `envconfig:"FANOUT_ALLOWED_ORIGINS" default:"" desc:"comma-separated Origin host patterns (path.Match, e.g. *.example.com) allowed to open WebSockets; empty = same origin only; * = any"`
+	PingInterval        time.Duration `envconfig:"FANOUT_PING_INTERVAL" default:"30s" desc:"WebSocket ping period; a client that does not answer within the write timeout is closed (0 disables pings)"`
+	WriteTimeout        time.Duration `envconfig:"FANOUT_WRITE_TIMEOUT" default:"10s" desc:"deadline for one write (or ping) to a WebSocket client; past it the client is closed"`
+	MaxConnections      int           `envconfig:"FANOUT_MAX_CONNECTIONS" default:"100000" desc:"most concurrent WebSocket clients per process; more get HTTP 503"`
+	SubPendingMsgs      int           `envconfig:"FANOUT_SUB_PENDING_MSGS" default:"262144" desc:"messages the fanout's NATS subscription may buffer before NATS reports a slow consumer (the channel's clients are then closed); with small messages about as much memory as RELAY_FANOUT_SUB_PENDING_BYTES"`
+	SubPendingBytes     int           `envconfig:"FANOUT_SUB_PENDING_BYTES" default:"67108864" desc:"bytes the fanout's NATS subscription may buffer before NATS reports a slow consumer"`
+	DrainSpread         time.Duration `envconfig:"FANOUT_DRAIN_SPREAD" default:"5s" desc:"on shutdown, WebSocket clients are closed with 1001 evenly over this long, so they do not all reconnect to the other replicas at once (at most a quarter of RELAY_SHUTDOWN_GRACE is used; 0: all at once)"`
+	CloseOnNATSLoss     bool          `envconfig:"FANOUT_CLOSE_ON_NATS_LOSS" default:"true" desc:"when the fanout's NATS connection drops, close its clients with 1012 so they know messages may have been missed (false: keep them connected through the gap)"`
+	PublicIngestAddr    string        `envconfig:"FANOUT_PUBLIC_INGEST_ADDR" default:"" desc:"host:port of the ingest handshake listener as users reach it, shown on the demo page (empty: this host, first handshake listener's port)"`
 
 	MaxConnectionsPerIP int      `envconfig:"FANOUT_MAX_CONNECTIONS_PER_IP" default:"1000" desc:"most concurrent WebSocket clients from one client address (IPv6: per /64); more are closed with 4429. 0 = no per-address cap"`
 	ConnectRatePerIP    string   `envconfig:"FANOUT_CONNECT_RATE_PER_IP" default:"100/10s" desc:"WebSocket upgrades one client address may make, as N/DURATION (token bucket); over it: close 4429. Empty = no limit"`
@@ -396,6 +399,15 @@ func (f Fanout) Validate() error {
 	}
 	if f.ClientQueueBytes < 1024 {
 		add("RELAY_FANOUT_CLIENT_QUEUE_BYTES=%d: must be at least 1024", f.ClientQueueBytes)
+	}
+	if f.ClientQueueMaxBytes < f.ClientQueueBytes {
+		add("RELAY_FANOUT_CLIENT_QUEUE_MAX_BYTES=%d: must be at least RELAY_FANOUT_CLIENT_QUEUE_BYTES (%d)", f.ClientQueueMaxBytes, f.ClientQueueBytes)
+	}
+	if f.SlowGrace <= 0 {
+		add("RELAY_FANOUT_SLOW_GRACE=%s: must be positive", f.SlowGrace)
+	}
+	if f.DrainSpread < 0 {
+		add("RELAY_FANOUT_DRAIN_SPREAD=%s: must not be negative", f.DrainSpread)
 	}
 	if f.PingInterval < 0 {
 		add("RELAY_FANOUT_PING_INTERVAL=%s: must not be negative", f.PingInterval)
