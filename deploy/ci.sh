@@ -128,10 +128,18 @@ step() {
 }
 
 helm_checks() {
-	"$HELM" lint --strict --kube-version "$KUBE_VERSION" deploy/helm/relay || return 1
+	# auth.mode=jwt (the default) needs a key Secret and handshake-only (or
+	# ;public) listeners: lint both ways.
+	local jwt=(--set auth.existingSecret=relay-auth --set 'config.ingest.RELAY_INGEST_LISTENERS=:7071=*/line')
+	"$HELM" lint --strict --kube-version "$KUBE_VERSION" deploy/helm/relay "${jwt[@]}" || return 1
+	"$HELM" lint --strict --kube-version "$KUBE_VERSION" deploy/helm/relay --set auth.mode=off || return 1
+	if "$HELM" template relay deploy/helm/relay --kube-version "$KUBE_VERSION" >/dev/null 2>&1; then
+		log "helm template without an auth key rendered; it must refuse"
+		return 1
+	fi
 	local out
 	out=$(mktemp)
-	"$HELM" template relay deploy/helm/relay --kube-version "$KUBE_VERSION" >"$out" || {
+	"$HELM" template relay deploy/helm/relay --kube-version "$KUBE_VERSION" "${jwt[@]}" >"$out" || {
 		rm -f "$out"
 		return 1
 	}

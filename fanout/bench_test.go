@@ -28,7 +28,7 @@ func BenchmarkBroadcast(b *testing.B) {
 			m := metrics.New().Fanout
 			h := newHub(nil, mustMapper(b), m, discard, 1, 1, time.Second)
 			ch := &channel{h: h, name: "bench", ready: make(chan struct{})}
-			lim := clientLimits{queueMsgs: 1024, queueBytes: 8 << 20, closeGrace: time.Second}
+			lim := clientLimits{queueMsgs: 1024, queueBytes: 8 << 20, maxBytes: 8 << 20, slowGrace: time.Hour, closeGrace: time.Second}
 			clients := make([]*client, n)
 			for i := range clients {
 				clients[i] = newClient("bench", lim, m, discard)
@@ -42,9 +42,7 @@ func BenchmarkBroadcast(b *testing.B) {
 				if i%512 == 511 {
 					for _, c := range clients {
 						c.mu.Lock()
-						clear(c.queue)
-						c.queue = c.queue[:0]
-						c.pendMsgs, c.pendBytes = 0, 0
+						c.feed.done(c.feed.take())
 						c.mu.Unlock()
 					}
 				}
@@ -72,7 +70,8 @@ func BenchmarkWrite(b *testing.B) {
 
 func benchWrite(b *testing.B, burst, size int) {
 	conn, bc, rc := wsPair(b)
-	lim := clientLimits{queueMsgs: 1024, queueBytes: 8 << 20, writeTimeout: 10 * time.Second, closeGrace: time.Second}
+	lim := clientLimits{queueMsgs: 1024, queueBytes: 8 << 20, maxBytes: 8 << 20, slowGrace: time.Hour,
+		writeTimeout: 10 * time.Second, closeGrace: time.Second}
 	c := newClient("bench", lim, metrics.New().Fanout, discard)
 	c.attach(conn, bc)
 	served := make(chan struct{})

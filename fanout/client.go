@@ -51,12 +51,6 @@ const writerLinger = time.Second
 // ever read in full.
 const readLimit = 1024
 
-// msgOverhead is what one queued message costs a client beyond its
-// payload: its slot in the queue (and in the writer's spare batch) and its
-// share of the message value. Charging it makes the byte bounds bound memory
-// for small messages too, so the message-count bound is only a backstop.
-const msgOverhead = 64
-
 // clientLimits are the per-client settings from config.Fanout.
 type clientLimits struct {
 	queueMsgs int
@@ -86,12 +80,9 @@ type client struct {
 	wake    chan struct{} // capacity 1: "the queue is not empty"
 	closing chan struct{} // closed by the first close
 
-	mu        sync.Mutex
-	queue     []*message
-	spare     []*message // the writer's previous batch, reused to avoid allocations
-	pendMsgs  int        // queued or being written
-	pendBytes int
-	closed    bool
+	mu     sync.Mutex
+	feed   feed // queued messages and their bounds
+	closed bool
 	// flushOnClose: send what is queued before the close frame.
 	flushOnClose bool
 	closeCode    websocket.StatusCode
@@ -109,6 +100,8 @@ type client struct {
 	// that bc has written something since stallMark (see checkStall).
 	stallTimer *time.Timer
 	stallMark  uint64
+	// expiry closes the client with 4401 at its token's exp.
+	expiry *time.Timer
 
 	wg      sync.WaitGroup // writer and pings
 	pinging atomic.Bool
@@ -121,6 +114,7 @@ type client struct {
 func newClient(channel string, lim clientLimits, m *metrics.Fanout, log *slog.Logger) *client {
 	return &client{
 		lim:     lim,
+		feed:    feed{lim: lim},
 		m:       m,
 		log:     log,
 		channel: channel,
@@ -138,20 +132,17 @@ func newClient(channel string, lim clientLimits, m *metrics.Fanout, log *slog.Lo
 // not by size. A message larger than the whole cap is still taken by an
 // empty queue, so a big message closes nobody who is keeping up.
 func (c *client) enqueue(msg *message) bool {
-	size := len(msg.data) + msgOverhead
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
 		return true
 	}
-	if c.pendMsgs > 0 && (c.pendMsgs >= c.lim.queueMsgs || c.pendBytes+size > c.lim.maxBytes) {
+	ok, over := c.feed.push(msg)
+	if !ok {
 		c.mu.Unlock()
 		return false
 	}
-	c.queue = append(c.queue, msg)
-	c.pendMsgs++
-	c.pendBytes += size
-	if c.pendBytes > c.lim.queueBytes && c.stallTimer == nil {
+	if over && c.stallTimer == nil {
 		c.stallMark = c.written()
 		c.stallTimer = time.AfterFunc(c.lim.slowGrace, c.checkStall)
 	}
@@ -180,7 +171,7 @@ func (c *client) written() uint64 {
 // draining keeps going (the hard cap still bounds it).
 func (c *client) checkStall() {
 	c.mu.Lock()
-	if c.closed || c.pendBytes <= c.lim.queueBytes {
+	if c.closed || !c.feed.over() {
 		c.stallTimer = nil
 		c.mu.Unlock()
 		return
@@ -247,14 +238,13 @@ func (c *client) close(code websocket.StatusCode, text string, reason metrics.Fa
 	// is not taking data, so they are dropped.
 	c.flushOnClose = reason == disconnectShutdown || reason == disconnectNATSLost
 	if !c.flushOnClose {
-		clear(c.queue)
-		c.queue = nil
+		c.feed.drop()
 	}
 	// The close grace bounds the close handshake. Queued messages still
 	// to be sent first are bounded by the write timeout per write (and the
 	// shutdown deadline): a client that is taking them should not be cut
 	// a second into a large flush, so their writer starts the clock.
-	if c.bc != nil && !(c.flushOnClose && len(c.queue) > 0) {
+	if c.bc != nil && !(c.flushOnClose && c.feed.queued() > 0) {
 		c.forceClose = time.AfterFunc(c.lim.closeGrace, c.cut)
 	}
 	// The writer sends the close frame: make sure one runs.
@@ -277,11 +267,27 @@ func (c *client) cut() {
 	}
 }
 
+// expireAt closes the client with 4401 "token expired" at t: the token it
+// was let in with is no longer valid from then on.
+func (c *client) expireAt(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	c.expiry = time.AfterFunc(time.Until(t), func() {
+		if c.close(StatusUnauthorized, reasonTokenExpired, disconnectTokenExpired) {
+			c.m.AuthRefused.Inc(metrics.AuthExpired)
+			c.log.Info("client closed: token expired")
+		}
+	})
+}
+
 // serve runs the connection until it is closed and everything it started
 // has stopped. The calling goroutine is the reader.
 func (c *client) serve() {
 	c.mu.Lock()
-	if c.closed || len(c.queue) > 0 {
+	if c.closed || c.feed.queued() > 0 {
 		c.startWriterLocked()
 	}
 	if c.lim.pingInterval > 0 && !c.closed {
@@ -299,6 +305,9 @@ func (c *client) serve() {
 	}
 	if c.stallTimer != nil {
 		c.stallTimer.Stop()
+	}
+	if c.expiry != nil {
+		c.expiry.Stop()
 	}
 	c.mu.Unlock()
 	c.bc.Close()
@@ -380,7 +389,7 @@ func (c *client) writeLoop() {
 		case <-c.wake:
 		case <-linger.C:
 			c.mu.Lock()
-			if len(c.queue) == 0 && !c.closed {
+			if c.feed.queued() == 0 && !c.closed {
 				c.writing = false
 				c.mu.Unlock()
 				return
@@ -396,28 +405,21 @@ func (c *client) writeLoop() {
 // the close frame writes.
 func (c *client) flush(final bool) error {
 	c.mu.Lock()
-	if (c.closed && !final) || len(c.queue) == 0 {
+	if (c.closed && !final) || c.feed.queued() == 0 {
 		c.mu.Unlock()
 		return nil
 	}
-	batch := c.queue
-	c.queue, c.spare = c.spare[:0], nil
+	batch := c.feed.take()
 	c.mu.Unlock()
 
 	n, err := c.bc.writeFrames(batch)
-	bytes, batchBytes := 0, 0
-	for i, msg := range batch {
-		batchBytes += len(msg.data) + msgOverhead
-		if i < n {
-			bytes += len(msg.data)
-		}
+	bytes := 0
+	for _, msg := range batch[:n] {
+		bytes += len(msg.data)
 	}
-	clear(batch)
 
 	c.mu.Lock()
-	c.spare = batch[:0]
-	c.pendMsgs -= len(batch)
-	c.pendBytes -= batchBytes
+	c.feed.done(batch)
 	c.mu.Unlock()
 	if err != nil {
 		return err

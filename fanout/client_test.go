@@ -226,7 +226,7 @@ func TestEnqueueBoundsMessagesAndBytes(t *testing.T) {
 
 	c = newC()
 	c.close(websocket.StatusGoingAway, "", disconnectShutdown)
-	if !c.enqueue(msg(1)) || len(c.queue) != 0 {
+	if !c.enqueue(msg(1)) || c.feed.queued() != 0 {
 		t.Error("a closed client must drop messages without reporting a slow consumer")
 	}
 }

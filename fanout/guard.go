@@ -51,6 +51,10 @@ func newGuard(cfg config.Fanout, s *Server) (*guard, error) {
 			Rate:     netguard.Rate{N: r.N, Per: r.Per},
 		}),
 	}
+	if cfg.MaxConnectionsPerIP == 0 || cfg.MaxConnectionsPerIP >= cfg.MaxConnections {
+		s.log.Warn("one client address can hold every WebSocket slot: set RELAY_FANOUT_MAX_CONNECTIONS_PER_IP below RELAY_FANOUT_MAX_CONNECTIONS",
+			"per_ip", cfg.MaxConnectionsPerIP, "max", cfg.MaxConnections)
+	}
 	for _, h := range cfg.AllowedHosts {
 		g.hosts = append(g.hosts, strings.ToLower(strings.TrimSpace(h)))
 	}

@@ -34,7 +34,10 @@ const reasonNATSDown = "upstream unavailable; retry later"
 // the same check itself, so that a refusal is counted and logged. Compression
 // must stay off (the library's default): batchConn.writeFrames writes the
 // shared, encode-once frames itself, uncompressed and without RSV1.
-var acceptOptions = &websocket.AcceptOptions{InsecureSkipVerify: true}
+// The server selects relay.v1 when the client offers it (a client that
+// sends its token as a relay.bearer. subprotocol must offer relay.v1 too,
+// and the token is never selected, so never echoed).
+var acceptOptions = &websocket.AcceptOptions{InsecureSkipVerify: true, Subprotocols: []string{SubprotocolV1}}
 
 // serveWS upgrades GET /ws/{channel}. Everything that can be refused is
 // refused with a plain HTTP status before the upgrade; after the 101 the
@@ -92,7 +95,19 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 
-	log := s.log.With("channel", name, "remote", clientOf(r).addr.String())
+	id, err := s.authorize(r, name)
+	if err != nil {
+		s.refuseAuth(w, r, err, name, id.Sub)
+		return
+	}
+	// One With per client: each is a copy of the handler that an idle
+	// connection keeps for its whole life.
+	var log *slog.Logger
+	if id.Sub != "" {
+		log = s.log.With("channel", name, "remote", clientOf(r).addr.String(), "sub", id.Sub)
+	} else {
+		log = s.log.With("channel", name, "remote", clientOf(r).addr.String())
+	}
 	c := newClient(name, s.limits, s.m, log)
 	ch, err := s.hub.join(name, c)
 	if err != nil {
@@ -118,6 +133,9 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.attach(conn, hw.bc)
+	if !id.Expires.IsZero() {
+		c.expireAt(id.Expires)
+	}
 	s.m.ConnectionsTotal.Inc()
 	s.m.Connections.Inc()
 	log.Debug("client connected")

@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -23,6 +24,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
 
+	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/health"
 	"github.com/relaydev/relay/shared/metrics"
@@ -79,6 +81,14 @@ type Options struct {
 	// so they get every message ingest accepted before 1001. Bounded by
 	// three quarters of ShutdownGrace.
 	Upstream <-chan struct{}
+	// Auth checks the token of each upgrade; nil or disabled lets everyone
+	// watch.
+	Auth *auth.Authenticator
+	// AuthCookie is the cookie an upgrade may carry its token in
+	// (RELAY_AUTH_COOKIE); empty means DefaultAuthCookie.
+	AuthCookie string
+	// QueryToken also accepts ?token= (RELAY_AUTH_QUERY_TOKEN).
+	QueryToken bool
 	// NoHealthRoutes leaves /healthz and /readyz off the public address
 	// (RELAY_ADMIN_ADDR serves them); Ready still reports readiness.
 	NoHealthRoutes bool
@@ -94,6 +104,10 @@ type Server struct {
 	m       *metrics.Fanout
 	limits  clientLimits
 	origins []string // lower-cased patterns
+
+	auth       *auth.Authenticator
+	authCookie string
+	queryToken bool
 
 	ln       net.Listener
 	http     *http.Server
@@ -130,7 +144,7 @@ func New(o Options) (*Server, error) {
 	log := o.Logger
 	cfg := o.Config
 
-	page, err := renderPage(pageConfig{PublicIngestAddr: cfg.PublicIngestAddr})
+	page, err := renderPage(pageConfig{PublicIngestAddr: cfg.PublicIngestAddr, Auth: o.Auth.Enabled()})
 	if err != nil {
 		return nil, fmt.Errorf("fanout: demo page: %w", err)
 	}
@@ -161,6 +175,10 @@ func New(o Options) (*Server, error) {
 		refusals: tierkit.NewLogLimiter(time.Second),
 		clients:  make(map[*client]struct{}),
 		upstream: o.Upstream,
+
+		auth:       o.Auth,
+		authCookie: cmp.Or(o.AuthCookie, DefaultAuthCookie),
+		queryToken: o.QueryToken,
 	}
 	for _, p := range cfg.AllowedOrigins {
 		s.origins = append(s.origins, strings.ToLower(strings.TrimSpace(p)))
@@ -229,6 +247,8 @@ var webFS embed.FS
 // fuller page gets its settings.
 type pageConfig struct {
 	PublicIngestAddr string `json:"publicIngestAddr"`
+	// Auth tells the page that tokens are checked, so it offers a token field.
+	Auth bool `json:"auth,omitempty"`
 }
 
 func renderPage(pc pageConfig) ([]byte, error) {

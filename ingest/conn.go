@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"golang.org/x/time/rate"
 
+	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/subjects"
@@ -30,6 +31,9 @@ const (
 	reasonTooManyConnections = metrics.IngestTooManyConnections
 	reasonPublishFailed      = metrics.IngestPublishFailed
 	reasonShutdown           = metrics.IngestShutdown
+	reasonUnauthorized       = metrics.IngestUnauthorized // no, bad or expired token at the handshake
+	reasonForbidden          = metrics.IngestForbidden    // valid token, channel not permitted
+	reasonTokenExpired       = metrics.IngestTokenExpired // the token's exp ended a sending connection
 	reasonUpstream           = metrics.IngestUpstream
 	reasonStoreFailed        = metrics.IngestStoreFailed
 	reasonAckNotDurable      = metrics.IngestAckNotDurable
@@ -66,6 +70,7 @@ type senderConn struct {
 	conn     net.Conn // raw, or raw wrapped in PROXY and TLS; written under mu
 	stopping bool     // shutdown set a read deadline: a timeout is the end
 	aborted  bool     // abortRead set a read deadline
+	expired  bool     // the token's exp set a read deadline: a timeout is the end
 
 	msgs, bytes int
 	ledger      *ledger // which of msgs NATS has confirmed (core NATS channels)
@@ -93,11 +98,12 @@ func (c *senderConn) stopReading(deadline time.Time) {
 	conn.SetReadDeadline(deadline)
 }
 
-// setReadDeadline applies t unless shutdown has set its own, shorter one.
+// setReadDeadline applies t unless shutdown or the token's expiry has set
+// its own, shorter one.
 func (c *senderConn) setReadDeadline(t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.stopping && !c.aborted {
+	if !c.stopping && !c.expired && !c.aborted {
 		c.conn.SetReadDeadline(t)
 	}
 }
@@ -109,6 +115,23 @@ func (c *senderConn) abortRead() {
 	defer c.mu.Unlock()
 	c.aborted = true
 	c.conn.SetReadDeadline(time.Now())
+}
+
+// expire ends reading when the token expires: the read in progress returns
+// a timeout, what was read before is published, and the sender is told.
+func (c *senderConn) expire() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.stopping {
+		c.expired = true
+		c.conn.SetReadDeadline(time.Now())
+	}
+}
+
+func (c *senderConn) isExpired() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.expired
 }
 
 func (c *senderConn) isStopping() bool {
@@ -141,16 +164,24 @@ func (c *senderConn) serve() {
 	c.br = bufio.NewReaderSize(r, s.cfg.ReadBuffer)
 
 	h := handshake{Channel: c.spec.Channel}
+	var id auth.Identity
 	if c.spec.Handshake() {
 		var err error
-		if h, err = c.handshake(); err != nil {
+		if h, id, err = c.handshake(); err != nil {
 			return
 		}
 	}
 	channel := h.Channel
 	log := s.log.With("remote", remote, "channel", channel, "listener", c.spec.Addr)
+	if id.Sub != "" {
+		log = log.With("sub", id.Sub)
+	}
 	if c.peerName != "" {
 		log = log.With("cert", c.peerName)
+	}
+	if !id.Expires.IsZero() {
+		t := time.AfterFunc(time.Until(id.Expires), c.expire)
+		defer t.Stop()
 	}
 	log.Debug("sender connected")
 	if c.idle != nil {
@@ -178,6 +209,9 @@ func (c *senderConn) serve() {
 		}
 	}
 	switch {
+	case c.isExpired() && (err == nil || isTimeout(err) || errors.Is(err, ErrTruncated)):
+		s.m.AuthRefused.Inc(metrics.AuthExpired)
+		c.fail(reasonTokenExpired, errTokenExpired, "token expired", "channel", channel, "sub", id.Sub)
 	case err == nil:
 		log.Debug("sender disconnected", "messages", c.msgs, "bytes", c.bytes)
 	case errors.Is(err, errStore):
@@ -237,8 +271,12 @@ func (c *senderConn) accepted() int {
 	return c.ledger.confirmed(c.msgs)
 }
 
-// handshake reads `CHANNEL [TOKEN] [+ack]\n` within the timeout and answers +OK.
-func (c *senderConn) handshake() (handshake, error) {
+var errTokenExpired = errors.New("ingest: token expired")
+
+// handshake reads `CHANNEL [TOKEN] [+ack]\n` within the timeout, checks that
+// the token may send to CHANNEL and that +ack comes with a durable channel,
+// and answers +OK.
+func (c *senderConn) handshake() (handshake, auth.Identity, error) {
 	s := c.s
 	c.setReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	h, err := readHandshake(c.br)
@@ -253,22 +291,42 @@ func (c *senderConn) handshake() (handshake, error) {
 		default: // the sender went away before a full line
 			c.fail(reasonBadHandshake, err, "no handshake line")
 		}
-		return handshake{}, err
+		return handshake{}, auth.Identity{}, err
+	}
+	id, err := s.auth.Authorize(h.Token, auth.ActionSend, h.Channel)
+	if err != nil {
+		c.refuseAuth(err, h.Channel, id.Sub)
+		return handshake{}, id, err
 	}
 	if h.Ack && !s.durable.Matches(h.Channel) {
 		// +ACK N means "stored"; core NATS stores nothing, so promising it
 		// would be a lie.
 		err := fmt.Errorf("%w: %s on a channel that is not durable", ErrBadHandshake, tcpproto.AckOption)
 		c.fail(reasonAckNotDurable, err, fmt.Sprintf("%s needs a durable channel; %s is not durable (RELAY_DURABLE_CHANNELS); send without %s", tcpproto.AckOption, h.Channel, tcpproto.AckOption))
-		return handshake{}, err
+		return handshake{}, id, err
 	}
 	c.setReadDeadline(time.Time{})
 	c.conn.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if _, err := c.conn.Write(tcpproto.OKLine); err != nil {
-		return handshake{}, err
+		return handshake{}, id, err
 	}
 	c.conn.SetWriteDeadline(time.Time{})
-	return h, nil
+	return h, id, nil
+}
+
+// refuseAuth answers a handshake the token does not allow: -ERR
+// unauthorized: … or -ERR forbidden: … (fixed texts, never the token).
+func (c *senderConn) refuseAuth(err error, channel, sub string) {
+	var r *auth.Refusal
+	if !errors.As(err, &r) {
+		r = auth.ErrInvalid
+	}
+	reason := reasonUnauthorized
+	if !r.Unauthorized() {
+		reason = reasonForbidden
+	}
+	c.s.m.AuthRefused.Inc(metrics.AuthReason(string(r.Reason)))
+	c.fail(reason, r, r.Text, "channel", channel, "sub", sub, "auth_reason", string(r.Reason))
 }
 
 // pump frames the stream and publishes each message in order. Publishing
@@ -396,11 +454,13 @@ func permanent(err error) bool {
 		errors.Is(err, nats.ErrInvalidConnection)
 }
 
-// fail tells the sender why it is being closed, counts and logs it.
-func (c *senderConn) fail(reason metrics.IngestRefusal, err error, msg string) {
+// fail tells the sender why it is being closed, counts and logs it (with
+// extra attributes, e.g. channel and sub).
+func (c *senderConn) fail(reason metrics.IngestRefusal, err error, msg string, extra ...any) {
 	c.s.m.Refused.Inc(reason)
-	c.s.logRefusal(reason, "ingest: sender closed with error", "remote", c.remote.String(),
-		"listener", c.spec.Addr, "reason", reason, "err", err, "messages", c.msgs)
+	args := append([]any{"remote", c.remote.String(),
+		"listener", c.spec.Addr, "reason", reason, "err", err, "messages", c.msgs}, extra...)
+	c.s.logRefusal(reason, "ingest: sender closed with error", args...)
 	c.errLine(msg)
 }
 

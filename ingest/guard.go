@@ -50,6 +50,10 @@ func newGuard(cfg config.Ingest, specs []config.Listener, s *Server) (*guard, er
 		}),
 		proxyTrusted: cfg.ProxyTrustedCIDRs(),
 	}
+	if cfg.MaxConnectionsPerIP == 0 || cfg.MaxConnectionsPerIP >= cfg.MaxConnections {
+		s.log.Warn("one client address can hold every sender slot: set RELAY_INGEST_MAX_CONNECTIONS_PER_IP below RELAY_INGEST_MAX_CONNECTIONS",
+			"per_ip", cfg.MaxConnectionsPerIP, "max", cfg.MaxConnections)
+	}
 	for _, l := range specs {
 		var err error
 		switch {

@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/durable"
 	"github.com/relaydev/relay/shared/health"
@@ -50,6 +51,8 @@ type Options struct {
 	// Durable says which channels are durable (published to JetStream with
 	// acks); nil or disabled: none. The stream must exist (Ensure).
 	Durable *durable.Stream
+	// Auth checks handshake tokens; nil or disabled lets everyone send.
+	Auth *auth.Authenticator
 }
 
 // Server is the ingest tier.
@@ -62,6 +65,7 @@ type Server struct {
 	mapper  subjects.Mapper
 	durable *durable.Stream     // which channels are durable
 	js      jetstream.JetStream // publishes durable messages; nil without durable channels
+	auth    *auth.Authenticator
 	health  *health.Checker
 	lns     []*listener
 	httpLn  net.Listener
@@ -114,6 +118,15 @@ func New(o Options) (*Server, error) {
 		o.Metrics = metrics.New().Ingest
 	}
 	mapper, _ := subjects.NewMapper(o.SubjectPrefix) // checked above
+	if o.Auth.Enabled() {
+		var errs []error
+		for _, spec := range o.Config.Listeners {
+			errs = append(errs, spec.CheckAuth())
+		}
+		if err := errors.Join(errs...); err != nil {
+			return nil, fmt.Errorf("ingest: %w", err)
+		}
+	}
 	if mp := o.NATS.MaxPayload(); mp > 0 && int64(o.Config.MaxMessage)+headerRoom > mp {
 		return nil, fmt.Errorf("ingest: RELAY_INGEST_MAX_MESSAGE=%d does not fit the NATS server's max payload of %d bytes (headers need %d)", o.Config.MaxMessage, mp, headerRoom)
 	}
@@ -126,6 +139,7 @@ func New(o Options) (*Server, error) {
 		m:           o.Metrics,
 		mapper:      mapper,
 		durable:     o.Durable,
+		auth:        o.Auth,
 		slots:       make(chan struct{}, o.Config.MaxConnections),
 		refusals:    tierkit.NewLogLimiter(time.Second),
 		conns:       map[*senderConn]struct{}{},

@@ -118,7 +118,7 @@ func burstTrial(ctx context.Context, cfg Config, lines int, channel string) (Bur
 		})
 	}
 	defer readers.Wait()
-	conn, err := dialSender(cfg.IngestAddr, channel, cfg.DialTimeout)
+	conn, err := dialSender(cfg.IngestAddr, channel, cfg.SendToken, cfg.DialTimeout)
 	if err != nil {
 		return tr, err
 	}

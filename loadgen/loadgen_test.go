@@ -65,7 +65,7 @@ func TestWSClient(t *testing.T) {
 		c.Close(websocket.StatusPolicyViolation, "slow consumer")
 	}))
 	defer hs.Close()
-	ws, err := dialWS(strings.TrimPrefix(hs.URL, "http://"), "/ws/x", 5*time.Second, 4096, 0)
+	ws, err := dialWS(strings.TrimPrefix(hs.URL, "http://"), "/ws/x", "", 5*time.Second, 4096, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -151,13 +151,13 @@ type sender struct {
 
 // dialSender connects to a handshake listener (ingest's */line, or the
 // ceiling's) and names the channel.
-func dialSender(addr, channel string, timeout time.Duration) (net.Conn, error) {
+func dialSender(addr, channel, token string, timeout time.Duration) (net.Conn, error) {
 	conn, err := net.DialTimeout("tcp", addr, timeout)
 	if err != nil {
 		return nil, err
 	}
 	conn.SetDeadline(time.Now().Add(timeout))
-	line, err := tcpproto.Handshake{Channel: channel}.Line()
+	line, err := tcpproto.Handshake{Channel: channel, Token: token}.Line()
 	if err == nil {
 		_, err = conn.Write(line)
 	}

@@ -128,7 +128,7 @@ func Restart(ctx context.Context, cfg RestartConfig) (*RestartReport, error) {
 		sem <- struct{}{}
 		dials.Go(func() {
 			defer func() { <-sem }()
-			c, err := dialWS(cfg.FanoutA, "/ws/"+w.ch, cfg.DialTimeout, 512, 0)
+			c, err := dialWS(cfg.FanoutA, "/ws/"+w.ch, "", cfg.DialTimeout, 512, 0)
 			if err != nil {
 				dialErr.CompareAndSwap(nil, &err)
 				return
@@ -196,7 +196,7 @@ func Restart(ctx context.Context, cfg RestartConfig) (*RestartReport, error) {
 					time.Sleep(time.Duration(attempt) * 200 * time.Millisecond)
 				}
 				var c *wsConn
-				if c, err = dialWS(cfg.FanoutB, "/ws/"+w.ch, cfg.DialTimeout, 512, 0); err == nil {
+				if c, err = dialWS(cfg.FanoutB, "/ws/"+w.ch, "", cfg.DialTimeout, 512, 0); err == nil {
 					w.b = c
 					break
 				}

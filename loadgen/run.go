@@ -109,6 +109,10 @@ type Config struct {
 	// bisections narrow the answer after the first failure. Default 1000,
 	// 1<<20, 3.
 	BurstStart, BurstMax, BurstSteps int
+	// SendToken goes into each sender's handshake line and WatchToken into
+	// each receiver's Authorization: Bearer header (RELAY_AUTH=jwt); empty:
+	// none.
+	SendToken, WatchToken string
 }
 
 func (c *Config) defaults() {
@@ -380,7 +384,7 @@ func runStream(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	for i := range cfg.Senders {
 		ch := r.chans[i%len(r.chans)]
-		conn, err := dialSender(ingest, ch.name, cfg.DialTimeout)
+		conn, err := dialSender(ingest, ch.name, cfg.SendToken, cfg.DialTimeout)
 		if err != nil {
 			return nil, fmt.Errorf("loadgen: sender %d: %w", i, err)
 		}
@@ -577,7 +581,7 @@ func (r *run) dialReceiver(rc *receiver, addr string) error {
 		conn.SetReadDeadline(time.Time{})
 		return nil
 	}
-	ws, err := dialWS(addr, "/ws/"+rc.ch.name, cfg.DialTimeout, readBuf, rcvBuf)
+	ws, err := dialWS(addr, "/ws/"+rc.ch.name, cfg.WatchToken, cfg.DialTimeout, readBuf, rcvBuf)
 	if err != nil {
 		return err
 	}

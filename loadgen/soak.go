@@ -35,6 +35,9 @@ type SoakConfig struct {
 	Channels int
 	// Size of each message in bytes (without the newline). Defaults to 100.
 	Size int
+	// SendToken and WatchToken are sent by senders (handshake) and watchers
+	// (Authorization: Bearer) when the server runs with RELAY_AUTH=jwt.
+	SendToken, WatchToken string
 	// Lifetime is the mean time a sender or watcher stays connected (each
 	// draws from 0.2x to 1.8x of it). Defaults to 10s.
 	Lifetime time.Duration
@@ -341,7 +344,7 @@ func (s *soak) sleep(d time.Duration) bool {
 // server's reply: nothing is the only good answer.
 func (s *soak) runSender(slot int) {
 	cfg := s.cfg
-	conn, err := dialSender(cfg.IngestAddr, s.channel(slot), cfg.DialTimeout)
+	conn, err := dialSender(cfg.IngestAddr, s.channel(slot), cfg.SendToken, cfg.DialTimeout)
 	if err != nil {
 		s.noteErr("dial", err)
 		return
@@ -397,7 +400,7 @@ func (s *soak) runSender(slot int) {
 // for its lifetime, then leaves.
 func (s *soak) runWatcher(slot int) {
 	cfg := s.cfg
-	ws, err := dialWS(cfg.FanoutAddr, "/ws/"+s.channel(slot), cfg.DialTimeout, 64<<10, 0)
+	ws, err := dialWS(cfg.FanoutAddr, "/ws/"+s.channel(slot), cfg.WatchToken, cfg.DialTimeout, 64<<10, 0)
 	if err != nil {
 		s.noteErr("dial", err)
 		return

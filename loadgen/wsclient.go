@@ -33,7 +33,7 @@ const wsGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 // dialWS opens ws://addr/path and completes the opening handshake. A
 // positive rcvBuf sets the socket's receive buffer (SO_RCVBUF).
-func dialWS(addr, path string, timeout time.Duration, readBuf, rcvBuf int) (*wsConn, error) {
+func dialWS(addr, path, token string, timeout time.Duration, readBuf, rcvBuf int) (*wsConn, error) {
 	conn, err := dialTCP(addr, timeout, rcvBuf)
 	if err != nil {
 		return nil, err
@@ -43,7 +43,11 @@ func dialWS(addr, path string, timeout time.Duration, readBuf, rcvBuf int) (*wsC
 	key := base64.StdEncoding.EncodeToString(keyBytes[:])
 	req := "GET " + path + " HTTP/1.1\r\nHost: " + addr +
 		"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + key +
-		"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+		"\r\nSec-WebSocket-Version: 13\r\n"
+	if token != "" {
+		req += "Authorization: Bearer " + token + "\r\n"
+	}
+	req += "\r\n"
 	_ = conn.SetDeadline(time.Now().Add(timeout))
 	if _, err := io.WriteString(conn, req); err != nil {
 		conn.Close()

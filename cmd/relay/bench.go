@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/relaydev/relay/loadgen"
+	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/config"
 )
 
@@ -75,6 +77,8 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		quiet       = fs.Bool("quiet", false, "no progress lines")
 		cpuProfile  = fs.String("cpuprofile", "", "write a CPU profile of the server over the measurement window to this file")
 		memProfile  = fs.String("memprofile", "", "write a heap profile of the server (after GC) to this file at the end of the measurement, connections still open")
+		token       = fs.String("token", "", "token for senders (handshake) and receivers (Authorization: Bearer); needs send and watch on bench.>")
+		tokenKey    = fs.String("token-key", "", "with RELAY_AUTH=jwt and no --token: mint one with this key file (PEM private key or HMAC secret; default RELAY_AUTH_HMAC_SECRET_FILE)")
 		soakFor     = fs.Duration("soak", 0, "soak for this long (e.g. 10m): a moderate rate while senders and watchers come and go; reports the slopes of the server's RSS and goroutines (a child server unless --ingest/--fanout; --rate, --senders, --receivers, --channels, --size set the load, else 500 msg/s, 8 senders, 40 watchers, 4 channels)")
 		lifetime    = fs.Duration("lifetime", 10*time.Second, "with --soak: mean time a sender or watcher stays connected before another replaces it")
 		serveMode   = fs.Bool("serve", false, "internal: run 'relay all' on loopback ports for a parent 'relay bench --spawn'")
@@ -120,6 +124,12 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		if !*quiet {
 			sc.Progress = stderr
 		}
+		tok, err := benchToken(*token, *tokenKey, *soakFor)
+		if err != nil {
+			fmt.Fprintf(stderr, "relay bench: %v\n", err)
+			return 2
+		}
+		sc.SendToken, sc.WatchToken = tok, tok
 		return benchSoak(ctx, sc, *ingestAddr, *fanoutAddr, *pid, *jsonOut, stdout, stderr)
 	}
 
@@ -131,6 +141,12 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	if !*quiet {
 		base.Progress = stderr
 	}
+	tok, err := benchToken(*token, *tokenKey, *warmup+*duration)
+	if err != nil {
+		fmt.Fprintf(stderr, "relay bench: %v\n", err)
+		return 2
+	}
+	base.SendToken, base.WatchToken = tok, tok
 	var modes []loadgen.Mode
 	switch {
 	case *idle:
@@ -175,7 +191,6 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		needServer = needServer || !m.InProcess()
 	}
 	var target benchTarget
-	var err error
 	switch {
 	case !needServer:
 	case external:
@@ -348,7 +363,9 @@ func (r *benchReport) ratios() {
 // benchConfig is 'relay all' on free loopback ports, otherwise as the
 // environment configures it (RELAY_FANOUT_CLIENT_QUEUE and so on apply).
 func benchConfig() (config.Config, error) {
-	cfg, err := loadConfig(config.RoleAll)
+	// Validated after the listeners are replaced: the environment's own
+	// (e.g. a fixed listener refused under RELAY_AUTH=jwt) are not used.
+	cfg, err := config.Load()
 	if err != nil {
 		return cfg, err
 	}
@@ -559,4 +576,27 @@ func fetchProfile(url, file string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// benchToken is --token, or with RELAY_AUTH=jwt a token minted for the bench
+// channels (send and watch on bench.> and soak.>) that outlives the run.
+func benchToken(token, keyFile string, run time.Duration) (string, error) {
+	if token != "" {
+		return token, nil
+	}
+	cfg, err := config.Load()
+	if err != nil || cfg.AuthMode != string(auth.ModeJWT) {
+		return "", nil // the server reports a bad config itself
+	}
+	file := cmp.Or(keyFile, cfg.HMACSecretFile)
+	if file == "" {
+		return "", errors.New("RELAY_AUTH=jwt: give --token, or --token-key FILE to mint one")
+	}
+	key, err := auth.LoadSigningKey(file)
+	if err != nil {
+		return "", err
+	}
+	return auth.Mint(key, auth.MintOptions{Subject: "relay-bench", TTL: run + 10*time.Minute,
+		Issuer: cfg.Issuer, Audience: cfg.Audience,
+		Permissions: auth.Permissions{Send: []string{"bench.>", "soak.>"}, Watch: []string{"bench.>", "soak.>"}}})
 }

@@ -7,7 +7,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -244,28 +243,7 @@ type testWatcher struct {
 // dialWatcher is dialWS keeping the connection, for close.
 func dialWatcher(t *testing.T, url string) *testWatcher {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, _, err := websocket.Dial(ctx, url, nil)
-	if err != nil {
-		t.Fatalf("dial %s: %v", url, err)
-	}
-	r := &wsReceiver{closed: make(chan struct{})}
-	go func() {
-		defer close(r.closed)
-		defer c.CloseNow()
-		for {
-			_, data, err := c.Read(context.Background())
-			if err != nil {
-				r.status = websocket.CloseStatus(err)
-				return
-			}
-			r.mu.Lock()
-			r.msgs = append(r.msgs, string(data))
-			r.mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() { c.CloseNow(); <-r.closed })
+	r, c := dialWSOpts(t, url, nil)
 	return &testWatcher{wsReceiver: r, conn: c}
 }
 

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/metrics"
 )
@@ -85,6 +86,11 @@ func printRoleVariables(w io.Writer, role config.Role) {
 func loadConfig(role config.Role) (config.Config, error) {
 	cfg, loadErr := config.Load()
 	err := errors.Join(forRole(loadErr, cfg, role), cfg.Validate(role))
+	if err == nil && cfg.AuthMode == string(auth.ModeJWT) {
+		// The key files are configuration too: a missing or bad one is
+		// reported here, with everything else, rather than at start.
+		_, err = auth.New(authOptions(cfg, slog.New(slog.DiscardHandler)))
+	}
 	if err == nil {
 		return cfg, nil
 	}

@@ -16,6 +16,7 @@ Usage:
   relay fanout                fanout tier only (needs RELAY_NATS_URL)
   relay send ADDR [CHANNEL]   send stdin to an ingest listener (handshake when CHANNEL is given)
   relay watch URL             print each WebSocket message from URL on its own line
+  relay token [flags]         mint a token (JWT) for RELAY_AUTH=jwt (--send/--watch/--control P, --sub, --ttl, --key)
   relay bench [flags]         load generator: senders + receivers, throughput/latency/CPU report
   relay config [ROLE]         validate the configuration and print every variable
   relay health URL            exit 0 when URL answers 2xx (container health probe)
@@ -40,6 +41,7 @@ var commands = map[string]func(args []string, stdin io.Reader, stdout, stderr io
 	"send":    func(a []string, in io.Reader, out, errw io.Writer) int { return send(a, in, out, errw) },
 	"watch":   func(a []string, _ io.Reader, out, errw io.Writer) int { return watch(a, out, errw) },
 	"bench":   func(a []string, _ io.Reader, out, errw io.Writer) int { return bench(a, out, errw) },
+	"token":   func(a []string, _ io.Reader, out, errw io.Writer) int { return token(a, out, errw) },
 	"config":  func(a []string, _ io.Reader, out, errw io.Writer) int { return configCmd(a, out, errw) },
 	"health":  func(a []string, _ io.Reader, out, errw io.Writer) int { return health(a, out, errw) },
 	"version": func(a []string, _ io.Reader, out, errw io.Writer) int { return versionCmd(a, out, errw) },
@@ -62,7 +64,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 				return usageError(stderr, "help", "want at most one COMMAND; extra argument %q", rest[1])
 			}
 			if _, ok := commands[rest[0]]; !ok {
-				return usageError(stderr, "help", "unknown command %q (commands: all, ingest, fanout, send, watch, bench, config, health, version)", rest[0])
+				return usageError(stderr, "help", "unknown command %q (commands: all, ingest, fanout, send, watch, token, bench, config, health, version)", rest[0])
 			}
 			return run([]string{rest[0], "-h"}, stdin, stdout, stderr)
 		}

@@ -177,9 +177,17 @@ type wsReceiver struct {
 
 func dialWS(t *testing.T, url string) *wsReceiver {
 	t.Helper()
+	r, _ := dialWSOpts(t, url, nil)
+	return r
+}
+
+// dialWSOpts dials url and reads every message into a wsReceiver until the
+// connection closes; the connection is returned for tests that close it.
+func dialWSOpts(t *testing.T, url string, opts *websocket.DialOptions) (*wsReceiver, *websocket.Conn) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, _, err := websocket.Dial(ctx, url, nil)
+	c, _, err := websocket.Dial(ctx, url, opts)
 	if err != nil {
 		t.Fatalf("dial %s: %v", url, err)
 	}
@@ -202,7 +210,7 @@ func dialWS(t *testing.T, url string) *wsReceiver {
 		}
 	}()
 	t.Cleanup(func() { c.CloseNow(); <-r.closed })
-	return r
+	return r, c
 }
 
 func (r *wsReceiver) count() int {

@@ -213,27 +213,6 @@ func dialTCPFrom(t *testing.T, src, addr string) net.Conn {
 func dialWSFrom(t *testing.T, src, url string) *wsReceiver {
 	t.Helper()
 	d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPClient: &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}})
-	if err != nil {
-		t.Fatalf("dial %s: %v", url, err)
-	}
-	r := &wsReceiver{closed: make(chan struct{})}
-	go func() {
-		defer close(r.closed)
-		defer c.CloseNow()
-		for {
-			_, data, err := c.Read(context.Background())
-			if err != nil {
-				r.status = websocket.CloseStatus(err)
-				return
-			}
-			r.mu.Lock()
-			r.msgs = append(r.msgs, string(data))
-			r.mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() { c.CloseNow(); <-r.closed })
+	r, _ := dialWSOpts(t, url, &websocket.DialOptions{HTTPClient: &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}})
 	return r
 }

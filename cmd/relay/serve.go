@@ -84,6 +84,11 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 	if err != nil {
 		return err
 	}
+	authn, err := newAuthenticator(cfg, log)
+	if err != nil {
+		return err
+	}
+	warnOpen(role, cfg, log)
 	switch role {
 	case config.RoleIngest:
 		reg.KeepTiers("ingest")
@@ -192,6 +197,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			Metrics:        reg.Ingest,
 			MetricsHandler: publicMetrics,
 			Durable:        stream,
+			Auth:           authn,
 		})
 		if err != nil {
 			nc.Close()
@@ -235,6 +241,9 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			MetricsHandler: publicMetrics,
 			NoHealthRoutes: adm != nil,
 			Upstream:       ingestDrained,
+			Auth:           authn,
+			AuthCookie:     cfg.Cookie,
+			QueryToken:     cfg.QueryToken,
 		})
 		if err != nil {
 			nc.Close()

@@ -646,7 +646,8 @@ func (c *checker) checkMetricsService(what str, s *corev1.Service) {
 	if s.Spec.Type != corev1.ServiceTypeClusterIP || s.Spec.ClusterIP != corev1.ClusterIPNone {
 		c.errorf(what, "metrics Service has type %q clusterIP %q, want a headless ClusterIP", s.Spec.Type, s.Spec.ClusterIP)
 	}
-	if len(s.Spec.Ports) != 1 || s.Spec.Ports[0].Name != "http" || s.Spec.Ports[0].TargetPort.String() != "http" {
-		c.errorf(what, "metrics Service ports %v, want only http -> http", s.Spec.Ports)
+	// The target is the pods' metrics port: "admin" with RELAY_ADMIN_ADDR, else "http".
+	if len(s.Spec.Ports) != 1 || s.Spec.Ports[0].Name != "http" || (s.Spec.Ports[0].TargetPort.String() != "http" && s.Spec.Ports[0].TargetPort.String() != "admin") {
+		c.errorf(what, "metrics Service ports %v, want only http -> http (or admin)", s.Spec.Ports)
 	}
 }

@@ -64,6 +64,7 @@ func TestKustomizeBase(t *testing.T) {
 		"Deployment/relay-fanout", "Deployment/relay-ingest",
 		"HorizontalPodAutoscaler/relay-fanout", "HorizontalPodAutoscaler/relay-ingest",
 		"PodDisruptionBudget/relay-fanout", "PodDisruptionBudget/relay-ingest", "PodDisruptionBudget/relay-nats",
+		"Secret/relay-nats-auth", // NATS authorization (a demo password: see k8s/nats.yaml)
 		"Service/relay-fanout", "Service/relay-ingest", "Service/relay-nats", "Service/relay-nats-headless",
 		"ServiceAccount/relay",
 		"StatefulSet/relay-nats",
@@ -193,6 +194,52 @@ config: {fanout: {RELAY_FANOUT_CLIENT_QUEUE_BYTES: 16777216, RELAY_FANOUT_CLIENT
 	},
 	{name: "monitoring", values: monitoringValues, check: checkMonitoring},
 	{
+		name: "auth jwt",
+		values: `
+auth: {existingSecret: relay-auth, publicKeysKey: keys.jwks}
+config: {ingest: {RELAY_INGEST_LISTENERS: ":7070=board/line;public,:7071=*/line"}, common: {RELAY_AUTH_PUBLIC_WATCH: "public.>"}}
+`,
+		check: func(t *testing.T, o *objects) {
+			for _, tier := range []string{"relay-ingest", "relay-fanout"} {
+				spec := o.deployments[tier].Spec.Template.Spec
+				env := envMap(&spec.Containers[0])
+				for name, want := range map[string]string{
+					"RELAY_AUTH":                  "jwt",
+					"RELAY_AUTH_HMAC_SECRET_FILE": "/etc/relay/auth/hmac.secret",
+					"RELAY_AUTH_PUBLIC_KEYS_FILE": "/etc/relay/auth/keys.jwks",
+					"RELAY_AUTH_PUBLIC_WATCH":     "public.>",
+				} {
+					if env[name] != want {
+						t.Errorf("%s: %s = %q, want %q", tier, name, env[name], want)
+					}
+				}
+				// The bundled NATS's credentials may be mounted beside it.
+				authVol := -1
+				for i, v := range spec.Volumes {
+					if v.Name == "auth" {
+						authVol = i
+					}
+				}
+				if authVol < 0 || spec.Volumes[authVol].Secret == nil || spec.Volumes[authVol].Secret.SecretName != "relay-auth" {
+					t.Errorf("%s: volumes %+v, want the relay-auth Secret", tier, spec.Volumes)
+				}
+				authMounts := 0
+				for _, m := range spec.Containers[0].VolumeMounts {
+					if m.Name != "auth" {
+						continue
+					}
+					authMounts++
+					if !m.ReadOnly || m.SubPath != "" || m.MountPath != "/etc/relay/auth" {
+						t.Errorf("%s: mount %+v, want read-only at /etc/relay/auth without subPath (so updates arrive)", tier, m)
+					}
+				}
+				if authMounts != 1 {
+					t.Errorf("%s: %d mounts of the auth volume, want 1", tier, authMounts)
+				}
+			}
+		},
+	},
+	{
 		name: "other name",
 		values: `
 fullnameOverride: stream
@@ -247,6 +294,9 @@ func TestHelmRefuses(t *testing.T) {
 		{"variable in the wrong role", "config: {ingest: {RELAY_FANOUT_ADDR: x}}", "RELAY_FANOUT_ADDR"},
 		{"durable channels without JetStream", `{config: {common: {RELAY_DURABLE_CHANNELS: "a.>"}}, nats: {jetstream: {enabled: false}}}`, "needs JetStream"},
 		{"more stream copies than NATS nodes", `config: {common: {RELAY_DURABLE_CHANNELS: "a.>", RELAY_DURABLE_REPLICAS: "5"}}`, "RELAY_DURABLE_REPLICAS"},
+		{"auth jwt without a key", "auth: {mode: jwt}", "auth.mode is jwt (the default) but no key is given"},
+		{"auth jwt with an open fixed listener", "auth: {existingSecret: relay-auth}", `fixed listener ":7070=default/line", which carries no token`},
+		{"auth mode misspelt", "auth: {mode: none}", "mode"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -381,6 +431,7 @@ func TestValuesListEveryVariable(t *testing.T) {
 	deliberate := map[string]string{
 		"RELAY_NATS_URL":   "", // computed: the bundled NATS Service
 		"RELAY_LOG_FORMAT": "json",
+		"RELAY_AUTH":       "",      // computed: auth.mode
 		"RELAY_ADMIN_ADDR": ":8090", // metrics and health off the public ports
 		// The bundled NATS has 3 JetStream nodes (docs/architecture.md, Durable channels).
 		"RELAY_DURABLE_REPLICAS": "3",

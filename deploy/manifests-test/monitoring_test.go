@@ -75,7 +75,7 @@ func checkMonitoring(t *testing.T, o *objects) {
 		}
 		// The port relay serves /metrics on is the one the probes use.
 		c := d.Spec.Template.Spec.Containers[0]
-		if _, ok := containerPort(&c, s.Spec.Ports[0].TargetPort); !ok || c.ReadinessProbe.HTTPGet.Port.String() != "http" {
+		if _, ok := containerPort(&c, s.Spec.Ports[0].TargetPort); !ok || c.ReadinessProbe.HTTPGet.Port != s.Spec.Ports[0].TargetPort {
 			t.Errorf("Service/%s targets %s, not the container's health and metrics port", s.Name, s.Spec.Ports[0].TargetPort.String())
 		}
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/kelseyhightower/envconfig"
 
+	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/subjects"
 )
 
@@ -117,12 +118,28 @@ type Durable struct {
 	DataDir         string        `envconfig:"DATA_DIR" default:"relay-data" desc:"'relay all' only, with durable channels: directory of the embedded NATS server's JetStream store (created if missing; relative to the working directory), so history survives a restart"`
 }
 
+// Auth settings say who may send and watch (docs/architecture.md,
+// Authentication); both tiers read them.
+type Auth struct {
+	AuthMode       string        `envconfig:"AUTH" default:"off" desc:"off: anyone may send to and watch every channel; jwt: a token (JWT with a relay claim) is needed, except on public patterns and public listeners"`
+	HMACSecretFile string        `envconfig:"AUTH_HMAC_SECRET_FILE" default:"" desc:"file holding the HMAC secret (HS256/384/512; at least 32 bytes, a trailing newline ignored); re-read when it changes"`
+	PublicKeysFile string        `envconfig:"AUTH_PUBLIC_KEYS_FILE" default:"" desc:"file of public keys (PEM bundle or JWKS; RS*, PS*, ES*, EdDSA; kid selects); re-read when it changes, for rotation"`
+	Issuer         string        `envconfig:"AUTH_ISSUER" default:"" desc:"when set, a token's iss must equal it"`
+	Audience       string        `envconfig:"AUTH_AUDIENCE" default:"" desc:"when set, a token's aud must include it"`
+	ClockSkew      time.Duration `envconfig:"AUTH_CLOCK_SKEW" default:"30s" desc:"leeway for exp and nbf; a connection ends this long after its token's exp"`
+	PublicWatch    []string      `envconfig:"AUTH_PUBLIC_WATCH" default:"" desc:"comma-separated channel patterns anyone may watch without a token (* one token, > the rest)"`
+	PublicSend     []string      `envconfig:"AUTH_PUBLIC_SEND" default:"" desc:"comma-separated channel patterns anyone may send to through a handshake listener without a token"`
+	Cookie         string        `envconfig:"AUTH_COOKIE" default:"relay_token" desc:"name of the cookie a WebSocket upgrade may carry its token in"`
+	QueryToken     bool          `envconfig:"AUTH_QUERY_TOKEN" default:"false" desc:"also accept ?token=T on /ws/ URLs (off: URLs end up in access logs and browser history)"`
+}
+
 // Config is everything relay reads. Each role uses the parts it needs.
 type Config struct {
 	Common
 	Ingest
 	Fanout
 	Durable
+	Auth
 }
 
 // Load reads the RELAY_* variables from the environment (and nothing else: not
@@ -169,7 +186,7 @@ type field struct {
 // fields lists c's variables, in declaration order.
 func fields(c *Config) []field {
 	var out []field
-	for _, group := range []reflect.Value{reflect.ValueOf(&c.Common).Elem(), reflect.ValueOf(&c.Ingest).Elem(), reflect.ValueOf(&c.Fanout).Elem(), reflect.ValueOf(&c.Durable).Elem()} {
+	for _, group := range []reflect.Value{reflect.ValueOf(&c.Common).Elem(), reflect.ValueOf(&c.Ingest).Elem(), reflect.ValueOf(&c.Fanout).Elem(), reflect.ValueOf(&c.Durable).Elem(), reflect.ValueOf(&c.Auth).Elem()} {
 		for i := range group.NumField() {
 			sf := group.Type().Field(i)
 			if name, ok := sf.Tag.Lookup("envconfig"); ok {
@@ -266,6 +283,10 @@ func (c Config) Validate(role Role) error {
 	errs = append(errs, c.Common.validateNet())
 	if role == RoleAll || role == RoleIngest {
 		errs = append(errs, c.Ingest.Validate())
+	}
+	errs = append(errs, c.Auth.Validate())
+	if c.AuthMode == "jwt" && (role == RoleAll || role == RoleIngest) {
+		errs = append(errs, c.openFixedListeners())
 	}
 	if role == RoleAll || role == RoleFanout {
 		errs = append(errs, c.Fanout.Validate())
@@ -435,5 +456,51 @@ func (f Fanout) Validate() error {
 		}
 	}
 	errs = append(errs, f.validateNet())
+	return errors.Join(errs...)
+}
+
+// Validate checks the auth settings and returns every problem joined.
+// Whether the key files parse is checked when relay starts (shared/auth).
+func (a Auth) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	switch a.AuthMode {
+	case "off":
+	case "jwt":
+		if a.HMACSecretFile == "" && a.PublicKeysFile == "" {
+			add("RELAY_AUTH=jwt needs a key: set RELAY_AUTH_HMAC_SECRET_FILE and/or RELAY_AUTH_PUBLIC_KEYS_FILE")
+		}
+	default:
+		add("RELAY_AUTH=%q: must be off or jwt", a.AuthMode)
+	}
+	if a.ClockSkew < 0 || a.ClockSkew > 10*time.Minute {
+		add("RELAY_AUTH_CLOCK_SKEW=%s: must be between 0 and 10m", a.ClockSkew)
+	}
+	for _, v := range []struct {
+		name     string
+		patterns []string
+	}{{"RELAY_AUTH_PUBLIC_WATCH", a.PublicWatch}, {"RELAY_AUTH_PUBLIC_SEND", a.PublicSend}} {
+		for _, p := range v.patterns {
+			if err := auth.ValidatePattern(p); err != nil {
+				add("%s: %v", v.name, err)
+			}
+		}
+	}
+	if a.Cookie == "" || strings.ContainsAny(a.Cookie, " \t\r\n;,=\"") {
+		add("RELAY_AUTH_COOKIE=%q: must be a cookie name", a.Cookie)
+	}
+	return errors.Join(errs...)
+}
+
+// openFixedListeners reports every fixed listener that would let anyone
+// send under RELAY_AUTH=jwt: it carries no token, so it must be marked
+// public (or be restricted by the transport options) to be kept.
+func (c Config) openFixedListeners() error {
+	var errs []error
+	for _, l := range c.Listeners {
+		if err := l.CheckAuth(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
 }

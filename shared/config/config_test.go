@@ -27,9 +27,9 @@ func TestLoadDefaultsMatchTheContract(t *testing.T) {
 	want := map[string]any{
 		"NATSURL": "nats://127.0.0.1:4222", "SubjectPrefix": "relay", "Listeners": ":7070=default/line,:7071=*/line",
 		"IngestHTTP": ":8081", "MaxMessage": 65536, "FanoutAddr": ":8080",
-		// DESIGN.md's first table said 1024; its wave-2 revision ("Judge
-		// draining, not size") bounds the queue by bytes, with any message
-		// count far above what small messages reach.
+		// The contract's first default was 1024; since wave 2 the queue is
+		// bounded by bytes ("judge draining, not size", docs/architecture.md),
+		// with any message count far above what small messages reach.
 		"ClientQueue": 1 << 20, "LogLevel": "info", "LogFormat": "text",
 	}
 	for k, v := range want {
@@ -200,6 +200,41 @@ func TestREADMEConfigTable(t *testing.T) {
 	for _, v := range (Config{}).Vars() {
 		if v.Desc == "" {
 			t.Errorf("%s has no desc tag", v.Name)
+		}
+	}
+}
+
+// TestAuthRefusesOpenFixedListeners: under RELAY_AUTH=jwt every fixed
+// listener not marked public is an error naming it and the fix.
+func TestAuthRefusesOpenFixedListeners(t *testing.T) {
+	c, _ := Load()
+	c.AuthMode = "jwt"
+	c.HMACSecretFile = "/dev/null" // not read by Validate
+	c.Listeners = MustParseListeners(":7070=default/line,:7071=*/line,:7072=board/raw;public,:7073=x/len32,:7074=y/line;allow=10.0.0.0/8")
+	err := c.Validate(RoleIngest)
+	if err == nil {
+		t.Fatal("Validate accepted open fixed listeners under RELAY_AUTH=jwt")
+	}
+	for _, want := range []string{"fixed listener :7070=default/line carries no token", ":7070=default/line;public", "fixed listener :7073=x/len32"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), ":7072") || strings.Contains(err.Error(), ":7071") || strings.Contains(err.Error(), ":7074") {
+		t.Errorf("error names a public, restricted or handshake listener:\n%v", err)
+	}
+	if err := c.Validate(RoleFanout); err != nil {
+		t.Errorf("fanout role: %v", err)
+	}
+	c.Listeners = MustParseListeners(":7071=*/line,:7072=board/raw;public")
+	if err := c.Validate(RoleAll); err != nil {
+		t.Errorf("handshake and public listeners: %v", err)
+	}
+	c.AuthMode, c.HMACSecretFile, c.PublicWatch = "maybe", "", []string{"a.>.b"}
+	err = c.Validate(RoleAll)
+	for _, want := range []string{`RELAY_AUTH="maybe"`, "RELAY_AUTH_PUBLIC_WATCH"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q: %v", want, err)
 		}
 	}
 }

@@ -54,6 +54,7 @@ func (c Config) Vars() []Var {
 	add(c.Ingest, RoleAll, RoleIngest)
 	add(c.Fanout, RoleAll, RoleFanout)
 	add(c.Durable, RoleAll, RoleIngest, RoleFanout)
+	add(c.Auth, RoleAll, RoleIngest, RoleFanout)
 	return out
 }
 

@@ -75,9 +75,10 @@ type Ingest struct {
 	Held             prometheus.Gauge                  // senders paused because NATS cannot take their message
 	Throttled        prometheus.Counter                // pauses for RELAY_INGEST_MAX_RATE
 	// Durable channels (JetStream).
-	Stored       prometheus.Counter // messages the stream acknowledged
-	StoreRetries prometheus.Counter // publishes retried after a failed or missing ack
-	AcksPending  prometheus.Gauge   // published, ack not yet in
+	Stored       prometheus.Counter          // messages the stream acknowledged
+	StoreRetries prometheus.Counter          // publishes retried after a failed or missing ack
+	AcksPending  prometheus.Gauge            // published, ack not yet in
+	AuthRefused  *ReasonCounter[AuthRefusal] // relay_auth_refused_total{tier="ingest"}
 }
 
 func newIngest() *Ingest {
@@ -122,11 +123,23 @@ func newIngest() *Ingest {
 			Name: "relay_ingest_acks_pending",
 			Help: "Durable messages published and not yet acknowledged by the stream (bounded by RELAY_INGEST_DURABLE_IN_FLIGHT).",
 		}),
+		AuthRefused: newAuthRefused("ingest"),
 	}
 }
 
+// newAuthRefused is relay_auth_refused_total for one tier, every reason's
+// series present from the start (at zero) so alerts see them.
+func newAuthRefused(tier string) *ReasonCounter[AuthRefusal] {
+	c := newReasonCounter(prometheus.CounterOpts{Name: "relay_auth_refused_total", ConstLabels: prometheus.Labels{"tier": tier}},
+		"reason", "Senders and receivers refused for their token (expired also counts connections ended at exp),", AuthRefusals())
+	for _, r := range AuthRefusals() {
+		c.With(r)
+	}
+	return c
+}
+
 func (m *Ingest) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused.vec, m.PublishRetries, m.Unpublished.vec, m.Held, m.Throttled,
+	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused.vec, m.PublishRetries, m.Unpublished.vec, m.Held, m.Throttled, m.AuthRefused.vec,
 		m.Stored, m.StoreRetries, m.AcksPending}
 }
 
@@ -141,6 +154,7 @@ type Fanout struct {
 	Refused          *ReasonCounter[FanoutRefusal]    // upgrade refusals
 	Disconnects      *ReasonCounter[FanoutDisconnect] // client closes
 	SlowConsumers    *ReasonCounter[SlowConsumerKind]
+	AuthRefused      *ReasonCounter[AuthRefusal] // relay_auth_refused_total{tier="fanout"}
 }
 
 func newFanout() *Fanout {
@@ -169,9 +183,10 @@ func newFanout() *Fanout {
 			"reason", "WebSocket clients closed,", FanoutDisconnects()),
 		SlowConsumers: newReasonCounter(prometheus.CounterOpts{Name: "relay_fanout_slow_consumers_total"},
 			"kind", "Slow-consumer events (client: a WebSocket client's queue was full; nats: NATS dropped messages for a subscription),", SlowConsumerKinds()),
+		AuthRefused: newAuthRefused("fanout"),
 	}
 }
 
 func (m *Fanout) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Subscriptions, m.MessagesIn, m.Deliveries, m.BytesOut, m.Refused.vec, m.Disconnects.vec, m.SlowConsumers.vec}
+	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Subscriptions, m.MessagesIn, m.Deliveries, m.BytesOut, m.Refused.vec, m.Disconnects.vec, m.SlowConsumers.vec, m.AuthRefused.vec}
 }

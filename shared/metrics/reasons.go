@@ -36,6 +36,10 @@ const (
 	IngestIdleTimeout   IngestRefusal = "idle_timeout"                // nothing received for the listener's idle=
 	IngestStoreFailed   IngestRefusal = "store_failed"                // the durable channels' stream would not store a message after retries
 	IngestAckNotDurable IngestRefusal = "ack_not_durable"             // +ack asked on a channel that is not durable
+
+	IngestUnauthorized IngestRefusal = "unauthorized"  // no, bad or expired token at the handshake
+	IngestForbidden    IngestRefusal = "forbidden"     // valid token, channel not permitted
+	IngestTokenExpired IngestRefusal = "token_expired" // the token's exp ended a sending connection
 )
 
 // IngestRefusals lists every IngestRefusal, in the order the help text shows them.
@@ -43,6 +47,7 @@ func IngestRefusals() []IngestRefusal {
 	return []IngestRefusal{IngestBadHandshake, IngestHandshakeTimeout, IngestTooLarge, IngestTruncated,
 		IngestTooManyConnections, IngestPublishFailed, IngestShutdown, IngestUpstream,
 		IngestDenied, IngestRateLimited, IngestTooManyFromIP, IngestProxyHeader, IngestTLSHandshake, IngestIdleTimeout,
+		IngestUnauthorized, IngestForbidden, IngestTokenExpired,
 		IngestStoreFailed, IngestAckNotDurable}
 }
 
@@ -78,13 +83,16 @@ const (
 	FanoutRateLimited   FanoutRefusal = "rate_limited"                // over RELAY_FANOUT_CONNECT_RATE_PER_IP (4429)
 	FanoutTooManyFromIP FanoutRefusal = "too_many_connections_per_ip" // over RELAY_FANOUT_MAX_CONNECTIONS_PER_IP (4429)
 	FanoutHeaderTimeout FanoutRefusal = "header_timeout"              // request headers not complete in time (slowloris)
+
+	FanoutUnauthorized FanoutRefusal = "unauthorized" // no, bad or expired token (closed 4401 after the upgrade)
+	FanoutForbidden    FanoutRefusal = "forbidden"    // valid token, channel not permitted (closed 4403)
 )
 
 // FanoutRefusals lists every FanoutRefusal, in the order the help text shows them.
 func FanoutRefusals() []FanoutRefusal {
 	return []FanoutRefusal{FanoutBadChannel, FanoutBadOrigin, FanoutTooMany, FanoutDraining,
 		FanoutSubscribeFailed, FanoutBadRequest, FanoutNATSDown, FanoutBadHost, FanoutDenied, FanoutRateLimited, FanoutTooManyFromIP,
-		FanoutHeaderTimeout}
+		FanoutHeaderTimeout, FanoutUnauthorized, FanoutForbidden}
 }
 
 // FanoutDisconnect is a value of relay_fanout_disconnects_total{reason}.
@@ -99,6 +107,7 @@ const (
 	DisconnectPingTimeout      FanoutDisconnect = "ping_timeout"       // no pong in time
 	DisconnectShutdown         FanoutDisconnect = "shutdown"           // server draining (1001)
 	DisconnectNATSLost         FanoutDisconnect = "nats_disconnected"  // fanout lost NATS (1012)
+	DisconnectTokenExpired     FanoutDisconnect = "token_expired"      // the token's exp passed (4401)
 	DisconnectProtocolError    FanoutDisconnect = "protocol_error"     // the client broke RFC 6455 (1002)
 )
 
@@ -106,7 +115,7 @@ const (
 func FanoutDisconnects() []FanoutDisconnect {
 	return []FanoutDisconnect{DisconnectClientClosed, DisconnectSlowConsumer, DisconnectNATSSlowConsumer,
 		DisconnectClientData, DisconnectWriteError, DisconnectPingTimeout, DisconnectShutdown, DisconnectNATSLost,
-		DisconnectProtocolError}
+		DisconnectProtocolError, DisconnectTokenExpired}
 }
 
 // SlowConsumerKind is a value of relay_fanout_slow_consumers_total{kind}.
@@ -119,6 +128,33 @@ const (
 
 // SlowConsumerKinds lists every SlowConsumerKind, in the order the help text shows them.
 func SlowConsumerKinds() []SlowConsumerKind { return []SlowConsumerKind{SlowClient, SlowNATS} }
+
+// AuthRefusal is a value of relay_auth_refused_total{tier,reason}: the
+// shared/auth reasons, on both tiers.
+type AuthRefusal string
+
+const (
+	AuthMissing   AuthRefusal = "missing"   // no token where one is needed
+	AuthInvalid   AuthRefusal = "invalid"   // malformed, bad signature, wrong alg/key/iss/aud, not yet valid
+	AuthExpired   AuthRefusal = "expired"   // past exp at the handshake/upgrade, or a connection ended at exp
+	AuthForbidden AuthRefusal = "forbidden" // valid token, channel not permitted
+)
+
+// AuthReason maps a shared/auth reason (auth.Reason, the same words) to its
+// label value; anything unknown counts as invalid.
+func AuthReason(reason string) AuthRefusal {
+	for _, r := range AuthRefusals() {
+		if string(r) == reason {
+			return r
+		}
+	}
+	return AuthInvalid
+}
+
+// AuthRefusals lists every AuthRefusal, in the order the help text shows them.
+func AuthRefusals() []AuthRefusal {
+	return []AuthRefusal{AuthMissing, AuthInvalid, AuthExpired, AuthForbidden}
+}
 
 // NATSEvent is a value of relay_nats_events_total{event}.
 type NATSEvent string

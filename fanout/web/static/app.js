@@ -30,7 +30,15 @@
     1011: "server error",
     1012: "service restart",
     1013: "try again later",
+    4401: "token needed, invalid or expired",
+    4403: "token does not allow this channel",
   };
+  // Close codes after which reconnecting with the same token cannot help.
+  const AUTH_CLOSE = new Set([4401, 4403]);
+  const TOKEN_KEY = "relay.token"; // sessionStorage: this tab only
+  const SUBPROTOCOL = "relay.v1";
+  const BEARER = "relay.bearer.";
+  const JWT_CHARS = /^[A-Za-z0-9._~+\/=-]+$/;
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -58,6 +66,10 @@
     empty: $("empty"),
     latest: $("latest"),
     maxRows: $("max-rows"),
+    tokenForm: $("token-form"),
+    tokenInput: $("token-input"),
+    tokenState: $("token-state"),
+    tokenForget: $("token-forget"),
   };
 
   const config = readConfig();
@@ -72,6 +84,7 @@
   let retryAt = 0;
   let countdownTimer = 0;
   let stableTimer = 0;
+  let token = takeToken(); // "" when none
 
   // Messages.
   let pending = []; // received, not yet rendered (bounded: see enqueue)
@@ -105,6 +118,76 @@
       return 'Every "." must sit between two parts: no leading, trailing or double dots.';
     }
     return "";
+  }
+
+  // --- Token -------------------------------------------------------------------
+
+  // takeToken reads a token given in the URL fragment (/#token=…: browsers
+  // never send the fragment to a server), keeps it in sessionStorage and
+  // removes it from the address bar, so it is not bookmarked or shared.
+  function takeToken() {
+    const frag = new URLSearchParams(location.hash.slice(1));
+    const given = (frag.get("token") || "").trim();
+    if (given) {
+      storeToken(given);
+      frag.delete("token");
+      const rest = frag.toString();
+      history.replaceState(history.state, "", location.pathname + location.search + (rest ? `#${rest}` : ""));
+    }
+    try {
+      return sessionStorage.getItem(TOKEN_KEY) || "";
+    } catch {
+      return given; // storage blocked: keep it for this page only
+    }
+  }
+
+  function storeToken(value) {
+    try {
+      if (value) sessionStorage.setItem(TOKEN_KEY, value);
+      else sessionStorage.removeItem(TOKEN_KEY);
+    } catch {
+      // Storage blocked (private mode settings): the token lives in memory only.
+    }
+  }
+
+  // tokenClaims decodes a JWT's payload to show who it names and until when.
+  // It is not a check (only the server can check a token), just a label.
+  function tokenClaims(t) {
+    try {
+      const part = t.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      return JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), "="))) || {};
+    } catch {
+      return {};
+    }
+  }
+
+  function showToken(problem) {
+    const needed = Boolean(config.auth) || Boolean(token) || Boolean(problem);
+    ui.tokenForm.hidden = !needed;
+    if (!needed) return;
+    let text;
+    if (problem) {
+      text = problem;
+    } else if (token) {
+      const c = tokenClaims(token);
+      const who = c.sub ? ` for ${c.sub}` : "";
+      const until = c.exp ? `, valid until ${new Date(c.exp * 1000).toLocaleString()}` : "";
+      text = `Using a token${who}${until}.`;
+    } else {
+      text = "No token: only public channels can be watched.";
+    }
+    ui.tokenState.textContent = text;
+    ui.tokenForm.dataset.problem = problem ? "true" : "false";
+  }
+
+  // authProblem puts a 4401/4403 close into words.
+  function authProblem(e) {
+    if (e.code === 4403) {
+      return `Your token does not allow watching ${channel}. Use a token with watch permission for it.`;
+    }
+    if (/expired/.test(e.reason)) return "Your token has expired. Paste a new one to continue.";
+    if (!token) return `${channel} needs a token. Paste one to watch it.`;
+    return `The server did not accept this token (${e.reason || "unauthorized"}). Paste another one.`;
   }
 
   function channelFromURL() {
@@ -208,7 +291,10 @@
 
   function connect() {
     clearRetry();
-    const sock = new WebSocket(wsURL(channel));
+    // The token travels as a subprotocol next to relay.v1, which the server
+    // selects: never in the URL, and never echoed back.
+    const protocols = token ? [SUBPROTOCOL, BEARER + token] : [SUBPROTOCOL];
+    const sock = new WebSocket(wsURL(channel), protocols);
     sock.binaryType = "arraybuffer";
     ws = sock;
     let opened = false;
@@ -231,6 +317,16 @@
       ws = null;
       clearTimeout(stableTimer);
       const why = closeText(e);
+      if (AUTH_CLOSE.has(e.code)) {
+        // Retrying with the same token gets the same answer: wait for the
+        // user to give another one (or pick another channel).
+        const problem = authProblem(e);
+        if (opened && received) enqueue({ event: `Disconnected: ${why}`, kind: "bad" });
+        setState("denied", e.code === 4403 ? "Not allowed: channel not permitted" : "Not allowed: token needed");
+        showToken(problem);
+        if (!ui.tokenInput.value) ui.tokenInput.focus({ preventScroll: true });
+        return;
+      }
       if (opened) enqueue({ event: `Disconnected: ${why}`, kind: "bad" });
       setState("closed", opened ? `Disconnected: ${why}` : `Could not connect (${e.code})`);
       scheduleRetry();
@@ -281,7 +377,20 @@
   }
 
   function retryNow() {
-    if (retryTimer) connect();
+    if (retryTimer || (!ws && ui.status.dataset.state === "denied")) connect();
+  }
+
+  // reconnectNow connects again at once, with the current token.
+  function reconnectNow() {
+    if (!channel) return;
+    if (ws) {
+      const sock = ws;
+      ws = null;
+      sock.onopen = sock.onmessage = sock.onclose = null;
+      sock.close(1000, "token changed");
+    }
+    failures = 0;
+    connect();
   }
 
   // --- Messages ---------------------------------------------------------------
@@ -464,6 +573,26 @@
     done(ok);
   }
 
+  ui.tokenForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const value = ui.tokenInput.value.trim();
+    if (!value || !JWT_CHARS.test(value)) {
+      showToken("That does not look like a token: paste the whole eyJ… string.");
+      return;
+    }
+    token = value;
+    storeToken(token);
+    ui.tokenInput.value = "";
+    showToken("");
+    reconnectNow();
+  });
+  ui.tokenForget.addEventListener("click", () => {
+    token = "";
+    storeToken("");
+    ui.tokenInput.value = "";
+    showToken("");
+    reconnectNow();
+  });
   ui.picker.addEventListener("submit", (e) => {
     e.preventDefault();
     openChannel(ui.input.value.trim(), "push");
@@ -495,6 +624,7 @@
     ui.send.open = false;
   }
   ui.maxRows.textContent = numberFormat.format(MAX_ROWS);
+  showToken("");
   setInterval(sampleRate, 500);
   openChannel(channelFromURL(), "");
 })();

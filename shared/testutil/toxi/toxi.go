@@ -43,6 +43,9 @@ var (
 // its HTTP API is never started.
 func apiServer() *toxiproxy.ApiServer {
 	apiOnce.Do(func() {
+		// The toxics log through zerolog's global logger (trace lines for
+		// every interrupted pipe); test output needs none of it.
+		zerolog.SetGlobalLevel(zerolog.Disabled)
 		api = toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop())
 	})
 	return api

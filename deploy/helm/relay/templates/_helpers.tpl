@@ -129,3 +129,43 @@ arrive as float64 and would print as 8.388608e+06. */}}
 {{- toString . }}
 {{- end }}
 {{- end }}
+
+{{/* Auth: fail without a key under jwt, or with a fixed listener that
+carries no token; relay would refuse to start for the same reasons. */}}
+{{- define "relay.auth.check" -}}
+{{- $a := .Values.auth }}
+{{- if eq $a.mode "jwt" }}
+{{- if not $a.existingSecret }}
+{{- fail "auth.mode is jwt (the default) but no key is given: create a Secret with an HMAC secret and/or public keys (kubectl create secret generic relay-auth --from-file=hmac.secret=FILE) and set auth.existingSecret=relay-auth (and auth.hmacSecretKey / auth.publicKeysKey), or set auth.mode=off explicitly to let anyone who reaches relay send and watch every channel" }}
+{{- end }}
+{{- if not (or $a.hmacSecretKey $a.publicKeysKey) }}
+{{- fail "auth.existingSecret is set but neither auth.hmacSecretKey nor auth.publicKeysKey names a key in it" }}
+{{- end }}
+{{- $ls := .Values.config.ingest.RELAY_INGEST_LISTENERS | default ":7070=default/line,:7071=*/line" }}
+{{- if not .Values.ingest.enabled }}{{ $ls = "" }}{{ end }}
+{{- range $l := splitList "," $ls }}
+{{- $l = trim $l }}
+{{- if and $l (not (contains "=*/" $l)) (not (regexMatch ";(public|mtls|allow=)" $l)) }}
+{{- fail (printf "auth.mode is jwt but config.ingest.RELAY_INGEST_LISTENERS has the fixed listener %q, which carries no token: mark it public (%s;public) or remove it (e.g. RELAY_INGEST_LISTENERS=\":7071=*/line\")" $l $l) }}
+{{- end }}
+{{- end }}
+{{- else if ne $a.mode "off" }}
+{{- fail (printf "auth.mode %q: must be jwt or off" $a.mode) }}
+{{- end }}
+{{- end }}
+
+{{/* Auth env of a relay container (the keys are mounted at /etc/relay/auth). */}}
+{{- define "relay.auth.env" -}}
+- name: RELAY_AUTH
+  value: {{ .Values.auth.mode | quote }}
+{{- if eq .Values.auth.mode "jwt" }}
+{{- with .Values.auth.hmacSecretKey }}
+- name: RELAY_AUTH_HMAC_SECRET_FILE
+  value: {{ printf "/etc/relay/auth/%s" . | quote }}
+{{- end }}
+{{- with .Values.auth.publicKeysKey }}
+- name: RELAY_AUTH_PUBLIC_KEYS_FILE
+  value: {{ printf "/etc/relay/auth/%s" . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -6,6 +6,7 @@ where ports is a list of container port numbers besides the HTTP port.
 
 {{- define "relay.tier.deployment" -}}
 {{- $root := .root }}
+{{- include "relay.auth.check" $root }}
 {{- $v := index $root.Values .tier }}
 {{- $ctx := dict "root" $root "component" .tier }}
 {{- $admin := include "relay.adminPort" $root }}
@@ -98,7 +99,7 @@ spec:
             - name: RELAY_NATS_URL
               value: {{ include "relay.natsURL" $root | quote }}
             {{- range $k, $val := $root.Values.config.common }}
-            {{- if and (ne $k "RELAY_NATS_URL") (ne (toString $val) "") }}
+            {{- if and (not (has $k (list "RELAY_NATS_URL" "RELAY_AUTH" "RELAY_AUTH_HMAC_SECRET_FILE" "RELAY_AUTH_PUBLIC_KEYS_FILE"))) (ne (toString $val) "") }}
             - name: {{ $k }}
               value: {{ include "relay.envValue" $val | quote }}
             {{- end }}
@@ -108,6 +109,14 @@ spec:
             - name: {{ $k }}
               value: {{ include "relay.envValue" $val | quote }}
             {{- end }}
+            {{- end }}
+            {{- include "relay.auth.env" $root | nindent 12 }}
+            {{- if and $root.Values.nats.enabled $root.Values.nats.auth.enabled }}
+            # The bundled NATS requires authorization (nats.auth).
+            - name: RELAY_NATS_USER
+              value: relay
+            - name: RELAY_NATS_PASSWORD_FILE
+              value: /etc/relay/nats-auth/password
             {{- end }}
             {{- with $v.extraEnv }}
             {{- toYaml . | nindent 12 }}
@@ -158,6 +167,36 @@ spec:
             {{- toYaml $v.resources | nindent 12 }}
           securityContext:
             {{- toYaml $root.Values.securityContext | nindent 12 }}
+          {{- if or (eq $root.Values.auth.mode "jwt") (and $root.Values.nats.enabled $root.Values.nats.auth.enabled) }}
+          volumeMounts:
+            {{- if (eq $root.Values.auth.mode "jwt") }}
+            - name: auth
+              mountPath: /etc/relay/auth
+              readOnly: true
+            {{- end }}
+            {{- if (and $root.Values.nats.enabled $root.Values.nats.auth.enabled) }}
+            - name: nats-auth
+              mountPath: /etc/relay/nats-auth
+              readOnly: true
+            {{- end }}
+          {{- end }}
+      {{- if or (eq $root.Values.auth.mode "jwt") (and $root.Values.nats.enabled $root.Values.nats.auth.enabled) }}
+      volumes:
+        {{- if (eq $root.Values.auth.mode "jwt") }}
+        # A Secret volume follows updates (no subPath), so rotated keys
+        # reach relay, which re-reads them.
+        - name: auth
+          secret:
+            secretName: {{ $root.Values.auth.existingSecret }}
+            defaultMode: 0440
+        {{- end }}
+        {{- if (and $root.Values.nats.enabled $root.Values.nats.auth.enabled) }}
+        - name: nats-auth
+          secret:
+            secretName: {{ $root.Values.nats.auth.existingSecret | default (printf "%s-nats-auth" (include "relay.fullname" $root)) }}
+            defaultMode: 0440
+        {{- end }}
+      {{- end }}
 {{- end }}
 
 {{- define "relay.tier.hpa" -}}
