@@ -383,7 +383,7 @@ func (d Durable) Validate(role Role) error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	for _, p := range d.DurableChannels {
-		if err := subjects.ValidatePattern(strings.TrimSpace(p)); err != nil {
+		if err := auth.ValidatePattern(strings.TrimSpace(p)); err != nil {
 			add("RELAY_DURABLE_CHANNELS: %v", err)
 		}
 	}

@@ -7,6 +7,7 @@
 // pattern of RELAY_DURABLE_CHANNELS: a pattern appended to the channel
 // prefix is a NATS subject filter that matches exactly the channels the
 // pattern matches, so the stream stores what Matches says is durable.
+// Patterns are shared/auth's (the same grammar as a token's permissions).
 package durable
 
 import (
@@ -20,6 +21,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/subjects"
 )
@@ -86,7 +88,7 @@ func (s *Stream) Matches(channel string) bool {
 		return false
 	}
 	for _, p := range s.patterns {
-		if subjects.MatchPattern(p, channel) {
+		if auth.Match(p, channel) {
 			return true
 		}
 	}
