@@ -7,13 +7,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/natsconn"
+	"github.com/relaydev/relay/shared/tcpproto"
+	"github.com/relaydev/relay/shared/testutil"
 )
 
 // loopReader serves the same bytes forever, so a benchmark frames an
@@ -108,4 +114,109 @@ func BenchmarkPublish(b *testing.B) {
 	if err := nc.Flush(); err != nil && !errors.Is(err, io.EOF) {
 		b.Fatal(err)
 	}
+}
+
+// BenchmarkSenderThroughput measures what a TCP sender gets end to end
+// through a real ingest Server into a real NATS server with JetStream (file
+// store in a temporary directory): "core" is a core NATS channel (done when
+// ingest has published everything and a flush round trip confirms it),
+// "durable" a durable channel with +ack (done when the last +ACK counts every
+// message: all stored). b.N messages of 64 B are split over the senders.
+// "bare-jetstream" is the yardstick: one nats.go JetStream publisher
+// (async, 4096 in flight) storing into the same stream without ingest.
+// -count N repeats each sub-benchmark in a row; to alternate them on a
+// machine whose load changes, run the test binary N times instead.
+func BenchmarkSenderThroughput(b *testing.B) {
+	srv := testutil.JetStreamServer(b)
+	stream, _ := durableStream(b, srv, "bench.durable.>", "bench.bare")
+	h := startIngestWith(b, srv, defaultConfig("127.0.0.1:0=*/line"), stream)
+	line := strings.Repeat("x", 63) + "\n"
+	b.Run("bare-jetstream", func(b *testing.B) {
+		js, err := jetstream.New(testutil.Connect(b, srv), jetstream.WithPublishAsyncMaxPending(4096))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.SetBytes(64)
+		data := []byte(line[:63])
+		start := time.Now()
+		for range b.N {
+			if _, err := js.PublishAsync("relay.ch.bench.bare", data); err != nil {
+				b.Fatal(err)
+			}
+		}
+		select {
+		case <-js.PublishAsyncComplete():
+		case <-time.After(5 * time.Minute):
+			b.Fatal("acks did not come")
+		}
+		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+	})
+	for _, senders := range []int{1, 10} {
+		for _, kind := range []string{"core", "durable"} {
+			b.Run(fmt.Sprintf("senders=%d/%s", senders, kind), func(b *testing.B) {
+				b.SetBytes(64)
+				start := time.Now()
+				var wg sync.WaitGroup
+				errs := make(chan error, senders)
+				for i := range senders {
+					n := b.N / senders
+					if i < b.N%senders {
+						n++
+					}
+					hs := fmt.Sprintf("bench.core.%d", i)
+					if kind == "durable" {
+						hs = fmt.Sprintf("bench.durable.%d +ack", i)
+					}
+					wg.Go(func() { errs <- benchSender(h.addr(0), hs, line, n, kind == "durable") })
+				}
+				wg.Wait()
+				close(errs)
+				for err := range errs {
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+				if err := h.ing.nc.Flush(); err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+			})
+		}
+	}
+}
+
+// benchSender writes n copies of line after the handshake, half-closes and
+// reads the server's replies to its close; with acks the last must be +ACK n.
+func benchSender(addr, hs, line string, n int, acks bool) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Minute))
+	go func() {
+		w := bufio.NewWriterSize(c, 64<<10)
+		w.WriteString(hs + "\n")
+		for range n {
+			w.WriteString(line)
+		}
+		w.Flush()
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	out, err := io.ReadAll(c)
+	if err != nil {
+		return err
+	}
+	replies := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
+	if replies[0] != tcpproto.OK {
+		return fmt.Errorf("replies %q", replies)
+	}
+	if acks {
+		if r := tcpproto.ParseReply(replies[len(replies)-1]); r.Kind != tcpproto.ReplyAck || r.Acked != uint64(n) {
+			return fmt.Errorf("last reply %q, want +ACK %d", replies[len(replies)-1], n)
+		}
+	} else if len(replies) != 1 {
+		return fmt.Errorf("replies %q", replies)
+	}
+	return nil
 }

@@ -35,6 +35,8 @@ const (
 	reasonForbidden          = metrics.IngestForbidden    // valid token, channel not permitted
 	reasonTokenExpired       = metrics.IngestTokenExpired // the token's exp ended a sending connection
 	reasonUpstream           = metrics.IngestUpstream
+	reasonStoreFailed        = metrics.IngestStoreFailed
+	reasonAckNotDurable      = metrics.IngestAckNotDurable
 )
 
 // Format header values (docs/architecture.md, NATS). A binary message
@@ -67,10 +69,13 @@ type senderConn struct {
 	mu       sync.Mutex
 	conn     net.Conn // raw, or raw wrapped in PROXY and TLS; written under mu
 	stopping bool     // shutdown set a read deadline: a timeout is the end
+	aborted  bool     // abortRead set a read deadline
 	expired  bool     // the token's exp set a read deadline: a timeout is the end
 
 	msgs, bytes int
-	ledger      *ledger // which of msgs NATS has confirmed
+	ledger      *ledger // which of msgs NATS has confirmed (core NATS channels)
+	st          *storer // durable channels: publishes with acks, counts what is stored
+	ack         *acker  // the sender asked for +ACK lines
 }
 
 func newSenderConn(s *Server, conn net.Conn, spec config.Listener) *senderConn {
@@ -98,9 +103,18 @@ func (c *senderConn) stopReading(deadline time.Time) {
 func (c *senderConn) setReadDeadline(t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.stopping && !c.expired {
+	if !c.stopping && !c.expired && !c.aborted {
 		c.conn.SetReadDeadline(t)
 	}
+}
+
+// abortRead makes a blocked read return now, and every later one: durable
+// storing has failed and the sender is to be told at once.
+func (c *senderConn) abortRead() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.aborted = true
+	c.conn.SetReadDeadline(time.Now())
 }
 
 // expire ends reading when the token expires: the read in progress returns
@@ -149,14 +163,15 @@ func (c *senderConn) serve() {
 	}
 	c.br = bufio.NewReaderSize(r, s.cfg.ReadBuffer)
 
-	channel := c.spec.Channel
+	h := handshake{Channel: c.spec.Channel}
 	var id auth.Identity
 	if c.spec.Handshake() {
 		var err error
-		if channel, id, err = c.handshake(); err != nil {
+		if h, id, err = c.handshake(); err != nil {
 			return
 		}
 	}
+	channel := h.Channel
 	log := s.log.With("remote", remote, "channel", channel, "listener", c.spec.Addr)
 	if id.Sub != "" {
 		log = log.With("sub", id.Sub)
@@ -172,14 +187,35 @@ func (c *senderConn) serve() {
 	if c.idle != nil {
 		c.idle.on = true
 	}
+	if s.durable.Matches(channel) {
+		c.st = newStorer(c)
+		if h.Ack {
+			c.ack = startAcker(c, c.st)
+		}
+	}
 
 	err := c.pump(channel)
+	if c.st != nil {
+		// The last acks are due before the sender hears how many are stored.
+		deadline := time.Now().Add(drainAcks)
+		if c.isStopping() {
+			deadline = s.flushBy()
+		}
+		if serr := c.st.finish(deadline); serr != nil {
+			err = serr
+		}
+		if c.ack != nil {
+			c.ack.close()
+		}
+	}
 	switch {
 	case c.isExpired() && (err == nil || isTimeout(err) || errors.Is(err, ErrTruncated)):
 		s.m.AuthRefused.Inc(metrics.AuthExpired)
 		c.fail(reasonTokenExpired, errTokenExpired, "token expired", "channel", channel, "sub", id.Sub)
 	case err == nil:
 		log.Debug("sender disconnected", "messages", c.msgs, "bytes", c.bytes)
+	case errors.Is(err, errStore):
+		c.fail(reasonStoreFailed, err, fmt.Sprintf("store failed: %d messages stored", c.accepted()))
 	case c.idle != nil && isTimeout(err) && !c.isStopping():
 		c.fail(reasonIdleTimeout, err, fmt.Sprintf(replyIdleTimeoutTmpl, c.spec.Idle))
 	case errors.Is(err, ErrTooLarge):
@@ -199,10 +235,10 @@ func (c *senderConn) serve() {
 		c.fail(reasonTruncated, err, "truncated frame")
 	case errors.Is(err, errHeld), errors.Is(err, errLost):
 		s.m.Unpublished.Inc(metrics.UnpublishedUpstream)
-		c.fail(reasonUpstream, err, fmt.Sprintf("upstream unavailable: %d messages accepted", c.ledger.confirmed(c.msgs)))
+		c.fail(reasonUpstream, err, fmt.Sprintf("upstream unavailable: %d messages accepted", c.accepted()))
 	case errors.Is(err, errPublish):
 		s.m.Unpublished.Inc(metrics.UnpublishedPublishFailed)
-		c.fail(reasonPublishFailed, err, fmt.Sprintf("publish failed; message not delivered: %d messages accepted", c.ledger.confirmed(c.msgs)))
+		c.fail(reasonPublishFailed, err, fmt.Sprintf("publish failed; message not delivered: %d messages accepted", c.accepted()))
 	default:
 		log.Info("sender connection ended", "err", err, "messages", c.msgs, "bytes", c.bytes)
 	}
@@ -213,7 +249,12 @@ func (c *senderConn) serve() {
 // and words the sender's last line: N is how many of its first messages
 // NATS confirmed, so the sender knows exactly where to resume.
 func (c *senderConn) shutdownReply() string {
-	n := c.ledger.flush(c.msgs, max(time.Until(c.s.flushBy()), 100*time.Millisecond))
+	var n int
+	if c.st != nil {
+		n = c.accepted() // acks already awaited
+	} else {
+		n = c.ledger.flush(c.msgs, max(time.Until(c.s.flushBy()), 100*time.Millisecond))
+	}
 	if n < c.msgs {
 		c.s.logRefusal("shutdown_unconfirmed", "ingest: NATS did not confirm all of a sender's messages at shutdown",
 			"remote", c.conn.RemoteAddr().String(), "published", c.msgs, "confirmed", n)
@@ -221,11 +262,21 @@ func (c *senderConn) shutdownReply() string {
 	return fmt.Sprintf("server shutting down: %d messages accepted", n)
 }
 
+// accepted is how many of the sender's first messages are safe: stored by
+// the stream (durable channels) or confirmed by NATS (core NATS channels).
+func (c *senderConn) accepted() int {
+	if c.st != nil {
+		return int(c.st.stored.Load())
+	}
+	return c.ledger.confirmed(c.msgs)
+}
+
 var errTokenExpired = errors.New("ingest: token expired")
 
-// handshake reads `CHANNEL [TOKEN]\n` within the timeout, checks that the
-// token may send to CHANNEL, and answers +OK.
-func (c *senderConn) handshake() (string, auth.Identity, error) {
+// handshake reads `CHANNEL [TOKEN] [+ack]\n` within the timeout, checks that
+// the token may send to CHANNEL and that +ack comes with a durable channel,
+// and answers +OK.
+func (c *senderConn) handshake() (handshake, auth.Identity, error) {
 	s := c.s
 	c.setReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	h, err := readHandshake(c.br)
@@ -240,20 +291,27 @@ func (c *senderConn) handshake() (string, auth.Identity, error) {
 		default: // the sender went away before a full line
 			c.fail(reasonBadHandshake, err, "no handshake line")
 		}
-		return "", auth.Identity{}, err
+		return handshake{}, auth.Identity{}, err
 	}
 	id, err := s.auth.Authorize(h.Token, auth.ActionSend, h.Channel)
 	if err != nil {
 		c.refuseAuth(err, h.Channel, id.Sub)
-		return "", id, err
+		return handshake{}, id, err
+	}
+	if h.Ack && !s.durable.Matches(h.Channel) {
+		// +ACK N means "stored"; core NATS stores nothing, so promising it
+		// would be a lie.
+		err := fmt.Errorf("%w: %s on a channel that is not durable", ErrBadHandshake, tcpproto.AckOption)
+		c.fail(reasonAckNotDurable, err, fmt.Sprintf("%s needs a durable channel; %s is not durable (RELAY_DURABLE_CHANNELS); send without %s", tcpproto.AckOption, h.Channel, tcpproto.AckOption))
+		return handshake{}, id, err
 	}
 	c.setReadDeadline(time.Time{})
 	c.conn.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if _, err := c.conn.Write(tcpproto.OKLine); err != nil {
-		return "", id, err
+		return handshake{}, id, err
 	}
 	c.conn.SetWriteDeadline(time.Time{})
-	return h.Channel, id, nil
+	return h, id, nil
 }
 
 // refuseAuth answers a handshake the token does not allow: -ERR
@@ -292,15 +350,22 @@ func (c *senderConn) pump(channel string) error {
 			}
 			return err
 		}
-		msg.Data = data
-		msg.Header = binaryHeader
+		hdr := binaryHeader
 		if text {
-			msg.Header = textHdr
+			hdr = textHdr
 		}
-		if !c.ledger.beforePublish(c.msgs) {
+		m := msg
+		if c.st != nil {
+			m = c.st.message(msg.Subject, data, hdr)
+		} else {
+			msg.Data, msg.Header = data, hdr
+		}
+		// Durable messages are confirmed by their acks (and resent when a
+		// dropped connection took them), not by the ledger's round trips.
+		if c.st == nil && !c.ledger.beforePublish(c.msgs) {
 			return errLost
 		}
-		if err := c.publish(msg); err != nil {
+		if err := c.publish(m); err != nil {
 			return err
 		}
 		c.msgs++
@@ -341,7 +406,12 @@ func (c *senderConn) publish(msg *nats.Msg) error {
 		// connection still looks up (a frozen server): publishing more
 		// would only fill socket buffers that may never be read.
 		if !s.k.stalled() {
-			err := s.nc.PublishMsg(msg)
+			var err error
+			if c.st != nil {
+				err = c.st.send(msg)
+			} else {
+				err = s.nc.PublishMsg(msg)
+			}
 			if err == nil {
 				if !heldSince.IsZero() {
 					s.m.Held.Dec()
@@ -367,9 +437,10 @@ func (c *senderConn) publish(msg *nats.Msg) error {
 			s.m.Held.Dec()
 			return fmt.Errorf("%w: %s: held %s: %w", errHeld, msg.Subject, time.Since(heldSince).Round(time.Millisecond), err)
 		}
-		if c.ledger.lost(c.msgs) {
+		if c.st == nil && c.ledger.lost(c.msgs) {
 			// NATS is back on a new connection, but what went out on the old
-			// one was never confirmed: stop here and tell the sender.
+			// one was never confirmed: stop here and tell the sender. (A
+			// durable connection's storer resends those instead.)
 			s.m.Held.Dec()
 			return errLost
 		}
@@ -378,7 +449,7 @@ func (c *senderConn) publish(msg *nats.Msg) error {
 
 // permanent reports publish errors that waiting for NATS cannot cure.
 func permanent(err error) bool {
-	return errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrMaxPayload) ||
+	return errors.Is(err, errStore) || errors.Is(err, errHeld) || errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrMaxPayload) ||
 		errors.Is(err, nats.ErrBadSubject) || errors.Is(err, nats.ErrHeadersNotSupported) ||
 		errors.Is(err, nats.ErrInvalidConnection)
 }

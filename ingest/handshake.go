@@ -17,8 +17,9 @@ const MaxHandshakeLine = tcpproto.MaxHandshakeLine
 var ErrBadHandshake = errors.New("ingest: bad handshake")
 
 // handshake is a parsed first line: `CHANNEL [TOKEN] [+ack]`. The token is
-// reserved for authentication (accepted and ignored in this version); +ack,
-// for durable channels, is refused until they exist.
+// reserved for authentication (accepted and ignored in this version); +ack
+// asks for `+ACK N` lines and is refused on a channel that is not durable
+// (senderConn.handshake knows which are).
 type handshake = tcpproto.Handshake
 
 // readHandshake reads the first line without consuming any byte after its
@@ -53,10 +54,6 @@ func parseHandshake(line []byte) (handshake, error) {
 	}
 	if err := subjects.ValidateChannel(h.Channel); err != nil {
 		return handshake{}, fmt.Errorf("%w: %w", ErrBadHandshake, err)
-	}
-	if h.Ack {
-		// Acks need durable channels: refuse rather than never send +ACK.
-		return handshake{}, fmt.Errorf("%w: %s is not supported by this server (no durable channels)", ErrBadHandshake, tcpproto.AckOption)
 	}
 	return h, nil
 }

@@ -15,22 +15,24 @@ func TestParseHandshake(t *testing.T) {
 		channel string
 		token   string
 		ok      bool
+		ack     bool
 	}{
-		{"default", "default", "", true},
-		{"sensors.a-1 s3cr3t", "sensors.a-1", "s3cr3t", true},
-		{"ch eyJhbGciOi.J9_x-y+z/w==", "ch", "eyJhbGciOi.J9_x-y+z/w==", true},
-		{"ch\r", "ch", "", true},
-		{"bad channel!", "", "", false},
-		{"", "", "", false},
-		{"   ", "", "", false},
-		{"a b c", "", "", false},
-		{"a +ack", "", "", false},
-		{"a tok +ack", "", "", false},
-		{"a +tok", "", "", false},
-		{"a ", "", "", false},
-		{"a..b", "", "", false},
-		{"a.*", "", "", false},
-		{strings.Repeat("c", 2048), "", "", false},
+		{"default", "default", "", true, false},
+		{"sensors.a-1 s3cr3t", "sensors.a-1", "s3cr3t", true, false},
+		{"ch eyJhbGciOi.J9_x-y+z/w==", "ch", "eyJhbGciOi.J9_x-y+z/w==", true, false},
+		{"ch\r", "ch", "", true, false},
+		{"bad channel!", "", "", false, false},
+		{"", "", "", false, false},
+		{"   ", "", "", false, false},
+		{"a b c", "", "", false, false},
+		{"a +ack", "a", "", true, true},
+		{"a tok +ack", "a", "tok", true, true},
+		{"a +ack +ack", "", "", false, false},
+		{"a +tok", "", "", false, false},
+		{"a ", "", "", false, false},
+		{"a..b", "", "", false, false},
+		{"a.*", "", "", false, false},
+		{strings.Repeat("c", 2048), "", "", false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.line, func(t *testing.T) {
@@ -45,8 +47,8 @@ func TestParseHandshake(t *testing.T) {
 				}
 				return
 			}
-			if h.Channel != tt.channel || h.Token != tt.token {
-				t.Fatalf("got %+v, want channel %q token %q", h, tt.channel, tt.token)
+			if h.Channel != tt.channel || h.Token != tt.token || h.Ack != tt.ack {
+				t.Fatalf("got %+v, want channel %q token %q ack %v", h, tt.channel, tt.token, tt.ack)
 			}
 		})
 	}

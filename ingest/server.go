@@ -17,9 +17,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/durable"
 	"github.com/relaydev/relay/shared/health"
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/subjects"
@@ -46,6 +48,9 @@ type Options struct {
 	// Metrics is updated by the Server. Defaults to a set nobody serves.
 	Metrics        *metrics.Ingest
 	MetricsHandler http.Handler // served at GET /metrics; may be nil
+	// Durable says which channels are durable (published to JetStream with
+	// acks); nil or disabled: none. The stream must exist (Ensure).
+	Durable *durable.Stream
 	// Auth checks handshake tokens; nil or disabled lets everyone send.
 	Auth *auth.Authenticator
 }
@@ -58,6 +63,8 @@ type Server struct {
 	log     *slog.Logger
 	m       *metrics.Ingest
 	mapper  subjects.Mapper
+	durable *durable.Stream     // which channels are durable
+	js      jetstream.JetStream // publishes durable messages; nil without durable channels
 	auth    *auth.Authenticator
 	health  *health.Checker
 	lns     []*listener
@@ -95,6 +102,9 @@ func New(o Options) (*Server, error) {
 	if o.Config.OutageHold == 0 {
 		o.Config.OutageHold = 10 * time.Second
 	}
+	if o.Config.DurableInFlight == 0 {
+		o.Config.DurableInFlight = 4096
+	}
 	// Options are checked and defaulted the way fanout.New does (tierkit).
 	errs := tierkit.Check(o.NATS, o.SubjectPrefix)
 	if err := o.Config.Validate(); err != nil {
@@ -128,6 +138,7 @@ func New(o Options) (*Server, error) {
 		log:         o.Logger,
 		m:           o.Metrics,
 		mapper:      mapper,
+		durable:     o.Durable,
 		auth:        o.Auth,
 		slots:       make(chan struct{}, o.Config.MaxConnections),
 		refusals:    tierkit.NewLogLimiter(time.Second),
@@ -138,6 +149,13 @@ func New(o Options) (*Server, error) {
 		k:           newConfirmer(o.NATS),
 		stopConfirm: make(chan struct{}),
 		drained:     make(chan struct{}),
+	}
+	if o.Durable.Enabled() {
+		var err error
+		if s.js, err = newJetStream(o.NATS, o.Config.DurableInFlight); err != nil {
+			hardCancel()
+			return nil, fmt.Errorf("ingest: %w", err)
+		}
 	}
 	if o.NATS.Opts.ReconnectBufSize >= 0 {
 		o.Logger.Warn("ingest: the NATS connection buffers publishes while disconnected; " +

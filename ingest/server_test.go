@@ -21,6 +21,7 @@ import (
 
 	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/durable"
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/natsconn"
 	"github.com/relaydev/relay/shared/testutil"
@@ -48,11 +49,22 @@ func defaultConfig(listeners string) config.Ingest {
 // when nil) and stops it when the test ends.
 func startIngest(t *testing.T, srv *server.Server, cfg config.Ingest, natsOpts ...nats.Option) *harness {
 	t.Helper()
-	return startIngestAuth(t, srv, cfg, nil, natsOpts...)
+	return startIngestOpts(t, srv, cfg, nil, nil, natsOpts...)
 }
 
 // startIngestAuth is startIngest with token checks by a.
 func startIngestAuth(t *testing.T, srv *server.Server, cfg config.Ingest, a *auth.Authenticator, natsOpts ...nats.Option) *harness {
+	t.Helper()
+	return startIngestOpts(t, srv, cfg, a, nil, natsOpts...)
+}
+
+// startIngestWith is startIngest with a durable channels' stream (nil: none).
+func startIngestWith(t testing.TB, srv *server.Server, cfg config.Ingest, stream *durable.Stream, natsOpts ...nats.Option) *harness {
+	t.Helper()
+	return startIngestOpts(t, srv, cfg, nil, stream, natsOpts...)
+}
+
+func startIngestOpts(t testing.TB, srv *server.Server, cfg config.Ingest, a *auth.Authenticator, stream *durable.Stream, natsOpts ...nats.Option) *harness {
 	t.Helper()
 	if srv == nil {
 		srv = testutil.NATSServer(t)
@@ -66,6 +78,7 @@ func startIngestAuth(t *testing.T, srv *server.Server, cfg config.Ingest, a *aut
 		NATS:    testutil.Connect(t, srv, append([]nats.Option{nats.ReconnectBufSize(-1)}, natsOpts...)...),
 		Logger:  testutil.Logger(t),
 		Metrics: reg.Ingest,
+		Durable: stream,
 		Auth:    a,
 	})
 	if err != nil {

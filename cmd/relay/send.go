@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"text/template"
 	"time"
@@ -41,12 +42,17 @@ from 1, .Time is the time of sending), e.g. --count 3 --template 'msg {{.N}}'.
 --rate R sends at most R messages per second (golang.org/x/time/rate).
 The token (--token, --token-file or RELAY_TOKEN) goes into the handshake line
 only; it is never printed.
+--ack (durable channels, needs CHANNEL): asks the server for "+ACK N" lines,
+N being how many of this connection's messages the stream has stored, and
+exits 0 only if the last one counts every message sent. A channel that is not
+durable refuses --ack.
 
 Lines a line listener writes other than its replies (control messages on a
 control channel) are printed to stdout.
 
 Exit status:
   0  everything was sent and the server closed the connection without -ERR
+     (with --ack: and its last +ACK counted every message sent)
   1  refused by the server (its -ERR reason is printed), no +OK in time,
      the connection failed, or the server did not confirm within --timeout
   2  bad usage
@@ -64,6 +70,7 @@ func send(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	msgRate := fs.Float64("rate", 0, "most messages per second (0: no limit)")
 	timeout := fs.Duration("timeout", 10*time.Second, "connect timeout, and how long to wait after the last byte for the server to confirm")
 	hsTimeout := fs.Duration("handshake-timeout", 3*time.Second, "how long to wait for +OK after the CHANNEL line")
+	ack := fs.Bool("ack", false, "ask for +ACK lines (durable channels) and exit 1 unless every message was acknowledged as stored")
 	tok := addTokenFlags(fs, "token to send after CHANNEL in the handshake")
 	pos, code, ok := parseFlags(fs, sendUsage, args, stdout, stderr)
 	if !ok {
@@ -81,6 +88,10 @@ func send(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return usageError(stderr, "send", "--timeout must be more than 0, got %s", *timeout)
 	case *hsTimeout <= 0:
 		return usageError(stderr, "send", "--handshake-timeout must be more than 0, got %s", *hsTimeout)
+	case *ack && len(pos) < 2:
+		return usageError(stderr, "send", "--ack needs CHANNEL: only a handshake listener takes +ack")
+	case *ack && *framing == "raw":
+		return usageError(stderr, "send", "--ack needs to count messages, and raw framing has none the server and relay send agree on (use --framing line or len32)")
 	case *msgRate > 0 && *count == 0 && *framing == "raw":
 		return usageError(stderr, "send", "--rate needs messages: raw stdin has none (use --framing line or len32, or --count)")
 	}
@@ -112,7 +123,7 @@ func send(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	addr := pos[0]
 	var hsLine []byte
 	if len(pos) == 2 {
-		if hsLine, err = (tcpproto.Handshake{Channel: pos[1], Token: token}).Line(); err != nil {
+		if hsLine, err = (tcpproto.Handshake{Channel: pos[1], Token: token, Ack: *ack}).Line(); err != nil {
 			return usageError(stderr, "send", "CHANNEL or token: %v", err)
 		}
 	} else if token != "" && *tok.token+*tok.file != "" {
@@ -123,13 +134,14 @@ func send(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	defer stop()
 	s := &sender{
 		addr: addr, hsLine: hsLine, token: token,
-		framing: *framing, tmpl: tmpl, count: *count,
+		framing: *framing, tmpl: tmpl, count: *count, ack: *ack,
 		timeout: *timeout, hsTimeout: *hsTimeout,
 		stdout: stdout, stderr: stderr,
 	}
 	if len(pos) == 2 {
 		s.channel = pos[1]
 	}
+	s.acked.Store(-1)
 	if *msgRate > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(*msgRate), 1)
 	}
@@ -149,6 +161,9 @@ type sender struct {
 	framing       string
 	tmpl          *template.Template // nil: send stdin
 	count         int
+	ack           bool          // asked for +ACK lines
+	sentMsgs      atomic.Int64  // messages written (framed as the listener frames them)
+	acked         atomic.Int64  // the last +ACK N; -1 before any
 	limiter       *rate.Limiter // nil: no limit
 	timeout       time.Duration
 	hsTimeout     time.Duration
@@ -224,6 +239,14 @@ func (s *sender) run(ctx context.Context, stdin io.Reader) int {
 				return s.fail("sent everything, but the server did not close the connection within %s (--timeout): cannot tell whether it was all accepted", s.timeout)
 			}
 			return s.fail("sent everything, then: %v", err)
+		}
+		if s.ack {
+			if n, acked := s.sentMsgs.Load(), s.acked.Load(); acked != n {
+				if acked < 0 {
+					return s.fail("sent %d messages, but the server sent no +ACK: cannot tell whether any was stored", n)
+				}
+				return s.fail("sent %d messages, the server acknowledged %d as stored", n, acked)
+			}
 		}
 		return 0
 	case reason := <-refused:
@@ -302,6 +325,7 @@ func (s *sender) readReplies(replies *bufio.Reader, refused chan<- string) error
 				// Without CHANNEL on a handshake listener: our first line
 				// was taken as the channel, and accepted.
 			case tcpproto.ReplyAck:
+				s.acked.Store(int64(r.Acked))
 			default:
 				fmt.Fprintln(s.stdout, r.Reason)
 			}
@@ -313,6 +337,23 @@ func (s *sender) readReplies(replies *bufio.Reader, refused chan<- string) error
 			return err
 		}
 	}
+}
+
+// lineCounter counts the '\n's read through it, and whether bytes follow
+// the last one.
+type lineCounter struct {
+	r       io.Reader
+	n       *atomic.Int64
+	partial bool
+}
+
+func (l *lineCounter) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	if n > 0 {
+		l.n.Add(int64(bytes.Count(p[:n], []byte{'\n'})))
+		l.partial = p[n-1] != '\n'
+	}
+	return n, err
 }
 
 func (s *sender) refusal(reason string) int {
@@ -328,7 +369,13 @@ func (s *sender) refusal(reason string) int {
 // line by line, and a file in large writes).
 func (s *sender) write(ctx context.Context, conn net.Conn, stdin io.Reader) error {
 	if s.tmpl == nil && s.limiter == nil && s.framing != "len32" {
-		_, err := io.Copy(conn, stdin) // line and raw: the bytes as they are
+		// line and raw: the bytes as they are; line messages are counted
+		// as the server will cut them (a last line without \n is one too).
+		lc := &lineCounter{r: stdin, n: &s.sentMsgs}
+		_, err := io.Copy(conn, lc)
+		if err == nil && lc.partial {
+			s.sentMsgs.Add(1)
+		}
 		return err
 	}
 	w := bufio.NewWriterSize(conn, 64<<10)
@@ -341,6 +388,7 @@ func (s *sender) write(ctx context.Context, conn net.Conn, stdin io.Reader) erro
 				return err
 			}
 		}
+		s.sentMsgs.Add(1)
 		switch s.framing {
 		case "len32":
 			var n [4]byte

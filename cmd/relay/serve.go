@@ -16,11 +16,13 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/relaydev/relay/fanout"
 	"github.com/relaydev/relay/ingest"
 	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/durable"
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/natsconn"
 )
@@ -78,6 +80,10 @@ type started struct {
 func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log *slog.Logger, notify func(started)) error {
 	var info started
 	reg := metrics.New()
+	stream, err := durable.New(cfg.SubjectPrefix, cfg.Durable)
+	if err != nil {
+		return err
+	}
 	authn, err := newAuthenticator(cfg, log)
 	if err != nil {
 		return err
@@ -115,17 +121,24 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 	var readiness []func() error
 	var embedded *server.Server
 	if role == config.RoleAll {
-		embedded, err = natsconn.StartEmbedded(natsconn.EmbeddedOptions{
+		eo := natsconn.EmbeddedOptions{
 			Listen:     cfg.EmbeddedListen,
 			MaxPayload: int32(max(1<<20, cfg.MaxMessage+1024)),
 			Logger:     log,
-		})
+		}
+		if stream.Enabled() {
+			eo.JetStreamDir = cfg.DataDir
+		}
+		embedded, err = natsconn.StartEmbedded(eo)
 		if err != nil {
 			return err
 		}
 		defer func() { embedded.Shutdown(); embedded.WaitForShutdown() }()
 		if cfg.EmbeddedListen != "" {
 			log.Info("embedded NATS listening", "url", embedded.ClientURL())
+		}
+		if stream.Enabled() {
+			log.Info("embedded NATS runs JetStream", "store", embedded.StoreDir())
 		}
 		connectOpts.InProcess = embedded
 		info.NATS = embedded
@@ -171,6 +184,10 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		if err != nil {
 			return err
 		}
+		if err := ensureStream(ctx, stream, nc, cfg.NATSRetry, log); err != nil {
+			nc.Close()
+			return err
+		}
 		ing, err := ingest.New(ingest.Options{
 			Config:         cfg.Ingest,
 			SubjectPrefix:  cfg.SubjectPrefix,
@@ -179,6 +196,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			Logger:         log.With("tier", "ingest"),
 			Metrics:        reg.Ingest,
 			MetricsHandler: publicMetrics,
+			Durable:        stream,
 			Auth:           authn,
 		})
 		if err != nil {
@@ -201,6 +219,12 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		nc, err := connect("fanout")
 		if err != nil {
 			return errors.Join(err, abort(g, &finished))
+		}
+		if role == config.RoleFanout {
+			if err := ensureStream(ctx, stream, nc, cfg.NATSRetry, log); err != nil {
+				nc.Close()
+				return err
+			}
 		}
 		fcfg := cfg.Fanout
 		if fcfg.PublicIngestAddr == "" && handshakePort != "" {
@@ -283,6 +307,42 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 	}
 	log.Info("relay stopped")
 	return nil
+}
+
+// ensureStream makes the durable channels' stream exist with the configured
+// subjects and limits (nothing to do without durable channels). A NATS
+// cluster still electing its JetStream leader answers with errors for a
+// while, so it retries within the NATS retry window.
+func ensureStream(ctx context.Context, stream *durable.Stream, nc *nats.Conn, window time.Duration, log *slog.Logger) error {
+	if !stream.Enabled() {
+		return nil
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("durable channels: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, max(window, 5*time.Second))
+	defer cancel()
+	wait := 250 * time.Millisecond
+	for {
+		_, err := stream.Ensure(ctx, js, log)
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+			return fmt.Errorf("durable channels (RELAY_DURABLE_CHANNELS) need JetStream, which the NATS server does not run: %w", err)
+		}
+		log.Warn("durable: stream not ready yet; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			if errors.Is(err, nats.ErrNoResponders) {
+				return fmt.Errorf("durable channels (RELAY_DURABLE_CHANNELS) need JetStream; nothing answered the JetStream API (is JetStream enabled on the NATS servers?): %w", err)
+			}
+			return fmt.Errorf("durable channels: %w", err)
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
 }
 
 // abort stops tiers already started when a later one fails to start.

@@ -65,8 +65,8 @@ func relayVars(t *testing.T) map[string]configVar {
 				Group:   strings.ToLower(ts.Name.Name),
 				Default: tag.Get("default"),
 			}
-			if v.Group == "auth" {
-				v.Group = "common" // read by both tiers, like Common
+			if v.Group == "durable" || v.Group == "auth" {
+				v.Group = "common" // read by every role, listed under config.common
 			}
 			vars[v.Name] = v
 		}

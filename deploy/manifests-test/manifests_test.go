@@ -292,6 +292,8 @@ func TestHelmRefuses(t *testing.T) {
 		{"misspelt value", "ingest: {autoscalng: {enabled: false}}", "autoscalng"},
 		{"misspelt variable", "config: {fanout: {RELAY_FANOUT_ALLOWED_ORIGIN: x}}", "RELAY_FANOUT_ALLOWED_ORIGIN"},
 		{"variable in the wrong role", "config: {ingest: {RELAY_FANOUT_ADDR: x}}", "RELAY_FANOUT_ADDR"},
+		{"durable channels without JetStream", `{config: {common: {RELAY_DURABLE_CHANNELS: "a.>"}}, nats: {jetstream: {enabled: false}}}`, "needs JetStream"},
+		{"more stream copies than NATS nodes", `config: {common: {RELAY_DURABLE_CHANNELS: "a.>", RELAY_DURABLE_REPLICAS: "5"}}`, "RELAY_DURABLE_REPLICAS"},
 		{"auth jwt without a key", "auth: {mode: jwt}", "auth.mode is jwt (the default) but no key is given"},
 		{"auth jwt with an open fixed listener", "auth: {existingSecret: relay-auth}", `fixed listener ":7070=default/line", which carries no token`},
 		{"auth mode misspelt", "auth: {mode: none}", "mode"},
@@ -431,6 +433,8 @@ func TestValuesListEveryVariable(t *testing.T) {
 		"RELAY_LOG_FORMAT": "json",
 		"RELAY_AUTH":       "",      // computed: auth.mode
 		"RELAY_ADMIN_ADDR": ":8090", // metrics and health off the public ports
+		// The bundled NATS has 3 JetStream nodes (docs/architecture.md, Durable channels).
+		"RELAY_DURABLE_REPLICAS": "3",
 	}
 	vars := relayVars(t)
 	for _, v := range vars {

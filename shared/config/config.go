@@ -68,6 +68,7 @@ type Ingest struct {
 	ReadBuffer       int           `envconfig:"INGEST_READ_BUFFER" default:"32768" desc:"bytes buffered per sender connection while framing"`
 	OutageHold       time.Duration `envconfig:"INGEST_OUTAGE_HOLD" default:"10s" desc:"while NATS is unreachable ingest accepts nothing (it stops reading, so TCP pushes back on senders); a sender held this long gets '-ERR upstream unavailable: N messages accepted' and is closed"`
 	TextHeader       bool          `envconfig:"INGEST_TEXT_HEADER" default:"false" desc:"also send the NATS header Relay-Format: text with text messages (binary ones always carry Relay-Format: binary); off, text travels without a header, which the contract reads as text, and ingest publishes about twice as fast"`
+	DurableInFlight  int           `envconfig:"INGEST_DURABLE_IN_FLIGHT" default:"4096" desc:"durable channels: most messages one ingest process has published and the stream has not yet acknowledged (a sender connection: at most 256 of them and 1 MiB); at the bound ingest stops reading, so TCP pushes back"`
 
 	MaxConnectionsPerIP int     `envconfig:"INGEST_MAX_CONNECTIONS_PER_IP" default:"100" desc:"most concurrent sender connections from one client address (IPv6: per /64); more get -ERR rate limited. 0 = no per-address cap"`
 	ConnectRatePerIP    string  `envconfig:"INGEST_CONNECT_RATE_PER_IP" default:"100/10s" desc:"new sender connections one client address may open, as N/DURATION (a token bucket of N refilled over DURATION); over it: -ERR rate limited. Empty = no limit"`
@@ -105,6 +106,18 @@ type Fanout struct {
 	TLSKeyFile          string   `envconfig:"FANOUT_TLS_KEY_FILE" default:"" desc:"key (PEM) of RELAY_FANOUT_TLS_CERT_FILE"`
 }
 
+// Durable settings say which channels are stored in NATS JetStream and how
+// long (docs/architecture.md, Durable channels); every role reads them.
+type Durable struct {
+	DurableChannels []string      `envconfig:"DURABLE_CHANNELS" default:"" desc:"comma-separated channel patterns (* matches one token, a final > the rest, as in NATS) whose messages are stored in the JetStream stream RELAY_DURABLE_STREAM; ingest publishes them with acks and tells '+ack' senders what is stored; empty = none (every channel is core NATS, at most once)"`
+	DurableStream   string        `envconfig:"DURABLE_STREAM" default:"RELAY" desc:"name of the JetStream stream holding the durable channels; relay creates it, or updates its subjects and limits, at start"`
+	DurableMaxAge   time.Duration `envconfig:"DURABLE_MAX_AGE" default:"24h" desc:"a durable message is kept at most this long (0 = no age limit)"`
+	DurableMaxMsgs  int64         `envconfig:"DURABLE_MAX_MSGS_PER_CHANNEL" default:"10000" desc:"most messages kept per durable channel; the oldest go first (0 = no limit)"`
+	DurableMaxBytes int64         `envconfig:"DURABLE_MAX_BYTES" default:"1073741824" desc:"most bytes the stream keeps over all durable channels; the oldest messages go first (0 = no limit)"`
+	DurableReplicas int           `envconfig:"DURABLE_REPLICAS" default:"1" desc:"copies of the stream in the NATS cluster (1 to 5; at most the number of JetStream servers)"`
+	DataDir         string        `envconfig:"DATA_DIR" default:"relay-data" desc:"'relay all' only, with durable channels: directory of the embedded NATS server's JetStream store (created if missing; relative to the working directory), so history survives a restart"`
+}
+
 // Auth settings say who may send and watch (docs/architecture.md,
 // Authentication); both tiers read them.
 type Auth struct {
@@ -125,6 +138,7 @@ type Config struct {
 	Common
 	Ingest
 	Fanout
+	Durable
 	Auth
 }
 
@@ -172,7 +186,7 @@ type field struct {
 // fields lists c's variables, in declaration order.
 func fields(c *Config) []field {
 	var out []field
-	for _, group := range []reflect.Value{reflect.ValueOf(&c.Common).Elem(), reflect.ValueOf(&c.Ingest).Elem(), reflect.ValueOf(&c.Fanout).Elem(), reflect.ValueOf(&c.Auth).Elem()} {
+	for _, group := range []reflect.Value{reflect.ValueOf(&c.Common).Elem(), reflect.ValueOf(&c.Ingest).Elem(), reflect.ValueOf(&c.Fanout).Elem(), reflect.ValueOf(&c.Durable).Elem(), reflect.ValueOf(&c.Auth).Elem()} {
 		for i := range group.NumField() {
 			sf := group.Type().Field(i)
 			if name, ok := sf.Tag.Lookup("envconfig"); ok {
@@ -265,6 +279,7 @@ func (c Config) Validate(role Role) error {
 		}
 	}
 
+	errs = append(errs, c.Durable.Validate(role))
 	errs = append(errs, c.Common.validateNet())
 	if role == RoleAll || role == RoleIngest {
 		errs = append(errs, c.Ingest.Validate())
@@ -347,6 +362,9 @@ func (i Ingest) Validate() error {
 	if i.KeepAlive < 0 {
 		add("RELAY_INGEST_TCP_KEEPALIVE=%s: must not be negative", i.KeepAlive)
 	}
+	if i.DurableInFlight < 1 {
+		add("RELAY_INGEST_DURABLE_IN_FLIGHT=%d: must be at least 1", i.DurableInFlight)
+	}
 	if i.OutageHold <= 0 {
 		add("RELAY_INGEST_OUTAGE_HOLD=%s: must be positive", i.OutageHold)
 	}
@@ -357,6 +375,36 @@ func (i Ingest) Validate() error {
 		add("RELAY_INGEST_READ_BUFFER=%d: must be between 4096 and %d", i.ReadBuffer, 16<<20)
 	}
 	errs = append(errs, i.validateNet())
+	return errors.Join(errs...)
+}
+
+// Validate checks the durable settings and returns every problem joined.
+func (d Durable) Validate(role Role) error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	for _, p := range d.DurableChannels {
+		if err := auth.ValidatePattern(strings.TrimSpace(p)); err != nil {
+			add("RELAY_DURABLE_CHANNELS: %v", err)
+		}
+	}
+	if d.DurableStream == "" || strings.ContainsAny(d.DurableStream, " \t\r\n.*>/\\") || len(d.DurableStream) > 64 {
+		add("RELAY_DURABLE_STREAM=%q: must be 1 to 64 characters without spaces, '.', '*', '>', '/' or '\\'", d.DurableStream)
+	}
+	if d.DurableMaxAge < 0 {
+		add("RELAY_DURABLE_MAX_AGE=%s: must not be negative (0 = no limit)", d.DurableMaxAge)
+	}
+	if d.DurableMaxMsgs < 0 {
+		add("RELAY_DURABLE_MAX_MSGS_PER_CHANNEL=%d: must not be negative (0 = no limit)", d.DurableMaxMsgs)
+	}
+	if d.DurableMaxBytes < 0 {
+		add("RELAY_DURABLE_MAX_BYTES=%d: must not be negative (0 = no limit)", d.DurableMaxBytes)
+	}
+	if d.DurableReplicas < 1 || d.DurableReplicas > 5 {
+		add("RELAY_DURABLE_REPLICAS=%d: must be between 1 and 5", d.DurableReplicas)
+	}
+	if role == RoleAll && len(d.DurableChannels) > 0 && strings.TrimSpace(d.DataDir) == "" {
+		add("RELAY_DATA_DIR: empty; 'relay all' with durable channels needs a directory for the JetStream store")
+	}
 	return errors.Join(errs...)
 }
 

@@ -53,6 +53,7 @@ func (c Config) Vars() []Var {
 	add(c.Common, RoleAll, RoleIngest, RoleFanout)
 	add(c.Ingest, RoleAll, RoleIngest)
 	add(c.Fanout, RoleAll, RoleFanout)
+	add(c.Durable, RoleAll, RoleIngest, RoleFanout)
 	add(c.Auth, RoleAll, RoleIngest, RoleFanout)
 	return out
 }

@@ -74,7 +74,11 @@ type Ingest struct {
 	Unpublished      *ReasonCounter[IngestUnpublished] // messages read but never published
 	Held             prometheus.Gauge                  // senders paused because NATS cannot take their message
 	Throttled        prometheus.Counter                // pauses for RELAY_INGEST_MAX_RATE
-	AuthRefused      *ReasonCounter[AuthRefusal]       // relay_auth_refused_total{tier="ingest"}
+	// Durable channels (JetStream).
+	Stored       prometheus.Counter          // messages the stream acknowledged
+	StoreRetries prometheus.Counter          // publishes retried after a failed or missing ack
+	AcksPending  prometheus.Gauge            // published, ack not yet in
+	AuthRefused  *ReasonCounter[AuthRefusal] // relay_auth_refused_total{tier="ingest"}
 }
 
 func newIngest() *Ingest {
@@ -107,6 +111,18 @@ func newIngest() *Ingest {
 			Name: "relay_ingest_throttled_total",
 			Help: "Times a sender over RELAY_INGEST_MAX_RATE was read more slowly (paused before its next message; nothing dropped).",
 		}),
+		Stored: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_ingest_stored_total",
+			Help: "Messages of durable channels the JetStream stream acknowledged (stored; a duplicate of one already stored counts once).",
+		}),
+		StoreRetries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_ingest_store_retries_total",
+			Help: "Durable publishes sent again (same Nats-Msg-Id, so stored once) after an error or no ack in time.",
+		}),
+		AcksPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_ingest_acks_pending",
+			Help: "Durable messages published and not yet acknowledged by the stream (bounded by RELAY_INGEST_DURABLE_IN_FLIGHT).",
+		}),
 		AuthRefused: newAuthRefused("ingest"),
 	}
 }
@@ -123,7 +139,8 @@ func newAuthRefused(tier string) *ReasonCounter[AuthRefusal] {
 }
 
 func (m *Ingest) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused.vec, m.PublishRetries, m.Unpublished.vec, m.Held, m.Throttled, m.AuthRefused.vec}
+	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused.vec, m.PublishRetries, m.Unpublished.vec, m.Held, m.Throttled, m.AuthRefused.vec,
+		m.Stored, m.StoreRetries, m.AcksPending}
 }
 
 // Fanout is the fanout tier's metrics.

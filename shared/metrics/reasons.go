@@ -34,6 +34,8 @@ const (
 	IngestProxyHeader   IngestRefusal = "proxy_header"                // PROXY header missing, malformed, slow or untrusted
 	IngestTLSHandshake  IngestRefusal = "tls_handshake"               // TLS handshake failed (no or bad client certificate, not TLS)
 	IngestIdleTimeout   IngestRefusal = "idle_timeout"                // nothing received for the listener's idle=
+	IngestStoreFailed   IngestRefusal = "store_failed"                // the durable channels' stream would not store a message after retries
+	IngestAckNotDurable IngestRefusal = "ack_not_durable"             // +ack asked on a channel that is not durable
 
 	IngestUnauthorized IngestRefusal = "unauthorized"  // no, bad or expired token at the handshake
 	IngestForbidden    IngestRefusal = "forbidden"     // valid token, channel not permitted
@@ -45,7 +47,8 @@ func IngestRefusals() []IngestRefusal {
 	return []IngestRefusal{IngestBadHandshake, IngestHandshakeTimeout, IngestTooLarge, IngestTruncated,
 		IngestTooManyConnections, IngestPublishFailed, IngestShutdown, IngestUpstream,
 		IngestDenied, IngestRateLimited, IngestTooManyFromIP, IngestProxyHeader, IngestTLSHandshake, IngestIdleTimeout,
-		IngestUnauthorized, IngestForbidden, IngestTokenExpired}
+		IngestUnauthorized, IngestForbidden, IngestTokenExpired,
+		IngestStoreFailed, IngestAckNotDurable}
 }
 
 // IngestUnpublished is a value of relay_ingest_unpublished_total{reason}:

@@ -18,7 +18,11 @@ type EmbeddedOptions struct {
 	Listen string
 	// MaxPayload is the largest message the server accepts. Defaults to 1 MiB.
 	MaxPayload int32
-	Logger     *slog.Logger
+	// JetStreamDir, when set, enables JetStream with its file store in this
+	// directory (created if missing): what is stored there survives a
+	// restart of the process. Empty: no JetStream.
+	JetStreamDir string
+	Logger       *slog.Logger
 }
 
 // StartEmbedded starts a NATS server in this process and waits until it
@@ -31,6 +35,9 @@ func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 	}
 	if o.MaxPayload > 0 {
 		opts.MaxPayload = o.MaxPayload
+	}
+	if o.JetStreamDir != "" {
+		opts.JetStream, opts.StoreDir = true, o.JetStreamDir
 	}
 	if o.Listen == "" {
 		opts.DontListen = true
@@ -69,7 +76,14 @@ func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 	srv.Start()
 	if !srv.ReadyForConnections(10 * time.Second) {
 		srv.Shutdown()
+		if o.JetStreamDir != "" && !srv.JetStreamEnabled() {
+			return nil, fmt.Errorf("natsconn: embedded server: JetStream did not start with store %s (not writable, or in use by another process?)", o.JetStreamDir)
+		}
 		return nil, fmt.Errorf("natsconn: embedded server not ready (is %s in use?)", o.Listen)
+	}
+	if o.JetStreamDir != "" && !srv.JetStreamEnabled() {
+		srv.Shutdown()
+		return nil, fmt.Errorf("natsconn: embedded server: JetStream did not start with store %s", o.JetStreamDir)
 	}
 	return srv, nil
 }

@@ -80,6 +80,22 @@ func NATSServer(t testing.TB) *server.Server {
 	return srv
 }
 
+// JetStreamServer starts a real NATS server with JetStream, its store in a
+// temporary directory, on 127.0.0.1 with a random port; it shuts down when
+// the test ends.
+func JetStreamServer(t testing.TB) *server.Server {
+	t.Helper()
+	srv, err := natsconn.StartEmbedded(natsconn.EmbeddedOptions{Listen: "127.0.0.1:0", JetStreamDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	})
+	return srv
+}
+
 // Connect opens a NATS client connection to srv, closed when the test ends.
 func Connect(t testing.TB, srv *server.Server, opts ...nats.Option) *nats.Conn {
 	t.Helper()
