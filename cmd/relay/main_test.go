@@ -306,8 +306,11 @@ func relaySend(addr, channel, data string) error {
 	return nil
 }
 
+// httpGet fetches url on a fresh connection: an idle keep-alive connection
+// would leave a goroutine in the server, and tests compare its goroutine
+// count with a baseline.
 func httpGet(url string) (string, error) {
-	resp, err := http.Get(url)
+	resp, err := noKeepAlive.Get(url)
 	if err != nil {
 		return "", err
 	}
@@ -315,3 +318,5 @@ func httpGet(url string) (string, error) {
 	b, err := io.ReadAll(resp.Body)
 	return string(b), err
 }
+
+var noKeepAlive = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}

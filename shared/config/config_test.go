@@ -255,12 +255,13 @@ func TestDefaultPingsNoticeAFreezeWithin15s(t *testing.T) {
 func TestUnknownVariables(t *testing.T) {
 	t.Parallel()
 	got := Unknown([]string{
-		"RELAY_INGEST_LISTENER=:1=a/line", // a typo
-		"RELAY_LOGLEVEL=debug",            // another
-		"RELAY_FOO=1",                     // nothing like it
-		"RELAY_INGEST_PORT=1",             // looks like a service link, but no RELAY_INGEST_SERVICE_HOST
-		"RELAY_FANOUT_ADDR=:1",            // known
-		"PATH=/bin", "NATS_URL=x",         // not relay's
+		"RELAY_INGEST_LISTENER=:1=a/line",      // a typo
+		"RELAY_LOGLEVEL=debug",                 // another
+		"RELAY_FOO=1",                          // nothing like it
+		"RELAY_INGEST_PORT=1",                  // looks like a service link, but no RELAY_INGEST_SERVICE_HOST
+		"RELAY_FANOUT_ADDR=:1",                 // known
+		"RELAY_TOKEN=t", "RELAY_REQUIRE_E2E=1", // read by relay send/watch and by the tests
+		"PATH=/bin", "NATS_URL=x", // not relay's
 		// What Kubernetes injects for Services named relay and relay-fanout.
 		"RELAY_SERVICE_HOST=10.0.0.1", "RELAY_SERVICE_PORT=8080", "RELAY_SERVICE_PORT_HTTP=8080",
 		"RELAY_PORT=tcp://10.0.0.1:8080", "RELAY_PORT_8080_TCP=tcp://10.0.0.1:8080",

@@ -14,6 +14,11 @@ import (
 // for relay-ingest the same with RELAY_INGEST.
 var serviceLink = regexp.MustCompile(`^_(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?|PORT(?:_[0-9]+_(?:TCP|UDP|SCTP)(?:_PROTO|_PORT|_ADDR)?)?)$`)
 
+// notServer lists RELAY_* variables that are read by something other than
+// the servers, so a server seeing them in its environment must not warn:
+// the token of `relay send` and `relay watch`, and the test suite's switches.
+var notServer = []string{"RELAY_TOKEN", "RELAY_REQUIRE_E2E", "RELAY_UPDATE_SCREENSHOT"}
+
 // Unknown returns a warning for each RELAY_* variable in environ (as from
 // os.Environ) that relay does not read, naming the closest one it does read.
 // The variables Kubernetes injects for a Service whose name starts with
@@ -43,7 +48,7 @@ func Unknown(environ []string) []string {
 	}
 	var out []string
 	for name := range set {
-		if !strings.HasPrefix(name, Prefix+"_") || slices.Contains(known, name) || isLink(name) {
+		if !strings.HasPrefix(name, Prefix+"_") || slices.Contains(known, name) || slices.Contains(notServer, name) || isLink(name) {
 			continue
 		}
 		msg := fmt.Sprintf("%s is not a relay variable and is ignored", name)
