@@ -286,6 +286,48 @@ log "check 1: before scaling"
 check "before scaling" 2
 check_fixed
 
+# client_ip SERVICE PATTERN: the client address in the last log line of
+# SERVICE matching PATTERN (its remote=IP:PORT attribute).
+client_ip() {
+	dc logs --no-color "$1" 2>&1 | grep -- "$2" | grep -o 'remote=[^ ]*' | tail -n 1 | sed 's/^remote=//; s/:[0-9]*$//; s/^\[//; s/\]$//'
+}
+
+log "check: network controls"
+# NATS runs with authorization: a client without credentials cannot read
+# relay.ch.> (it cannot even connect). Spoken with busybox nc from a
+# throwaway container on the compose network.
+nats_reply=$(printf 'CONNECT {"verbose":false,"pedantic":false}\r\nSUB relay.ch.> 1\r\nPING\r\n' |
+	timeout 30 docker run --rm -i --network "${project}_default" -v "${BUSYBOX_BIN:-/bin/busybox}:/nc:ro" \
+		--entrypoint /nc "$OFFLINE_NATS_IMAGE" -w 3 nats-1 4222 2>&1 || true)
+if grep -q "Authorization Violation" <<<"$nats_reply" && ! grep -q '^PONG' <<<"$nats_reply"; then
+	line="NATS without credentials: SUB relay.ch.> refused (Authorization Violation)"
+	log "$line"
+	results+=("$line")
+	passed=$((passed + 1))
+else
+	die "a NATS client without credentials was not refused: $(tr -d '\r' <<<"$nats_reply" | tail -n 3)"
+fi
+# The load balancers pass on who the clients are (PROXY v2 to ingest,
+# X-Forwarded-For to fanout): relay's per-address limits and logs name the
+# client, not the LB. A bad handshake makes ingest log the sender's address;
+# the receivers of check 1 made fanout log theirs when they left.
+printf 'bad channel!\n' | timeout 10 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0"; cat >&3; timeout 5 cat <&3' "$hs_port" >"$WORK/bad.reply" 2>&1 || true
+grep -q '^-ERR' "$WORK/bad.reply" || die "bad handshake through the LB got no -ERR: $(cat "$WORK/bad.reply")"
+ingest_lb_ip=$(ip_of "$(cid ingest-lb)")
+deadline=$((SECONDS + WAIT))
+until [[ -n $(client_ip ingest 'sender closed with error') ]]; do
+	((SECONDS < deadline)) || die "no ingest log line for the bad handshake"
+	sleep 1
+done
+sender_ip=$(client_ip ingest 'sender closed with error')
+receiver_ip=$(client_ip fanout 'client disconnected')
+[[ -n $sender_ip && $sender_ip != "$ingest_lb_ip" ]] || die "ingest logged the sender as $sender_ip (the ingest LB is $ingest_lb_ip)"
+[[ -n $receiver_ip && $receiver_ip != "$fanout_lb_ip" ]] || die "fanout logged the receiver as '$receiver_ip' (the fanout LB is $fanout_lb_ip)"
+line="client addresses through the LBs: ingest logs sender $sender_ip (LB $ingest_lb_ip), fanout logs receiver $receiver_ip (LB $fanout_lb_ip)"
+log "$line"
+results+=("$line")
+passed=$((passed + 1))
+
 log "check 2: scaling fanout to 3"
 dc up -d --no-build --no-recreate --scale fanout=3 >"$WORK/scale.log" 2>&1 || {
 	cat "$WORK/scale.log"

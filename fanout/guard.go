@@ -161,7 +161,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) (release func()
 // and logs the refusal.
 func (s *Server) refuseUpgraded(w http.ResponseWriter, r *http.Request, code websocket.StatusCode, reason metrics.FanoutRefusal, text string) {
 	s.m.Refused.Inc(reason)
-	if n, ok := s.refusals.allow(string(reason)); ok {
+	if n, ok := s.refusals.Allow(string(reason)); ok {
 		s.log.Info("upgrade refused", "reason", reason, "code", int(code), "remote", clientOf(r).addr.String(),
 			"path", r.URL.Path, "suppressed", n)
 	}
@@ -235,7 +235,7 @@ func (s *Server) connState(c net.Conn, st http.ConnState) {
 		return
 	}
 	s.m.Refused.Inc(refusedHeaderTimeout)
-	if n, ok := s.refusals.allow(string(refusedHeaderTimeout)); ok {
+	if n, ok := s.refusals.Allow(string(refusedHeaderTimeout)); ok {
 		s.log.Info("connection closed: request headers not received in time", "remote", wc.RemoteAddr().String(),
 			"timeout", readHeaderTimeout.String(), "suppressed", n)
 	}

@@ -6,7 +6,6 @@ import (
 	"net/url"
 	"path"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -208,37 +207,8 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, reas
 		w.Header().Set("Retry-After", "1")
 	}
 	http.Error(w, msg, status)
-	if n, ok := s.refusals.allow(string(reason)); ok {
+	if n, ok := s.refusals.Allow(string(reason)); ok {
 		s.log.Info("upgrade refused", "reason", reason, "status", status, "remote", r.RemoteAddr,
 			"origin", r.Header.Get("Origin"), "path", r.URL.Path, "suppressed", n)
 	}
-}
-
-// logLimiter lets one log line per key through per interval and counts the
-// ones it held back.
-type logLimiter struct {
-	interval time.Duration
-	mu       sync.Mutex
-	next     map[string]time.Time
-	held     map[string]int
-}
-
-func newLogLimiter(interval time.Duration) *logLimiter {
-	return &logLimiter{interval: interval, next: map[string]time.Time{}, held: map[string]int{}}
-}
-
-// allow reports whether to log now, and how many were held back since the
-// last line for key.
-func (l *logLimiter) allow(key string) (held int, ok bool) {
-	now := time.Now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if now.Before(l.next[key]) {
-		l.held[key]++
-		return 0, false
-	}
-	l.next[key] = now.Add(l.interval)
-	held = l.held[key]
-	delete(l.held, key)
-	return held, true
 }

@@ -131,26 +131,6 @@ func TestMaxConnections(t *testing.T) {
 	})
 }
 
-func TestLogLimiter(t *testing.T) {
-	t.Parallel()
-	l := newLogLimiter(time.Hour)
-	if _, ok := l.allow("a"); !ok {
-		t.Fatal("first line held back")
-	}
-	for range 3 {
-		if _, ok := l.allow("a"); ok {
-			t.Fatal("line let through within the interval")
-		}
-	}
-	if _, ok := l.allow("b"); !ok {
-		t.Fatal("keys are limited together")
-	}
-	l.next["a"] = time.Time{}
-	if held, ok := l.allow("a"); !ok || held != 3 {
-		t.Fatalf("after the interval: held %d, ok %v; want 3, true", held, ok)
-	}
-}
-
 func TestIsUpgrade(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {

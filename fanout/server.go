@@ -28,6 +28,7 @@ import (
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/netguard"
 	"github.com/relaydev/relay/shared/subjects"
+	"github.com/relaydev/relay/shared/tierkit"
 )
 
 // Sentinel errors.
@@ -35,7 +36,7 @@ var (
 	// ErrInvalidOptions is returned (wrapped, with every problem) by New.
 	ErrInvalidOptions = errors.New("fanout: invalid options")
 	// ErrNATSDisconnected is reported by Ready while the NATS connection is down.
-	ErrNATSDisconnected = errors.New("fanout: NATS not connected")
+	ErrNATSDisconnected = tierkit.ErrNATSDisconnected
 	// ErrAlreadyRun is returned by a second call to Run.
 	ErrAlreadyRun = errors.New("fanout: Run called twice")
 )
@@ -58,7 +59,8 @@ type Options struct {
 	// SubjectPrefix is RELAY_SUBJECT_PREFIX: channel C is read from
 	// <prefix>.ch.C.
 	SubjectPrefix string
-	// ShutdownGrace is the whole budget for a graceful shutdown.
+	// ShutdownGrace is the whole budget for a graceful shutdown. Defaults to
+	// tierkit.DefaultShutdownGrace.
 	ShutdownGrace time.Duration
 	// NATS is owned by the Server from New on: New sets its async error
 	// handler and Run drains it before returning.
@@ -66,7 +68,7 @@ type Options struct {
 	// Logger receives the tier's logs (the caller adds attributes such as
 	// tier=fanout). Defaults to slog.Default() with tier=fanout.
 	Logger *slog.Logger
-	// Metrics is updated by the Server.
+	// Metrics is updated by the Server. Defaults to a set nobody serves.
 	Metrics *metrics.Fanout
 	// MetricsHandler is served at GET /metrics; nil leaves the route out.
 	MetricsHandler http.Handler
@@ -77,6 +79,9 @@ type Options struct {
 	// so they get every message ingest accepted before 1001. Bounded by
 	// three quarters of ShutdownGrace.
 	Upstream <-chan struct{}
+	// NoHealthRoutes leaves /healthz and /readyz off the public address
+	// (RELAY_ADMIN_ADDR serves them); Ready still reports readiness.
+	NoHealthRoutes bool
 }
 
 // Server is the fanout tier: one HTTP server for WebSockets, the demo page,
@@ -95,7 +100,7 @@ type Server struct {
 	mux      *http.ServeMux
 	health   *health.Checker
 	hub      *hub
-	refusals *logLimiter
+	refusals *tierkit.LogLimiter
 	upstream <-chan struct{}
 	guard    *guard
 
@@ -117,11 +122,12 @@ func New(o Options) (*Server, error) {
 	if err := validate(o); err != nil {
 		return nil, err
 	}
+	tierkit.Defaults("fanout", &o.Logger, &o.ShutdownGrace)
+	if o.Metrics == nil {
+		o.Metrics = metrics.New().Fanout
+	}
 	mapper, _ := subjects.NewMapper(o.SubjectPrefix) // checked by validate
 	log := o.Logger
-	if log == nil {
-		log = slog.Default().With("tier", "fanout")
-	}
 	cfg := o.Config
 
 	page, err := renderPage(pageConfig{PublicIngestAddr: cfg.PublicIngestAddr})
@@ -148,7 +154,7 @@ func New(o Options) (*Server, error) {
 		},
 		ln:       ln,
 		mux:      http.NewServeMux(),
-		refusals: newLogLimiter(time.Second),
+		refusals: tierkit.NewLogLimiter(time.Second),
 		clients:  make(map[*client]struct{}),
 		upstream: o.Upstream,
 	}
@@ -168,13 +174,8 @@ func New(o Options) (*Server, error) {
 		s.ln = tls.NewListener(s.ln, s.guard.tls)
 	}
 	s.hub = newHub(o.NATS, mapper, o.Metrics, log, cfg.SubPendingMsgs, cfg.SubPendingBytes, cfg.WriteTimeout)
-	s.health = health.New(func() error {
-		if !s.nc.IsConnected() {
-			return ErrNATSDisconnected
-		}
-		return nil
-	})
-	s.routes(page, o.MetricsHandler)
+	s.health = health.New(tierkit.NATSReady(o.NATS))
+	s.routes(page, o.MetricsHandler, !o.NoHealthRoutes)
 	s.http = &http.Server{
 		Handler:           s.guard.wrap(s, s.mux),
 		ConnState:         s.connState,
@@ -204,21 +205,9 @@ func New(o Options) (*Server, error) {
 	return s, nil
 }
 
+// validate reports every problem with o, the way ingest's does.
 func validate(o Options) error {
-	var errs []error
-	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if o.NATS == nil {
-		add("NATS connection is nil")
-	}
-	if o.Metrics == nil {
-		add("Metrics is nil")
-	}
-	if err := subjects.ValidatePrefix(o.SubjectPrefix); err != nil {
-		add("subject prefix %q: %v", o.SubjectPrefix, err)
-	}
-	if o.ShutdownGrace <= 0 {
-		add("ShutdownGrace %s: must be positive", o.ShutdownGrace)
-	}
+	errs := tierkit.Check(o.NATS, o.SubjectPrefix)
 	if err := o.Config.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -293,7 +282,7 @@ func staticHandler() http.Handler {
 	})
 }
 
-func (s *Server) routes(page []byte, metricsHandler http.Handler) {
+func (s *Server) routes(page []byte, metricsHandler http.Handler, healthRoutes bool) {
 	s.mux.HandleFunc("GET /ws/{channel}", s.serveWS)
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
@@ -302,7 +291,9 @@ func (s *Server) routes(page []byte, metricsHandler http.Handler) {
 		w.Write(page)
 	})
 	s.mux.Handle("GET /static/", staticHandler())
-	s.health.Register(s.mux)
+	if healthRoutes {
+		s.health.Register(s.mux)
+	}
 	if metricsHandler != nil {
 		s.mux.Handle("GET /metrics", metricsHandler)
 	}

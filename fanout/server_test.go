@@ -189,24 +189,19 @@ func rawUpgrade(t *testing.T, addr, channel string) net.Conn {
 	return conn
 }
 
+// TestNewValidatesOptions: every problem at once, the way ingest.New reports them.
 func TestNewValidatesOptions(t *testing.T) {
 	t.Parallel()
-	ns := startNATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	_, err = New(Options{
-		Config:        testConfig(),
+	cfg := testConfig()
+	cfg.ClientQueue = 0
+	_, err := New(Options{
+		Config:        cfg,
 		SubjectPrefix: "bad prefix",
-		NATS:          nc,
-		Metrics:       nil,
 	})
 	if !errors.Is(err, ErrInvalidOptions) {
 		t.Fatalf("got %v, want ErrInvalidOptions", err)
 	}
-	for _, want := range []string{"Metrics", "prefix", "ShutdownGrace"} {
+	for _, want := range []string{"NATS", "prefix", "RELAY_FANOUT_CLIENT_QUEUE"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}

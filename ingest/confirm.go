@@ -150,6 +150,23 @@ func (k *confirmer) confirmedUpTo(marks []mark) (int, []mark) {
 	return n, marks
 }
 
+// anyLost reports whether a mark lies on an ended generation past what was
+// confirmed on it before it dropped: those messages may have died in the
+// dropped connection's buffers.
+func (k *confirmer) anyLost(marks []mark) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, m := range marks {
+		if m.gen == k.gen {
+			continue
+		}
+		if final, ok := k.finals[m.gen]; !ok || m.out > final {
+			return true
+		}
+	}
+	return false
+}
+
 // mark: a sender's first msgs messages sit at or before output position
 // out of generation gen.
 type mark struct {
@@ -176,12 +193,32 @@ func newLedger(k *confirmer) *ledger {
 }
 
 // beforePublish takes a mark when a confirmation or a new generation has
-// happened since the last look.
-func (l *ledger) beforePublish(msgs int) {
+// happened since the last look. It reports false when some of the sender's
+// messages went out on a NATS connection that dropped before confirming
+// them: they may be lost, and the sender must be told instead of carrying on
+// past a gap its watchers cannot see.
+func (l *ledger) beforePublish(msgs int) bool {
+	// A reconnect can complete between two publishes without either failing
+	// (a killed server is noticed and replaced within milliseconds), so the
+	// generation is read before every publish (one uncontended lock of the
+	// NATS connection), not only when the confirmer's epoch has moved.
+	if l.k.nc.Stats().Reconnects != l.gen {
+		l.epoch = l.k.epoch.Load()
+		return !l.lost(msgs)
+	}
 	if e := l.k.epoch.Load(); e != l.epoch {
 		l.epoch = e
-		l.take(msgs)
+		return !l.lost(msgs)
 	}
+	return true
+}
+
+// lost reports whether some of the sender's first msgs messages were
+// published on a connection that has dropped since, past what NATS
+// confirmed on it.
+func (l *ledger) lost(msgs int) bool {
+	l.take(msgs)
+	return l.k.anyLost(l.marks)
 }
 
 // take marks the messages published so far and returns the mark's

@@ -163,7 +163,7 @@ func (c *senderConn) serve() {
 		log.Info("sender closed at shutdown", "messages", c.msgs, "bytes", c.bytes)
 	case errors.Is(err, ErrTruncated):
 		c.fail(reasonTruncated, err, "truncated frame")
-	case errors.Is(err, errHeld):
+	case errors.Is(err, errHeld), errors.Is(err, errLost):
 		s.m.Unpublished.Inc(metrics.UnpublishedUpstream)
 		c.fail(reasonUpstream, err, fmt.Sprintf("upstream unavailable: %d messages accepted", c.ledger.confirmed(c.msgs)))
 	case errors.Is(err, errPublish):
@@ -240,7 +240,9 @@ func (c *senderConn) pump(channel string) error {
 		if text {
 			msg.Header = textHdr
 		}
-		c.ledger.beforePublish(c.msgs)
+		if !c.ledger.beforePublish(c.msgs) {
+			return errLost
+		}
 		if err := c.publish(msg); err != nil {
 			return err
 		}
@@ -263,6 +265,9 @@ var (
 	// errHeld: NATS could not take a message for as long as ingest holds
 	// one (RELAY_INGEST_OUTAGE_HOLD, or until the shutdown deadline).
 	errHeld = errors.New("ingest: NATS unavailable")
+	// errLost: some of the sender's messages went out on a NATS connection
+	// that dropped before NATS confirmed them.
+	errLost = errors.New("ingest: NATS connection lost with messages unconfirmed")
 )
 
 // publish hands msg to NATS. The connection has no reconnect buffer, so
@@ -305,6 +310,12 @@ func (c *senderConn) publish(msg *nats.Msg) error {
 			s.m.Held.Dec()
 			return fmt.Errorf("%w: %s: held %s: %w", errHeld, msg.Subject, time.Since(heldSince).Round(time.Millisecond), err)
 		}
+		if c.ledger.lost(c.msgs) {
+			// NATS is back on a new connection, but what went out on the old
+			// one was never confirmed: stop here and tell the sender.
+			s.m.Held.Dec()
+			return errLost
+		}
 	}
 }
 
@@ -345,13 +356,13 @@ const (
 	lingerBytes = 4 << 20
 )
 
-// logRefusal rate-limits refusal logs per reason: a misbehaving fleet must
-// not flood the log. The counter still counts every one.
+// logRefusal rate-limits refusal logs per reason, as fanout does (one line
+// per reason per second, saying how many it stands for): a misbehaving fleet
+// must not flood the log. The counter still counts every one.
 func (s *Server) logRefusal(reason metrics.IngestRefusal, msg string, args ...any) {
-	v, _ := refusalLogs.LoadOrStore(reason, &rate.Sometimes{First: 10, Interval: time.Second})
-	v.(*rate.Sometimes).Do(func() { s.log.Warn(msg, args...) })
+	if n, ok := s.refusals.Allow(string(reason)); ok {
+		s.log.Warn(msg, append(args, "suppressed", n)...)
+	}
 }
-
-var refusalLogs sync.Map // reason -> *rate.Sometimes
 
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }

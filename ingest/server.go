@@ -22,7 +22,11 @@ import (
 	"github.com/relaydev/relay/shared/health"
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/subjects"
+	"github.com/relaydev/relay/shared/tierkit"
 )
+
+// ErrInvalidOptions is returned (wrapped, with every problem) by New.
+var ErrInvalidOptions = errors.New("ingest: invalid options")
 
 // headerRoom is what the Relay-Format header adds to a NATS payload.
 const headerRoom = 64
@@ -31,11 +35,14 @@ const headerRoom = 64
 type Options struct {
 	Config        config.Ingest
 	SubjectPrefix string
-	// ShutdownGrace bounds the whole graceful shutdown.
+	// ShutdownGrace bounds the whole graceful shutdown. Defaults to
+	// tierkit.DefaultShutdownGrace.
 	ShutdownGrace time.Duration
 	// NATS is owned by the Server from now on: Run flushes and closes it.
-	NATS           *nats.Conn
-	Logger         *slog.Logger
+	NATS *nats.Conn
+	// Logger defaults to slog.Default() with tier=ingest.
+	Logger *slog.Logger
+	// Metrics is updated by the Server. Defaults to a set nobody serves.
 	Metrics        *metrics.Ingest
 	MetricsHandler http.Handler // served at GET /metrics; may be nil
 }
@@ -54,7 +61,8 @@ type Server struct {
 	httpSrv *http.Server
 	guard   *guard
 
-	slots chan struct{} // one per allowed concurrent connection
+	slots    chan struct{} // one per allowed concurrent connection
+	refusals *tierkit.LogLimiter
 
 	mu     sync.Mutex
 	conns  map[*senderConn]struct{}
@@ -80,28 +88,22 @@ type Server struct {
 // New validates the options and binds every listener, so a port in use
 // fails the start here rather than later.
 func New(o Options) (*Server, error) {
-	if o.NATS == nil {
-		return nil, errors.New("ingest: no NATS connection")
-	}
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
-	if o.Metrics == nil {
-		o.Metrics = metrics.New().Ingest
-	}
-	if o.ShutdownGrace <= 0 {
-		o.ShutdownGrace = 20 * time.Second
-	}
 	if o.Config.OutageHold == 0 {
 		o.Config.OutageHold = 10 * time.Second
 	}
-	mapper, err := subjects.NewMapper(o.SubjectPrefix)
-	if err != nil {
-		return nil, fmt.Errorf("ingest: %w", err)
-	}
+	// Options are checked and defaulted the way fanout.New does (tierkit).
+	errs := tierkit.Check(o.NATS, o.SubjectPrefix)
 	if err := o.Config.Validate(); err != nil {
-		return nil, fmt.Errorf("ingest: %w", err)
+		errs = append(errs, err)
 	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidOptions, errors.Join(errs...))
+	}
+	tierkit.Defaults("ingest", &o.Logger, &o.ShutdownGrace)
+	if o.Metrics == nil {
+		o.Metrics = metrics.New().Ingest
+	}
+	mapper, _ := subjects.NewMapper(o.SubjectPrefix) // checked above
 	if mp := o.NATS.MaxPayload(); mp > 0 && int64(o.Config.MaxMessage)+headerRoom > mp {
 		return nil, fmt.Errorf("ingest: RELAY_INGEST_MAX_MESSAGE=%d does not fit the NATS server's max payload of %d bytes (headers need %d)", o.Config.MaxMessage, mp, headerRoom)
 	}
@@ -114,6 +116,7 @@ func New(o Options) (*Server, error) {
 		m:           o.Metrics,
 		mapper:      mapper,
 		slots:       make(chan struct{}, o.Config.MaxConnections),
+		refusals:    tierkit.NewLogLimiter(time.Second),
 		conns:       map[*senderConn]struct{}{},
 		hardCtx:     hardCtx,
 		hardCancel:  hardCancel,
@@ -138,16 +141,12 @@ func New(o Options) (*Server, error) {
 		s.back = make(chan struct{})
 		s.backMu.Unlock()
 	})
+	var err error
 	if s.guard, err = newGuard(o.Config, o.Config.Listeners, s); err != nil {
 		hardCancel()
 		return nil, err
 	}
-	s.health = health.New(func() error {
-		if !s.nc.IsConnected() {
-			return errors.New("ingest: NATS not connected")
-		}
-		return nil
-	})
+	s.health = health.New(tierkit.NATSReady(o.NATS))
 	keepAlive := o.Config.KeepAlive
 	if keepAlive == 0 {
 		keepAlive = -1 // net.ListenConfig: negative disables keepalive

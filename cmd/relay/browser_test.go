@@ -96,6 +96,17 @@ func TestBrowserPage(t *testing.T) {
 	want = append(want, "binary · 12 Bff d8 ff e0 00 10 4a 46 49 46 00 01")
 	b.waitMessages(t, want)
 
+	// An empty line is an empty message, labelled inside its own row.
+	if err := sendRaw(fixed, "", "\nafter the empty one\n"); err != nil {
+		t.Fatal(err)
+	}
+	want = append(want, "", "after the empty one")
+	b.waitMessages(t, want)
+	if label := b.eval(t, `getComputedStyle(document.querySelector("#log li.msg .b.empty"), "::after").content`); label != `"empty message"` {
+		t.Errorf("an empty message is labelled %s, want \"empty message\"", label)
+	}
+	b.checkRowsDoNotOverlap(t)
+
 	// Restart on the same ports: the page sees 1001, reconnects by itself
 	// and shows what is sent after that.
 	p.cmd.Process.Signal(syscall.SIGTERM)
@@ -380,6 +391,34 @@ func (b *browser) waitEval(t *testing.T, what, expr string, ok func(string) bool
 func (b *browser) waitState(t *testing.T, state string) {
 	t.Helper()
 	b.waitEval(t, "state "+state, `document.getElementById("status").dataset.state`, func(s string) bool { return s == state })
+}
+
+// checkRowsDoNotOverlap checks the message list's geometry: each row starts
+// at or below the end of the one before, and everything drawn in a row stays
+// inside it.
+func (b *browser) checkRowsDoNotOverlap(t *testing.T) {
+	t.Helper()
+	problems := b.eval(t, `(() => {
+		const out = [], px = 0.5;
+		let prev = null;
+		for (const li of document.querySelectorAll("#log li")) {
+			const r = li.getBoundingClientRect();
+			const name = JSON.stringify(li.textContent.slice(0, 40));
+			if (prev && r.top < prev.bottom - px) out.push("row " + name + " starts at " + r.top + ", inside the row above (ends " + prev.bottom + ")");
+			for (const el of li.querySelectorAll("*")) {
+				const c = el.getBoundingClientRect();
+				if (c.width === 0 && c.height === 0) continue;
+				if (c.top < r.top - px || c.bottom > r.bottom + px || c.left < r.left - px || c.right > r.right + px)
+					out.push(el.tagName.toLowerCase() + "." + [...el.classList].join(".") + " of row " + name + " is drawn at " +
+						[c.left, c.top, c.right, c.bottom].map(Math.round) + ", outside its row " + [r.left, r.top, r.right, r.bottom].map(Math.round));
+			}
+			prev = r;
+		}
+		return out.join("\n");
+	})()`)
+	if problems != "" {
+		t.Errorf("message rows overlap:\n%s", problems)
+	}
 }
 
 // waitMessages waits until the page shows as many messages as want, then

@@ -10,14 +10,16 @@ import (
 	"strings"
 
 	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/metrics"
 )
 
-const configUsage = `usage: relay config [--markdown] [ROLE]
+const configUsage = `usage: relay config [--markdown | --metrics-markdown] [ROLE]
 
 Validates the configuration 'relay ROLE' would start with (ROLE: all, ingest or fanout; default all)
 and lists the RELAY_* variables that role reads: each with its value now (and its default when
 different) and its meaning, wrapped for a 100-column terminal; warns about RELAY_* variables relay
-does not read. --markdown prints README.md's configuration table instead (every variable, every role).
+does not read. --markdown prints README.md's configuration table instead (every variable, every role),
+--metrics-markdown its metrics table (every relay_ metric, from the Prometheus registry).
 Exit status: 0 valid, 2 invalid (every problem is listed) or bad usage.
 `
 
@@ -26,19 +28,26 @@ Exit status: 0 valid, 2 invalid (every problem is listed) or bad usage.
 func configCmd(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("config")
 	markdown := fs.Bool("markdown", false, "print the README's configuration table instead")
+	metricsMarkdown := fs.Bool("metrics-markdown", false, "print the README's metrics table instead")
 	pos, code, ok := parseFlags(fs, configUsage, args, stdout, stderr)
 	if !ok {
 		return code
 	}
 	maxArgs, synopsis := 1, "[ROLE]"
-	if *markdown {
-		maxArgs, synopsis = 0, "no ROLE with --markdown"
+	if *markdown || *metricsMarkdown {
+		maxArgs, synopsis = 0, "no ROLE with --markdown or --metrics-markdown"
 	}
 	if code, ok := checkArgs(stderr, "config", synopsis, pos, 0, maxArgs); !ok {
 		return code
 	}
-	if *markdown {
+	switch {
+	case *markdown && *metricsMarkdown:
+		return usageError(stderr, "config", "give --markdown or --metrics-markdown, not both")
+	case *markdown:
 		config.Markdown(stdout)
+		return 0
+	case *metricsMarkdown:
+		metrics.Markdown(stdout)
 		return 0
 	}
 	role := config.RoleAll

@@ -537,3 +537,60 @@ func TestNATSFreezeDetected(t *testing.T) {
 	t.Logf("NATS frozen under 500 lines/s: noticed after %s (ingest) / %s (fanout); written before the freeze %d, published by detection %v, watcher received %d then 1012; after SIGCONT lines flow again",
 		ingestNoticed.Round(100*time.Millisecond), fanoutNoticed.Round(100*time.Millisecond), writtenAtFreeze, publishedAtDetection, deliveredBeforeFreeze)
 }
+
+// TestSplitIngestSIGTERMDeliversEveryAcceptedLine (issue 11, finding 1,
+// split mode): `relay ingest` gets SIGTERM while 2 senders stream; the
+// fanout, another process, keeps running. Each sender is told N accepted
+// and the watchers receive exactly those N lines of each, in order.
+func TestSplitIngestSIGTERMDeliversEveryAcceptedLine(t *testing.T) {
+	t.Parallel()
+	srv := testutil.NATSServer(t)
+	sendAddr, fanoutAddr, _, ingest, _ := splitTiers(t, srv.ClientURL(), burstQueue)
+	var watchers []*wsReceiver
+	for range 2 {
+		watchers = append(watchers, dialWS(t, "ws://"+fanoutAddr+"/ws/f"))
+	}
+	testutil.Eventually(t, 20*time.Second, func() error {
+		if v := metricValue(t, "http://"+fanoutAddr+"/metrics", "relay_fanout_connections"); v != 2 {
+			return fmt.Errorf("fanout has %v of 2 watchers", v)
+		}
+		return nil
+	})
+	var senders []*pacedSender
+	for i := range 2 {
+		senders = append(senders, startSender(t, sendAddr, fmt.Sprintf("s%d", i), 2000))
+	}
+	testutil.Eventually(t, 30*time.Second, func() error {
+		for i, w := range watchers {
+			if w.count() < 2000 {
+				return fmt.Errorf("watcher %d has %d lines", i, w.count())
+			}
+		}
+		return nil
+	})
+	ingest.cmd.Process.Signal(syscall.SIGTERM)
+	want := map[string]int{}
+	written, total := 0, 0
+	for _, s := range senders {
+		n := accepted(t, s.waitReply(t, time.Minute), "server shutting down")
+		want[s.name] = n
+		total += n
+		written += int(s.written.Load())
+	}
+	if code := ingest.wait(t, time.Minute); code != 0 {
+		t.Fatalf("relay ingest exited %d after SIGTERM", code)
+	}
+	for i, w := range watchers {
+		testutil.Eventually(t, 30*time.Second, func() error {
+			if w.count() < total {
+				return fmt.Errorf("watcher %d has %d of the %d accepted", i, w.count(), total)
+			}
+			return nil
+		})
+		if err := checkOrder(w.messages(), want); err != nil {
+			t.Errorf("watcher %d: %v (accepted per sender %v)", i, err, want)
+		}
+	}
+	t.Logf("relay ingest + SIGTERM (split mode), 2 senders x 2k lines/s, 2 watchers on a running fanout: written %d, accepted %d, each watcher received %d",
+		written, total, watchers[0].count())
+}

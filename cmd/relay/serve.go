@@ -70,6 +70,7 @@ type started struct {
 	IngestAddr []net.Addr     // in RELAY_INGEST_LISTENERS order
 	FanoutAddr net.Addr
 	Registry   *metrics.Registry // every metric the role serves on /metrics
+	AdminAddr  net.Addr          // RELAY_ADMIN_ADDR's listener, when set
 }
 
 // runRoleNotify is runRole that calls notify (when not nil) once every
@@ -89,7 +90,24 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		Logger:       log,
 		PingInterval: cfg.NATSPingInterval,
 		MaxPingsOut:  cfg.NATSMaxPings,
+		Auth: natsconn.Auth{
+			CredsFile: cfg.NATSCredsFile, NkeySeedFile: cfg.NATSNkeySeedFile, User: cfg.NATSUser,
+			PasswordFile: cfg.NATSPasswordFile, TokenFile: cfg.NATSTokenFile,
+			TLSCAFile: cfg.NATSTLSCAFile, TLSCertFile: cfg.NATSTLSCertFile, TLSKeyFile: cfg.NATSTLSKeyFile,
+		},
 	}
+	// With RELAY_ADMIN_ADDR, metrics and health move there, off the public ports.
+	var adm *admin
+	publicMetrics := reg.Handler()
+	if cfg.AdminAddr != "" {
+		var err error
+		if adm, err = listenAdmin(cfg.AdminAddr, log); err != nil {
+			return err
+		}
+		defer adm.close()
+		publicMetrics = nil
+	}
+	var readiness []func() error
 	var embedded *server.Server
 	if role == config.RoleAll {
 		var err error
@@ -156,7 +174,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			NATS:           nc,
 			Logger:         log.With("tier", "ingest"),
 			Metrics:        reg.Ingest,
-			MetricsHandler: reg.Handler(),
+			MetricsHandler: publicMetrics,
 		})
 		if err != nil {
 			nc.Close()
@@ -166,6 +184,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		info.IngestAddr = ing.Addrs()
 		ingestDrained = ing.Drained()
 		for i, l := range cfg.Listeners {
+			readiness = append(readiness, ing.Ready)
 			if l.Handshake() && handshakePort == "" {
 				handshakePort = strconv.Itoa(port(ing.Addrs()[i]))
 			}
@@ -190,7 +209,8 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			NATS:           nc,
 			Logger:         log.With("tier", "fanout"),
 			Metrics:        reg.Fanout,
-			MetricsHandler: reg.Handler(),
+			MetricsHandler: publicMetrics,
+			NoHealthRoutes: adm != nil,
 			Upstream:       ingestDrained,
 		})
 		if err != nil {
@@ -199,14 +219,23 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 		}
 		reg.MustRegister(metrics.MaxConnections("fanout", fcfg.MaxConnections))
 		info.FanoutAddr = fan.Addr()
+		readiness = append(readiness, fan.Ready)
 		g.Go(func() error { return fan.Run(gctx) })
+	}
+	if adm != nil {
+		adm.serve(reg.Handler(), cfg.AdminPprof, readiness...)
+		info.AdminAddr = adm.ln.Addr()
 	}
 	log.Info("relay started", "role", string(role))
 	if role == config.RoleAll {
 		// The first thing a new user wants to know: where to look, how to send.
 		for i, l := range cfg.Listeners {
 			if !l.Handshake() {
-				log.Info("try it", "open", fmt.Sprintf("http://localhost:%d/?channel=%s", port(info.FanoutAddr), l.Channel),
+				scheme := "http"
+				if cfg.Fanout.TLSCertFile != "" {
+					scheme = "https"
+				}
+				log.Info("try it", "open", fmt.Sprintf("%s://localhost:%d/?channel=%s", scheme, port(info.FanoutAddr), l.Channel),
 					"send", fmt.Sprintf("echo hello | nc -q1 localhost %d", port(info.IngestAddr[i])))
 				break
 			}

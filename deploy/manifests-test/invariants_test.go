@@ -254,6 +254,16 @@ func (c *checker) checkRelay(w workload, ct *corev1.Container, role string) {
 	if err != nil {
 		c.errorf(what, "%s=%q: %v", httpVar, addr, err)
 	}
+	// With RELAY_ADMIN_ADDR, health moves there (and off the public port).
+	if admin, _ := effective(c.vars, env, "RELAY_ADMIN_ADDR"); admin != "" {
+		httpVar = "RELAY_ADMIN_ADDR"
+		if httpPort, err = portOf(admin); err != nil {
+			c.errorf(what, "RELAY_ADMIN_ADDR=%q: %v", admin, err)
+		}
+		if !hasContainerPort(ct, httpPort) {
+			c.errorf(what, "admin port %d (RELAY_ADMIN_ADDR) is not a container port", httpPort)
+		}
+	}
 	probes := map[string]*corev1.Probe{"startup": ct.StartupProbe, "liveness": ct.LivenessProbe, "readiness": ct.ReadinessProbe}
 	wantPath := map[string]string{"startup": "/healthz", "liveness": "/healthz", "readiness": "/readyz"}
 	for name, p := range probes {
@@ -465,6 +475,16 @@ func (c *checker) checkServices(o *objects, ws []workload) {
 			}
 			if s.Spec.Type != corev1.ServiceTypeLoadBalancer {
 				c.errorf(what, "relay %s Service has type %q, want LoadBalancer", role, s.Spec.Type)
+			}
+			// Metrics, health and pprof stay inside: no Service exposes the admin port.
+			if admin, _ := effective(c.vars, envMap(ct), "RELAY_ADMIN_ADDR"); admin != "" {
+				if ap, err := portOf(admin); err == nil {
+					for _, sp := range s.Spec.Ports {
+						if cp, found := containerPort(ct, sp.TargetPort); found && cp == ap {
+							c.errorf(what, "port %s exposes the admin port %d (RELAY_ADMIN_ADDR)", sp.Name, ap)
+						}
+					}
+				}
 			}
 			if role == "ingest" {
 				ls, _ := effective(c.vars, envMap(ct), "RELAY_INGEST_LISTENERS")

@@ -379,6 +379,7 @@ func TestValuesListEveryVariable(t *testing.T) {
 	deliberate := map[string]string{
 		"RELAY_NATS_URL":   "", // computed: the bundled NATS Service
 		"RELAY_LOG_FORMAT": "json",
+		"RELAY_ADMIN_ADDR": ":8090", // metrics and health off the public ports
 	}
 	vars := relayVars(t)
 	for _, v := range vars {

@@ -133,6 +133,9 @@ func NATSEventKinds() []NATSEvent { return []NATSEvent{NATSDisconnect, NATSRecon
 // label value. It is the only way the tiers update a reason-labelled counter.
 type ReasonCounter[T ~string] struct{ vec *prometheus.CounterVec }
 
+// newReasonCounter returns a counter with a series for each of all, at 0
+// until counted: a rate over a reason that has not happened yet is 0, not
+// missing, and /metrics (and README's table) show every reason there is.
 func newReasonCounter[T ~string](opts prometheus.CounterOpts, label, help string, all []T) *ReasonCounter[T] {
 	opts.Help = help + " by " + label + " " + listing(all) + "."
 	vec := prometheus.NewCounterVec(opts, []string{label})

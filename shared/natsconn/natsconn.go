@@ -54,6 +54,8 @@ type Options struct {
 	OnEvent func(event metrics.NATSEvent)
 	// Extra options appended last (tests, tuning).
 	Extra []nats.Option
+	// Auth holds credentials and TLS files (RELAY_NATS_*_FILE).
+	Auth Auth
 }
 
 // Connect dials NATS, retrying with jittered backoff until ctx ends or the
@@ -110,6 +112,11 @@ func Connect(ctx context.Context, o Options) (*nats.Conn, error) {
 	if o.InProcess != nil {
 		opts = append(opts, nats.InProcessServer(o.InProcess))
 	}
+	authOpts, err := o.Auth.Options()
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, authOpts...)
 	opts = append(opts, o.Extra...)
 
 	url := nats.DefaultURL

@@ -96,6 +96,11 @@ app.kubernetes.io/component: {{ . }}
 {{- include "relay.port" (.Values.config.ingest.RELAY_INGEST_HTTP_ADDR | default ":8081") }}
 {{- end }}
 
+{{/* RELAY_ADMIN_ADDR's port, or "" when unset (metrics and health stay on the tiers' HTTP ports). */}}
+{{- define "relay.adminPort" -}}
+{{- with .Values.config.common.RELAY_ADMIN_ADDR }}{{ include "relay.port" . }}{{ end }}
+{{- end }}
+
 {{- define "relay.fanout.httpPort" -}}
 {{- include "relay.port" (.Values.config.fanout.RELAY_FANOUT_ADDR | default ":8080") }}
 {{- end }}

@@ -8,6 +8,11 @@ where ports is a list of container port numbers besides the HTTP port.
 {{- $root := .root }}
 {{- $v := index $root.Values .tier }}
 {{- $ctx := dict "root" $root "component" .tier }}
+{{- $admin := include "relay.adminPort" $root }}
+{{- $probePort := ternary "admin" "http" (ne $admin "") }}
+{{- if and $admin (eq $admin (toString .httpPort)) }}
+{{- fail (printf "RELAY_ADMIN_ADDR's port %s is also %s's HTTP port: give the admin address a port of its own" $admin .tier) }}
+{{- end }}
 {{- $grace := include "relay.durationSeconds" ($root.Values.config.common.RELAY_SHUTDOWN_GRACE | default "20s") | int }}
 {{- if le (int $v.terminationGracePeriodSeconds) (add $grace (int $v.preStopSleepSeconds)) }}
 {{- fail (printf "%s.terminationGracePeriodSeconds (%v) must exceed %s.preStopSleepSeconds (%v) + RELAY_SHUTDOWN_GRACE (%ds), or Kubernetes kills relay mid-drain" .tier $v.terminationGracePeriodSeconds .tier $v.preStopSleepSeconds $grace) }}
@@ -40,7 +45,7 @@ spec:
         {{- end }}
       annotations:
         prometheus.io/scrape: "true"
-        prometheus.io/port: {{ .httpPort | quote }}
+        prometheus.io/port: {{ $admin | default .httpPort | quote }}
         prometheus.io/path: /metrics
         {{- with $v.podAnnotations }}
         {{- toYaml . | nindent 8 }}
@@ -116,23 +121,29 @@ spec:
             - name: http
               containerPort: {{ .httpPort }}
               protocol: TCP
+            {{- if $admin }}
+            # RELAY_ADMIN_ADDR: metrics, health, readiness; no Service exposes it.
+            - name: admin
+              containerPort: {{ $admin }}
+              protocol: TCP
+            {{- end }}
           startupProbe:
             httpGet:
               path: /healthz
-              port: http
+              port: {{ $probePort }}
             periodSeconds: 2
             failureThreshold: 30
           livenessProbe:
             httpGet:
               path: /healthz
-              port: http
+              port: {{ $probePort }}
             periodSeconds: 10
             timeoutSeconds: 3
             failureThreshold: 3
           readinessProbe:
             httpGet:
               path: /readyz
-              port: http
+              port: {{ $probePort }}
             periodSeconds: 5
             timeoutSeconds: 3
             failureThreshold: 2
