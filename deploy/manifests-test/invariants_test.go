@@ -452,7 +452,7 @@ func (c *checker) checkServices(o *objects, ws []workload) {
 		}
 		w := matched[0]
 		if s.Labels[metricsServiceLabel] == "true" {
-			c.checkMetricsService(what, s)
+			c.checkMetricsService(what, s, w)
 			continue
 		}
 		for _, p := range s.Spec.Ports {
@@ -641,13 +641,24 @@ func sortedKeys[V any](m map[string]V) []string {
 const metricsServiceLabel = "relay.dev/metrics"
 
 // checkMetricsService: a metrics Service stays inside the cluster (headless
-// ClusterIP) and exposes the HTTP port only, never the public listeners.
-func (c *checker) checkMetricsService(what str, s *corev1.Service) {
+// ClusterIP) and exposes one port only: the one the pod serves /metrics and
+// its readiness probe on (RELAY_ADMIN_ADDR's when set), never a listener.
+func (c *checker) checkMetricsService(what str, s *corev1.Service, w workload) {
 	if s.Spec.Type != corev1.ServiceTypeClusterIP || s.Spec.ClusterIP != corev1.ClusterIPNone {
 		c.errorf(what, "metrics Service has type %q clusterIP %q, want a headless ClusterIP", s.Spec.Type, s.Spec.ClusterIP)
 	}
-	// The target is the pods' metrics port: "admin" with RELAY_ADMIN_ADDR, else "http".
-	if len(s.Spec.Ports) != 1 || s.Spec.Ports[0].Name != "http" || (s.Spec.Ports[0].TargetPort.String() != "http" && s.Spec.Ports[0].TargetPort.String() != "admin") {
-		c.errorf(what, "metrics Service ports %v, want only http -> http (or admin)", s.Spec.Ports)
+	if len(s.Spec.Ports) != 1 || s.Spec.Ports[0].Name != "metrics" {
+		c.errorf(what, "metrics Service ports %v, want one named metrics", s.Spec.Ports)
+		return
+	}
+	ct := &w.pod.Spec.Containers[0]
+	if ct.ReadinessProbe == nil || ct.ReadinessProbe.HTTPGet == nil {
+		c.errorf(what, "%s has no HTTP readiness probe to compare the metrics port with", w)
+		return
+	}
+	got, ok := containerPort(ct, s.Spec.Ports[0].TargetPort)
+	want, _ := containerPort(ct, ct.ReadinessProbe.HTTPGet.Port)
+	if !ok || got != want {
+		c.errorf(what, "metrics port targets %s (%d), not the port /metrics and /readyz are served on (%d)", s.Spec.Ports[0].TargetPort.String(), got, want)
 	}
 }

@@ -193,6 +193,7 @@ config: {fanout: {RELAY_FANOUT_CLIENT_QUEUE_BYTES: 16777216, RELAY_FANOUT_CLIENT
 		},
 	},
 	{name: "monitoring", values: monitoringValues, check: checkMonitoring},
+	{name: "monitoring without an admin address", values: monitoringValues + `config: {common: {RELAY_ADMIN_ADDR: ""}}`, check: checkMonitoring},
 	{
 		name: "auth jwt",
 		values: `

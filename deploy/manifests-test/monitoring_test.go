@@ -2,6 +2,7 @@ package manifeststest
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -58,8 +59,8 @@ func checkMonitoring(t *testing.T, o *objects) {
 	if want := []string{"relay-fanout-metrics", "relay-ingest-metrics"}; !slices.Equal(selected, want) {
 		t.Errorf("ServiceMonitor selects Services %v, want %v", selected, want)
 	}
-	if len(sm.Spec.Endpoints) != 1 || sm.Spec.Endpoints[0].Port != "http" || sm.Spec.Endpoints[0].Path != "/metrics" {
-		t.Errorf("ServiceMonitor endpoints %+v, want port http path /metrics", sm.Spec.Endpoints)
+	if len(sm.Spec.Endpoints) != 1 || sm.Spec.Endpoints[0].Port != "metrics" || sm.Spec.Endpoints[0].Path != "/metrics" {
+		t.Errorf("ServiceMonitor endpoints %+v, want port metrics path /metrics", sm.Spec.Endpoints)
 	}
 	if got := sm.Spec.NamespaceSelector.MatchNames; !slices.Equal(got, []string{"relay"}) {
 		t.Errorf("ServiceMonitor namespaces %v, want the release's", got)
@@ -73,10 +74,14 @@ func checkMonitoring(t *testing.T, o *objects) {
 		if !labels.SelectorFromSet(s.Spec.Selector).Matches(labels.Set(d.Spec.Template.Labels)) {
 			t.Errorf("Service/%s does not select Deployment/%s's pods", s.Name, d.Name)
 		}
-		// The port relay serves /metrics on is the one the probes use.
+		// relay serves /metrics where it serves /readyz: RELAY_ADMIN_ADDR's
+		// port (the chart's default) or the tier's HTTP port.
 		c := d.Spec.Template.Spec.Containers[0]
-		if _, ok := containerPort(&c, s.Spec.Ports[0].TargetPort); !ok || c.ReadinessProbe.HTTPGet.Port != s.Spec.Ports[0].TargetPort {
-			t.Errorf("Service/%s targets %s, not the container's health and metrics port", s.Name, s.Spec.Ports[0].TargetPort.String())
+		got, ok := containerPort(&c, s.Spec.Ports[0].TargetPort)
+		want, _ := containerPort(&c, c.ReadinessProbe.HTTPGet.Port)
+		if !ok || got != want || d.Spec.Template.Annotations["prometheus.io/port"] != fmt.Sprint(want) {
+			t.Errorf("Service/%s targets %s (%d), not the port of /readyz and the scrape annotation (%d, %s)",
+				s.Name, s.Spec.Ports[0].TargetPort.String(), got, want, d.Spec.Template.Annotations["prometheus.io/port"])
 		}
 	}
 
