@@ -31,12 +31,7 @@ func TestSenderDisconnectDeliversWhatWasRead(t *testing.T) {
 	for range 2 {
 		watchers = append(watchers, dialWS(t, "ws://"+httpAddr+"/ws/"+channel))
 	}
-	testutil.Eventually(t, 20*time.Second, func() error {
-		if v := metricSum(scrape("http://"+httpAddr+"/metrics"), "relay_fanout_connections"); v != 2 {
-			return fmt.Errorf("fanout has %v of 2 watchers", v)
-		}
-		return nil
-	})
+	waitFanoutConnections(t, "http://"+httpAddr+"/metrics", 2)
 	// send writes n numbered lines in one write and closes without reading.
 	send := func(name string, reset bool) {
 		c, err := net.DialTimeout("tcp", hs, 5*time.Second)

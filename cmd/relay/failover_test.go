@@ -73,12 +73,7 @@ func nodeLoss(t *testing.T, kill string) {
 	for range 3 {
 		watchers = append(watchers, dialWS(t, "ws://"+fanoutAddr+"/ws/"+channel))
 	}
-	testutil.Eventually(t, 20*time.Second, func() error {
-		if v := metricSum(scrape("http://"+fanoutAddr+"/metrics"), "relay_fanout_connections"); v != 3 {
-			return fmt.Errorf("fanout has %v watchers, want 3", v)
-		}
-		return nil
-	})
+	waitFanoutConnections(t, "http://"+fanoutAddr+"/metrics", 3)
 
 	const rate = 500 // lines/s per sender
 	var senders []*numberedSender
@@ -178,12 +173,7 @@ func nodeLoss(t *testing.T, kill string) {
 	if fanoutHit {
 		waitReady(t, "http://"+fanoutAddr+"/readyz")
 		w := dialWS(t, "ws://"+fanoutAddr+"/ws/"+channel)
-		testutil.Eventually(t, 20*time.Second, func() error {
-			if v := metricSum(scrape("http://"+fanoutAddr+"/metrics"), "relay_fanout_connections"); v != 1 {
-				return fmt.Errorf("fanout has %v watchers, want 1", v)
-			}
-			return nil
-		})
+		waitFanoutConnections(t, "http://"+fanoutAddr+"/metrics", 1)
 		s := startNumberedSender(t, hs, channel, "after", rate)
 		time.Sleep(500 * time.Millisecond)
 		s.finish(t)

@@ -204,12 +204,7 @@ func TestSIGTERMAllDeliversEveryAcceptedLine(t *testing.T) {
 	for range 3 {
 		watchers = append(watchers, dialWS(t, "ws://"+httpAddr+"/ws/term"))
 	}
-	testutil.Eventually(t, 20*time.Second, func() error {
-		if v := metricValue(t, "http://"+httpAddr+"/metrics", "relay_fanout_connections"); v != 3 {
-			return fmt.Errorf("fanout has %v of 3 watchers", v)
-		}
-		return nil
-	})
+	waitFanoutConnections(t, "http://"+httpAddr+"/metrics", 3)
 	var senders []*pacedSender
 	for i := range 4 {
 		senders = append(senders, startSender(t, fixed, fmt.Sprintf("s%d", i), 2000))
@@ -341,12 +336,7 @@ func TestSplitNATSOutage(t *testing.T) {
 	ingestMetrics, fanoutMetrics := "http://"+ingestHTTP+"/metrics", "http://"+fanoutAddr+"/metrics"
 
 	w := dialWS(t, "ws://"+fanoutAddr+"/ws/f")
-	testutil.Eventually(t, 20*time.Second, func() error {
-		if v := metricValue(t, fanoutMetrics, "relay_fanout_connections"); v != 1 {
-			return fmt.Errorf("fanout has %v watchers", v)
-		}
-		return nil
-	})
+	waitFanoutConnections(t, fanoutMetrics, 1)
 	s := startSender(t, sendAddr, "a", 1000)
 	testutil.Eventually(t, 30*time.Second, func() error {
 		if w.count() < 1000 {
@@ -408,12 +398,7 @@ func TestSplitNATSOutage(t *testing.T) {
 	t.Cleanup(func() { srv2.Shutdown(); srv2.WaitForShutdown() })
 	waitReady(t, "http://"+ingestHTTP+"/readyz", "http://"+fanoutAddr+"/readyz")
 	w2 := dialWS(t, "ws://"+fanoutAddr+"/ws/f")
-	testutil.Eventually(t, 20*time.Second, func() error {
-		if v := metricValue(t, fanoutMetrics, "relay_fanout_connections"); v != 1 {
-			return fmt.Errorf("fanout has %v watchers", v)
-		}
-		return nil
-	})
+	waitFanoutConnections(t, fanoutMetrics, 1)
 	if err := sendRaw(sendAddr, "", lines("b", 500)); err != nil {
 		t.Fatal(err)
 	}
@@ -457,12 +442,7 @@ func TestNATSFreezeDetected(t *testing.T) {
 	ingestMetrics, fanoutMetrics := "http://"+ingestHTTP+"/metrics", "http://"+fanoutAddr+"/metrics"
 
 	w := dialWS(t, "ws://"+fanoutAddr+"/ws/f")
-	testutil.Eventually(t, 20*time.Second, func() error {
-		if v := metricValue(t, fanoutMetrics, "relay_fanout_connections"); v != 1 {
-			return fmt.Errorf("fanout has %v watchers", v)
-		}
-		return nil
-	})
+	waitFanoutConnections(t, fanoutMetrics, 1)
 	s := startSender(t, sendAddr, "a", 500)
 	defer s.stop()
 	testutil.Eventually(t, 30*time.Second, func() error {
@@ -562,12 +542,7 @@ func TestSplitIngestSIGTERMDeliversEveryAcceptedLine(t *testing.T) {
 	for range 2 {
 		watchers = append(watchers, dialWS(t, "ws://"+fanoutAddr+"/ws/f"))
 	}
-	testutil.Eventually(t, 20*time.Second, func() error {
-		if v := metricValue(t, "http://"+fanoutAddr+"/metrics", "relay_fanout_connections"); v != 2 {
-			return fmt.Errorf("fanout has %v of 2 watchers", v)
-		}
-		return nil
-	})
+	waitFanoutConnections(t, "http://"+fanoutAddr+"/metrics", 2)
 	var senders []*pacedSender
 	for i := range 2 {
 		senders = append(senders, startSender(t, sendAddr, fmt.Sprintf("s%d", i), 2000))

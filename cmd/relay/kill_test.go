@@ -37,12 +37,7 @@ func TestIngestSIGKILL(t *testing.T) {
 	for range 2 {
 		watchers = append(watchers, dialWS(t, "ws://"+fanoutAddr+"/ws/"+channel))
 	}
-	testutil.Eventually(t, 20*time.Second, func() error {
-		if v := metricSum(scrape("http://"+fanoutAddr+"/metrics"), "relay_fanout_connections"); v != 2 {
-			return fmt.Errorf("fanout has %v of 2 watchers", v)
-		}
-		return nil
-	})
+	waitFanoutConnections(t, "http://"+fanoutAddr+"/metrics", 2)
 	var senders []*numberedSender
 	for i := range 2 {
 		senders = append(senders, startNumberedSender(t, hs, channel, fmt.Sprintf("s%d", i), 1000))
@@ -155,12 +150,7 @@ func TestFanoutSIGKILL(t *testing.T) {
 		onB = append(onB, dialWS(t, "ws://"+addrB+"/ws/"+channel))
 	}
 	for _, addr := range []string{addrA, addrB} {
-		testutil.Eventually(t, 20*time.Second, func() error {
-			if v := metricSum(scrape("http://"+addr+"/metrics"), "relay_fanout_connections"); v != 2 {
-				return fmt.Errorf("fanout %s has %v of 2 watchers", addr, v)
-			}
-			return nil
-		})
+		waitFanoutConnections(t, "http://"+addr+"/metrics", 2)
 	}
 	var senders []*numberedSender
 	for i := range 2 {

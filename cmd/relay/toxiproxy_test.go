@@ -95,12 +95,7 @@ func networkFault(t *testing.T, tier string, tc toxicCase) {
 	for range 2 {
 		watchers = append(watchers, dialWatcher(t, "ws://"+fanoutAddr+"/ws/"+channel))
 	}
-	testutil.Eventually(t, 20*time.Second, func() error {
-		if v := metricSum(scrape("http://"+fanoutAddr+"/metrics"), "relay_fanout_connections"); v != 2 {
-			return fmt.Errorf("fanout has %v watchers, want 2", v)
-		}
-		return nil
-	})
+	waitFanoutConnections(t, "http://"+fanoutAddr+"/metrics", 2)
 	var senders []*numberedSender
 	for i := range 2 {
 		senders = append(senders, startNumberedSender(t, hs, channel, fmt.Sprintf("s%d", i), 300))
@@ -314,12 +309,7 @@ func TestNATSPartitionTellsSenders(t *testing.T) {
 	for range 2 {
 		watchers = append(watchers, dialWatcher(t, "ws://"+fanoutAddr+"/ws/"+channel))
 	}
-	testutil.Eventually(t, 20*time.Second, func() error {
-		if v := metricSum(scrape("http://"+fanoutAddr+"/metrics"), "relay_fanout_connections"); v != 2 {
-			return fmt.Errorf("fanout has %v watchers, want 2", v)
-		}
-		return nil
-	})
+	waitFanoutConnections(t, "http://"+fanoutAddr+"/metrics", 2)
 	var senders []*numberedSender
 	for i := range 2 {
 		senders = append(senders, startNumberedSender(t, hs, channel, fmt.Sprintf("s%d", i), 300))

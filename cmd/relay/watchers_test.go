@@ -44,12 +44,7 @@ func TestWatcherStuckOrGone(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stuck.CloseNow()
-	testutil.Eventually(t, 20*time.Second, func() error {
-		if v := metricSum(scrape(metrics), "relay_fanout_connections"); v != 3 {
-			return fmt.Errorf("fanout has %v of 3 watchers", v)
-		}
-		return nil
-	})
+	waitFanoutConnections(t, metrics, 3)
 
 	// The sender: lines of 1,000 bytes, 20 every 10 ms, until stopped.
 	conn, err := net.DialTimeout("tcp", fixed, 5*time.Second)
