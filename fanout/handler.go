@@ -12,6 +12,7 @@ import (
 
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/subjects"
+	"github.com/relaydev/relay/shared/wsframe"
 )
 
 // Refusal reasons: short local names for the typed label values of
@@ -30,14 +31,13 @@ const (
 // fanout has no NATS connection (code 1012).
 const reasonNATSDown = "upstream unavailable; retry later"
 
-// acceptOptions skips the library's origin check: serveWS has already done
-// the same check itself, so that a refusal is counted and logged. Compression
-// must stay off (the library's default): batchConn.writeFrames writes the
-// shared, encode-once frames itself, uncompressed and without RSV1.
+// acceptOptions: the Origin is checked by serveWS itself, so that a refusal
+// is counted and logged; wsframe.Accept negotiates no compression, so the
+// shared, encode-once frames go out as they are.
 // The server selects relay.v1 when the client offers it (a client that
 // sends its token as a relay.bearer. subprotocol must offer relay.v1 too,
 // and the token is never selected, so never echoed).
-var acceptOptions = &websocket.AcceptOptions{InsecureSkipVerify: true, Subprotocols: []string{SubprotocolV1}}
+var acceptOptions = &wsframe.AcceptOptions{Unwrap: unwatch, Subprotocols: []string{SubprotocolV1}}
 
 // serveWS upgrades GET /ws/{channel}. Everything that can be refused is
 // refused with a plain HTTP status before the upgrade; after the 101 the
@@ -57,9 +57,9 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !isUpgrade(r) {
-		// Let the library answer with its precise status (426, 400, 405).
+		// Accept answers with the precise status (426, 400, 405).
 		s.m.Refused.Inc(refusedBadRequest)
-		_, _ = websocket.Accept(w, r, acceptOptions)
+		_, _ = s.accept(w, r)
 		return
 	}
 	if !s.nc.IsConnected() {
@@ -122,8 +122,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !s.register(c) {
 		c.close(websocket.StatusGoingAway, reasonShutdown, disconnectShutdown)
 	}
-	hw := &hijackWriter{ResponseWriter: w, timeout: s.cfg.WriteTimeout}
-	conn, err := websocket.Accept(hw, r, acceptOptions)
+	conn, err := s.accept(w, r)
 	if err != nil {
 		s.unregister(c)
 		s.hub.leave(ch, c)
@@ -132,7 +131,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		log.Debug("upgrade failed", "err", err)
 		return
 	}
-	c.attach(conn, hw.bc)
+	c.attach(conn, s.pinger)
 	if !id.Expires.IsZero() {
 		c.expireAt(id.Expires)
 	}
