@@ -292,6 +292,14 @@ func (c *client) serve() {
 		c.pinger.Add(c.conn)
 	}
 	c.readLoop()
+	c.finish()
+}
+
+// finish waits for the writer and stops what the client started, once its
+// reader is done.
+//
+//go:noinline
+func (c *client) finish() {
 	c.wg.Wait()
 	c.mu.Lock()
 	if c.forceClose != nil {
@@ -314,6 +322,13 @@ func (c *client) serve() {
 // recorded, and the reader waits for the client's close frame.
 func (c *client) readLoop() {
 	send, err := c.conn.ReadLoop(c.dataLimit, c.onData)
+	c.readEnded(send, err)
+}
+
+// readEnded closes the client for why its reader stopped.
+//
+//go:noinline
+func (c *client) readEnded(send *wsframe.CloseError, err error) {
 	c.pinger.Remove(c.conn)
 	switch {
 	case send != nil && errors.Is(err, wsframe.ErrProtocol):

@@ -143,23 +143,30 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// goroutine serves the client with a shallow stack, and net/http's
 	// goroutine, its grown stack and the request are freed. For a
 	// connection that idles for hours that is most of its memory.
-	go func() {
-		defer release()
-		s.serveClient(c, ch, log)
-	}()
+	go s.serveClient(c, ch, log, release)
 }
 
 // serveClient runs a connected client until it is closed, then releases
-// what serveWS took for it.
-func (s *Server) serveClient(c *client, ch *channel, log *slog.Logger) {
+// what serveWS took for it. Its goroutine is the client's reader for the
+// whole connection, so it keeps a small frame (what runs after the client
+// is closed is in clientGone): an idle client's reader then fits in the
+// 2 KiB stack a goroutine starts with.
+func (s *Server) serveClient(c *client, ch *channel, log *slog.Logger, release func()) {
 	start := time.Now()
+	c.serve()
+	s.clientGone(c, ch, log, release, start)
+}
+
+// clientGone logs a client's end and releases what serveWS took for it.
+//
+//go:noinline
+func (s *Server) clientGone(c *client, ch *channel, log *slog.Logger, release func(), start time.Time) {
+	defer release()
 	defer s.active.Add(-1)
 	defer s.wg.Done()
 	defer s.hub.leave(ch, c)
 	defer s.m.Connections.Dec()
 	defer s.unregister(c)
-
-	c.serve()
 
 	reason, delivered, bytes := c.stats()
 	log.Info("client disconnected", "reason", reason, "duration", time.Since(start).Round(time.Millisecond),

@@ -22,6 +22,8 @@ type Conn struct {
 	// before the socket. Reader only.
 	pending []byte
 	hdr     [MaxHeaderLen]byte // the frame header being read; reader only
+	broken  bool               // reader only: a frame broke the protocol, nothing after it can be parsed
+	left    uint64             // reader only: payload bytes of the last frame ReadLoop left unread
 
 	mu        sync.Mutex
 	err       error // sticky: after a failed write every write fails at once
@@ -30,10 +32,8 @@ type Conn struct {
 	// whether the client is draining.
 	written atomic.Uint64
 
-	// Pings (see Pinger). pingDue asks the reader to send one; pingAt is
-	// when the unanswered one was asked for (unix ns, 0 when none);
-	// pingLate means it went unanswered past the timeout.
-	pingDue  atomic.Bool
+	// Pings (see Pinger). pingAt is when the unanswered one was sent (unix
+	// ns, 0 when none); pingLate means it went unanswered past the timeout.
 	pingLate atomic.Bool
 	pingAt   atomic.Int64
 	wheel    *Pinger // guarded by wheel.mu

@@ -14,9 +14,10 @@ const pingSlots = 16
 // marks one that has not answered within timeout; its ReadLoop then returns
 // ErrPingTimeout. It is one goroutine and one ticker for all of them (a
 // timer wheel), running only while it holds a connection, instead of a
-// timer per connection. The ping itself is sent by the connection's own
-// reader, which the Pinger wakes through its read deadline, so a client
-// whose socket is full holds up only its own ping.
+// timer per connection. Each ping is written by a goroutine of its own,
+// which ends with the write: a client whose socket is full holds up only
+// its own ping, and the connection's reader keeps its small stack. A late
+// pong wakes the reader through its read deadline.
 type Pinger struct {
 	interval, timeout, tick time.Duration
 
@@ -128,8 +129,7 @@ func (p *Pinger) turn(now int64) {
 			continue // the last one is still outstanding: not doubled
 		}
 		c.pingAt.Store(now)
-		c.pingDue.Store(true)
-		c.wake()
+		go c.sendPing()
 		p.schedule(pingCheck{c, now}, s, now)
 	}
 }

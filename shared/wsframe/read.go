@@ -57,9 +57,11 @@ var aLongTimeAgo = time.Unix(1, 0)
 
 // ReadLoop reads the client's frames until reading ends: pings are answered,
 // pongs noted, a close frame answered (echoing its code and reason), data
-// messages handed to onData; pings due from a Pinger are sent from here. It
-// is run by one goroutine, which an idle connection keeps blocked in a read
-// of the next frame header, holding no buffer. It returns why it stopped:
+// messages handed to onData. It is run by one goroutine, which an idle
+// connection keeps blocked in a read of the next frame header, holding no
+// buffer; the functions on that path keep small frames (the rest is in
+// functions that are not inlined), so that it fits, with a pong's handling,
+// in the 2 KiB stack a goroutine starts with. It returns why it stopped:
 //
 //   - send != nil: the server must close with send: a protocol error (1002,
 //     or 1007 for text that is not UTF-8; err wraps ErrProtocol), a message
@@ -75,19 +77,22 @@ func (c *Conn) ReadLoop(limit int, onData DataFunc) (send *CloseError, err error
 		if err != nil {
 			return nil, err
 		}
-		if ce := c.checkHeader(h); ce != nil {
-			return ce, fmt.Errorf("%w: %s", ErrProtocol, ce.Reason)
-		}
-		if h.Op&0x8 != 0 {
-			if send, err := c.control(h); send != nil || err != nil {
-				return send, err
-			}
-			continue
-		}
-		if send, err := c.data(&m, h, limit, onData); send != nil || err != nil {
+		if send, err := c.frame(&m, h, limit, onData); send != nil || err != nil {
 			return send, err
 		}
 	}
+}
+
+// frame handles the frame whose header is h.
+func (c *Conn) frame(m *message, h Header, limit int, onData DataFunc) (*CloseError, error) {
+	if ce := c.checkHeader(h); ce != nil {
+		c.broken = true
+		return protocolError(ce)
+	}
+	if h.Op&0x8 != 0 {
+		return c.control(h)
+	}
+	return c.data(m, h, limit, onData)
 }
 
 // message is the client data message being read, across its frames.
@@ -99,12 +104,15 @@ type message struct {
 }
 
 // data handles one data frame of the message m.
+//
+//go:noinline
 func (c *Conn) data(m *message, h Header, limit int, onData DataFunc) (*CloseError, error) {
+	c.left = h.Len // until the payload is read: AwaitClose skips it
 	switch {
 	case h.Op == OpContinuation && m.op == 0:
-		return protocolError("continuation frame without a message")
+		return protocolError(&CloseError{StatusProtocolError, "continuation frame without a message"})
 	case h.Op != OpContinuation && m.op != 0:
-		return protocolError("new message before the last one ended")
+		return protocolError(&CloseError{StatusProtocolError, "new message before the last one ended"})
 	}
 	if h.Op != OpContinuation {
 		*m = message{op: h.Op}
@@ -122,6 +130,7 @@ func (c *Conn) data(m *message, h Header, limit int, onData DataFunc) (*CloseErr
 	if !m.discard && m.n > uint64(limit) {
 		return &CloseError{StatusMessageTooBig, fmt.Sprintf("message over %d bytes", limit)}, ErrTooBig
 	}
+	c.left = 0
 	if m.discard {
 		if err := c.skip(h.Len, true); err != nil {
 			return nil, err
@@ -143,16 +152,22 @@ func (c *Conn) data(m *message, h Header, limit int, onData DataFunc) (*CloseErr
 		return nil, nil
 	}
 	if op == OpText && !utf8.Valid(p) {
-		return &CloseError{StatusInvalidPayload, "text message is not valid UTF-8"}, fmt.Errorf("%w: invalid UTF-8", ErrProtocol)
+		return protocolError(&CloseError{StatusInvalidPayload, "text message is not valid UTF-8"})
 	}
 	return onData(op, p), nil
 }
 
-func protocolError(why string) (*CloseError, error) {
-	return &CloseError{StatusProtocolError, why}, fmt.Errorf("%w: %s", ErrProtocol, why)
+// protocolError returns send, for a client that broke the protocol, with
+// ErrProtocol.
+//
+//go:noinline
+func protocolError(send *CloseError) (*CloseError, error) {
+	return send, fmt.Errorf("%w: %s", ErrProtocol, send.Reason)
 }
 
 // checkHeader returns the 1002 close for a header a client may not send.
+//
+//go:noinline
 func (c *Conn) checkHeader(h Header) *CloseError {
 	switch {
 	case c.hdr[0]&0x70 != 0:
@@ -176,22 +191,29 @@ func (c *Conn) control(h Header) (*CloseError, error) {
 		return nil, err
 	}
 	Mask(p, h.Mask)
-	switch h.Op {
-	case OpPing:
+	if h.Op == OpPong {
+		c.pingAt.Store(0) // answered
+		return nil, nil
+	}
+	return c.pingOrClose(h.Op, p)
+}
+
+// pingOrClose answers a client's ping or close frame.
+//
+//go:noinline
+func (c *Conn) pingOrClose(op byte, p []byte) (*CloseError, error) {
+	if op == OpPing {
 		if err := c.writeControl(OpPong, p); err != nil && !errors.Is(err, net.ErrClosed) {
 			return nil, err
 		}
-	case OpPong:
-		c.pingAt.Store(0) // answered
-	case OpClose:
-		ce, send := parseClose(p)
-		if send != nil {
-			return send, fmt.Errorf("%w: %s", ErrProtocol, send.Reason)
-		}
-		c.replyClose(p)
-		return nil, ce
+		return nil, nil
 	}
-	return nil, nil
+	ce, send := parseClose(p)
+	if send != nil {
+		return protocolError(send)
+	}
+	c.replyClose(p)
+	return nil, ce
 }
 
 // parseClose reads a client's close payload, or returns the close to send
@@ -247,12 +269,15 @@ func (c *Conn) AwaitClose(deadline time.Time) {
 	if c.nc.SetReadDeadline(deadline) != nil {
 		return
 	}
+	if err := c.skip(c.left, false); err != nil {
+		return
+	}
 	for {
 		h, err := c.readHeader(false)
 		if err != nil {
 			return
 		}
-		if c.checkHeader(h) != nil {
+		if c.broken || c.checkHeader(h) != nil {
 			_ = c.skip(1<<62, false)
 			return
 		}
@@ -294,45 +319,54 @@ func (c *Conn) skip(n uint64, woken bool) error {
 func (c *Conn) fill(p []byte, woken bool) error {
 	for len(p) > 0 {
 		if len(c.pending) > 0 {
-			n := copy(p, c.pending)
-			p, c.pending = p[n:], c.pending[n:]
-			if len(c.pending) == 0 {
-				c.pending = nil
-			}
+			p = c.takePending(p)
 			continue
 		}
 		n, err := c.nc.Read(p)
 		p = p[n:]
-		if err == nil {
-			continue
-		}
-		if !woken || !errors.Is(err, os.ErrDeadlineExceeded) {
-			return err
-		}
-		if err := c.woken(); err != nil {
-			return err
+		if err != nil {
+			if err = c.readFailed(err, woken); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
 }
 
-// woken runs in the reader when a Pinger set its read deadline: a ping to
-// send, or one that went unanswered. The deadline is cleared before the
-// flags are read, so a wake-up that comes meanwhile sets it again.
-func (c *Conn) woken() error {
+// takePending fills p from the bytes read with the upgrade request and
+// returns what is left of p.
+//
+//go:noinline
+func (c *Conn) takePending(p []byte) []byte {
+	n := copy(p, c.pending)
+	if c.pending = c.pending[n:]; len(c.pending) == 0 {
+		c.pending = nil
+	}
+	return p[n:]
+}
+
+// readFailed returns err, unless it is a Pinger's wake-up (see wake) and
+// the ping is not late: then the read goes on. The deadline is cleared
+// before the flag is read, so a wake-up that comes meanwhile sets it again.
+//
+//go:noinline
+func (c *Conn) readFailed(err error, woken bool) error {
+	if !woken || !errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
 	if err := c.nc.SetReadDeadline(time.Time{}); err != nil {
 		return err
 	}
 	if c.pingLate.Load() {
 		return ErrPingTimeout
 	}
-	if c.pingDue.Swap(false) {
-		if err := c.writeControl(OpPing, nil); err != nil && !errors.Is(err, net.ErrClosed) {
-			return err
-		}
-	}
 	return nil
 }
 
-// wake makes the reader's blocked read return, to run woken.
+// wake makes the reader's blocked read return, to run readFailed.
 func (c *Conn) wake() { _ = c.nc.SetReadDeadline(aLongTimeAgo) }
+
+// sendPing runs in a goroutine of its own (see Pinger): the write may wait
+// for the write lock or a full socket, and the reader's stack stays small.
+// A ping that cannot be sent is not answered, which the Pinger finds.
+func (c *Conn) sendPing() { _ = c.writeControl(OpPing, nil) }
