@@ -358,6 +358,7 @@ func (c *Conn) readFailed(err error, woken bool) error {
 		return err
 	}
 	if c.pingLate.Load() {
+		c.broken = true // the read may have stopped inside a frame
 		return ErrPingTimeout
 	}
 	return nil
