@@ -26,6 +26,24 @@ const (
 	refusedNATSDown        = metrics.FanoutNATSDown
 )
 
+// reasonResumePattern is the close reason (4400) of a resume parameter on a
+// wildcard watch.
+const reasonResumePattern = "since/last/since_time need a single channel, not a pattern"
+
+// resumeParams are the query parameters that resume a durable channel.
+var resumeParams = []string{"since", "last", "since_time"}
+
+// hasResume reports whether r asks to resume from a stream position.
+func hasResume(r *http.Request) bool {
+	q := r.URL.Query()
+	for _, p := range resumeParams {
+		if q.Has(p) {
+			return true
+		}
+	}
+	return false
+}
+
 // reasonNATSDown is the close reason of an upgrade refused while this
 // fanout has no NATS connection (code 1012).
 const reasonNATSDown = "upstream unavailable; retry later"
@@ -45,8 +63,12 @@ var acceptOptions = &websocket.AcceptOptions{InsecureSkipVerify: true,
 // refused with a plain HTTP status before the upgrade; after the 101 the
 // client is subscribed and gets every message published from then on.
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	// A channel, or a pattern (sensors.*, sensors.>: NATS wildcards as
+	// whole tokens) watched live through one subscription per pod. The
+	// mux has unescaped the path, so a browser's %3E arrives as '>'.
 	name := r.PathValue("channel")
-	if err := subjects.ValidateChannel(name); err != nil {
+	pattern, err := subjects.ValidateWatch(name)
+	if err != nil {
 		s.refuse(w, r, http.StatusBadRequest, refusedBadChannel, err.Error())
 		return
 	}
@@ -62,6 +84,12 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		// Let the library answer with its precise status (426, 400, 405).
 		s.m.Refused.Inc(refusedBadRequest)
 		_, _ = websocket.Accept(w, r, acceptOptions)
+		return
+	}
+	if pattern && hasResume(r) {
+		// Resuming needs one stream position, and a pattern's channels
+		// each have their own: wildcard watching is live-only.
+		s.refuseUpgraded(w, r, StatusBadRequest, refusedBadRequest, reasonResumePattern)
 		return
 	}
 	if !s.nc.IsConnected() {

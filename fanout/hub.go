@@ -91,10 +91,15 @@ type hub struct {
 // value lives from its first join to its last leave; a client arriving after
 // that gets a fresh channel (and subscription), so a join racing the last
 // leave never lands on a subscription that is being torn down.
+//
+// A channel may be a pattern (sensors.*, sensors.>): then it is one NATS
+// subscription for all the pattern's watchers on this pod, and each message
+// names the concrete channel it was published on.
 type channel struct {
 	h       *hub
 	name    string
 	subject string
+	pattern bool // name has a wildcard: message.channel comes from the subject
 
 	// Guarded by hub.mu.
 	refs int
@@ -132,7 +137,8 @@ func (h *hub) join(name string, c *client) (*channel, error) {
 	ch := h.channels[name]
 	creator := ch == nil
 	if creator {
-		ch = &channel{h: h, name: name, subject: h.mapper.Subject(name), ready: make(chan struct{})}
+		ch = &channel{h: h, name: name, subject: h.mapper.Subject(name), pattern: subjects.IsPattern(name),
+			ready: make(chan struct{})}
 		h.channels[name] = ch
 	}
 	ch.refs++
@@ -237,7 +243,14 @@ func (h *hub) slowSubscription(sub *nats.Subscription) {
 // deliver is the NATS callback: one goroutine per subscription, so a
 // channel's messages are handled in order. It never blocks on a client.
 func (ch *channel) deliver(m *nats.Msg) {
-	msg := encode(ch.name, m)
+	name := ch.name
+	if ch.pattern {
+		// A subject a channel name cannot make (a direct NATS publisher
+		// may use any) is delivered too, named as it is: the pattern's
+		// watchers asked for whatever NATS matches.
+		name = ch.h.mapper.ChannelPart(m.Subject)
+	}
+	msg := encode(name, m)
 	ch.h.m.MessagesIn.Inc()
 	ch.mu.RLock()
 	for _, c := range ch.clients {
