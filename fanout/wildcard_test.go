@@ -117,7 +117,7 @@ func TestWildcardResumeRefused(t *testing.T) {
 			defer c.CloseNow()
 			_, _, err = c.Read(ctx)
 			var ce websocket.CloseError
-			if !errors.As(err, &ce) || ce.Code != StatusBadRequest || ce.Reason != reasonResumePattern {
+			if !errors.As(err, &ce) || ce.Code != statusPatternResume || ce.Reason != reasonResumePattern {
 				t.Fatalf("read: %v, want close 4400 %q", err, reasonResumePattern)
 			}
 		})
