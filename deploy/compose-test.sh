@@ -308,6 +308,7 @@ check_durable() {
 	line="$name: stream RELAY, num_replicas 3, leader $(grep -o '"leader":"[^"]*"' <<<"$jsz" | head -n 1 | cut -d'"' -f4)"
 	log "$line"
 	results+=("$line")
+	passed=$((passed + 1))
 }
 
 log "check 1: before scaling"
