@@ -12,6 +12,7 @@ import (
 
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/subjects"
+	"github.com/relaydev/relay/shared/wsframe"
 )
 
 // Refusal reasons: short local names for the typed label values of
@@ -26,25 +27,52 @@ const (
 	refusedNATSDown        = metrics.FanoutNATSDown
 )
 
+// statusPatternResume (4400, bad request after the upgrade) closes a resume
+// parameter on a wildcard watch, with reasonResumePattern. The durable
+// channels' resume parsing refuses the same request with its own 4400; the
+// check here comes first and needs no stream.
+const (
+	statusPatternResume websocket.StatusCode = 4400
+	reasonResumePattern                      = "since/last/since_time need a single channel, not a pattern"
+)
+
+// resumeParams are the query parameters that resume a durable channel.
+var resumeParams = []string{"since", "last", "since_time"}
+
+// hasResume reports whether r asks to resume from a stream position.
+func hasResume(r *http.Request) bool {
+	q := r.URL.Query()
+	for _, p := range resumeParams {
+		if q.Has(p) {
+			return true
+		}
+	}
+	return false
+}
+
 // reasonNATSDown is the close reason of an upgrade refused while this
 // fanout has no NATS connection (code 1012).
 const reasonNATSDown = "upstream unavailable; retry later"
 
-// acceptOptions skips the library's origin check: serveWS has already done
-// the same check itself, so that a refusal is counted and logged. Compression
-// must stay off (the library's default): batchConn.writeFrames writes the
-// shared, encode-once frames itself, uncompressed and without RSV1.
-// The server selects relay.v1 when the client offers it (a client that
-// sends its token as a relay.bearer. subprotocol must offer relay.v1 too,
-// and the token is never selected, so never echoed).
-var acceptOptions = &websocket.AcceptOptions{InsecureSkipVerify: true, Subprotocols: []string{SubprotocolV1}}
+// acceptOptions: the Origin is checked by serveWS itself, so that a refusal
+// is counted and logged; wsframe.Accept negotiates no compression, so the
+// shared, encode-once frames go out as they are.
+// The server selects relay.v1.json (the envelope) when the client offers
+// it, else relay.v1 when offered (a client that sends its token as a
+// relay.bearer. subprotocol must offer one of them too, and the token is
+// never selected, so never echoed). wantsEnvelope must agree with this order.
+var acceptOptions = &wsframe.AcceptOptions{Unwrap: unwatch, Subprotocols: []string{SubprotocolJSON, SubprotocolV1}}
 
 // serveWS upgrades GET /ws/{channel}. Everything that can be refused is
 // refused with a plain HTTP status before the upgrade; after the 101 the
 // client is subscribed and gets every message published from then on.
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	// A channel, or a pattern (sensors.*, sensors.>: NATS wildcards as
+	// whole tokens) watched live through one subscription per pod. The
+	// mux has unescaped the path, so a browser's %3E arrives as '>'.
 	name := r.PathValue("channel")
-	if err := subjects.ValidateChannel(name); err != nil {
+	pattern, err := subjects.ValidateWatch(name)
+	if err != nil {
 		s.refuse(w, r, http.StatusBadRequest, refusedBadChannel, err.Error())
 		return
 	}
@@ -57,9 +85,15 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !isUpgrade(r) {
-		// Let the library answer with its precise status (426, 400, 405).
+		// Accept answers with the precise status (426, 400, 405).
 		s.m.Refused.Inc(refusedBadRequest)
-		_, _ = websocket.Accept(w, r, acceptOptions)
+		_, _ = s.accept(w, r)
+		return
+	}
+	if pattern && hasResume(r) {
+		// Resuming needs one stream position, and a pattern's channels
+		// each have their own: wildcard watching is live-only.
+		s.refuseUpgraded(w, r, statusPatternResume, refusedBadRequest, reasonResumePattern)
 		return
 	}
 	if !s.nc.IsConnected() {
@@ -109,6 +143,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		log = s.log.With("channel", name, "remote", clientOf(r).addr.String())
 	}
 	c := newClient(name, s.limits, s.m, log)
+	c.envelope = wantsEnvelope(r)
 	ch, err := s.hub.join(name, c)
 	if err != nil {
 		log.Warn("subscribe failed; upgrade refused", "err", err)
@@ -122,8 +157,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !s.register(c) {
 		c.close(websocket.StatusGoingAway, reasonShutdown, disconnectShutdown)
 	}
-	hw := &hijackWriter{ResponseWriter: w, timeout: s.cfg.WriteTimeout}
-	conn, err := websocket.Accept(hw, r, acceptOptions)
+	conn, err := s.accept(w, r)
 	if err != nil {
 		s.unregister(c)
 		s.hub.leave(ch, c)
@@ -132,7 +166,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		log.Debug("upgrade failed", "err", err)
 		return
 	}
-	c.attach(conn, hw.bc)
+	c.attach(conn, s.pinger)
 	if !id.Expires.IsZero() {
 		c.expireAt(id.Expires)
 	}
@@ -144,23 +178,30 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// goroutine serves the client with a shallow stack, and net/http's
 	// goroutine, its grown stack and the request are freed. For a
 	// connection that idles for hours that is most of its memory.
-	go func() {
-		defer release()
-		s.serveClient(c, ch, log)
-	}()
+	go s.serveClient(c, ch, log, release)
 }
 
 // serveClient runs a connected client until it is closed, then releases
-// what serveWS took for it.
-func (s *Server) serveClient(c *client, ch *channel, log *slog.Logger) {
+// what serveWS took for it. Its goroutine is the client's reader for the
+// whole connection, so it keeps a small frame (what runs after the client
+// is closed is in clientGone): an idle client's reader then fits in the
+// 2 KiB stack a goroutine starts with.
+func (s *Server) serveClient(c *client, ch *channel, log *slog.Logger, release func()) {
 	start := time.Now()
+	c.serve()
+	s.clientGone(c, ch, log, release, start)
+}
+
+// clientGone logs a client's end and releases what serveWS took for it.
+//
+//go:noinline
+func (s *Server) clientGone(c *client, ch *channel, log *slog.Logger, release func(), start time.Time) {
+	defer release()
 	defer s.active.Add(-1)
 	defer s.wg.Done()
 	defer s.hub.leave(ch, c)
 	defer s.m.Connections.Dec()
 	defer s.unregister(c)
-
-	c.serve()
 
 	reason, delivered, bytes := c.stats()
 	log.Info("client disconnected", "reason", reason, "duration", time.Since(start).Round(time.Millisecond),
