@@ -77,6 +77,10 @@ type client struct {
 
 	idx int // position in channel.clients, guarded by channel.mu
 
+	// talk: the client may talk back (a control channel); nil: its data is
+	// refused. Set before serve, read by the reader only.
+	talk *talk
+
 	wake    chan struct{} // capacity 1: "the queue is not empty"
 	closing chan struct{} // closed by the first close
 
@@ -317,7 +321,12 @@ func (c *client) serve() {
 // control frames are answered by the library meanwhile. It returns once the
 // connection is closed or refused.
 func (c *client) readLoop() {
-	_, _, err := c.conn.Reader(context.Background())
+	typ, r, err := c.conn.Reader(context.Background())
+	// The data-frame hook: on a control channel the frame is published to
+	// the channel's senders and reading goes on (fanout/control.go).
+	for err == nil && c.talk != nil && c.talk.dataFrame(c, typ, r) {
+		typ, r, err = c.conn.Reader(context.Background())
+	}
 	switch {
 	case err == nil:
 		c.close(websocket.StatusUnsupportedData, reasonClientData, disconnectClientData)

@@ -109,6 +109,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		log = s.log.With("channel", name, "remote", clientOf(r).addr.String())
 	}
 	c := newClient(name, s.limits, s.m, log)
+	c.talk = s.newTalk(name, id)
 	ch, err := s.hub.join(name, c)
 	if err != nil {
 		log.Warn("subscribe failed; upgrade refused", "err", err)
@@ -133,6 +134,10 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.attach(conn, hw.bc)
+	if c.talk != nil {
+		conn.SetReadLimit(c.talk.readLimit())
+	}
+	s.greetSenders(c, name)
 	if !id.Expires.IsZero() {
 		c.expireAt(id.Expires)
 	}

@@ -140,6 +140,7 @@ type Config struct {
 	Fanout
 	Durable
 	Auth
+	Control
 }
 
 // Load reads the RELAY_* variables from the environment (and nothing else: not
@@ -186,7 +187,7 @@ type field struct {
 // fields lists c's variables, in declaration order.
 func fields(c *Config) []field {
 	var out []field
-	for _, group := range []reflect.Value{reflect.ValueOf(&c.Common).Elem(), reflect.ValueOf(&c.Ingest).Elem(), reflect.ValueOf(&c.Fanout).Elem(), reflect.ValueOf(&c.Durable).Elem(), reflect.ValueOf(&c.Auth).Elem()} {
+	for _, group := range []reflect.Value{reflect.ValueOf(&c.Common).Elem(), reflect.ValueOf(&c.Ingest).Elem(), reflect.ValueOf(&c.Fanout).Elem(), reflect.ValueOf(&c.Durable).Elem(), reflect.ValueOf(&c.Auth).Elem(), reflect.ValueOf(&c.Control).Elem()} {
 		for i := range group.NumField() {
 			sf := group.Type().Field(i)
 			if name, ok := sf.Tag.Lookup("envconfig"); ok {
@@ -280,6 +281,7 @@ func (c Config) Validate(role Role) error {
 	}
 
 	errs = append(errs, c.Durable.Validate(role))
+	errs = append(errs, c.Control.Validate(role))
 	errs = append(errs, c.Common.validateNet())
 	if role == RoleAll || role == RoleIngest {
 		errs = append(errs, c.Ingest.Validate())
