@@ -64,13 +64,18 @@ func newPresence(mapper subjects.Mapper, log *slog.Logger) *presence {
 	return &presence{mapper: mapper, log: log, chans: map[string]*podCounts{}, rates: map[string]rateSample{}}
 }
 
-// subscribe starts reading every channel's presence events.
-func (p *presence) subscribe(nc *nats.Conn) error {
+// subscribe starts reading every channel's presence events. The round
+// trip makes sure the server has the interest when New returns (without
+// NATS now, nats.go sends the interest when it connects).
+func (p *presence) subscribe(nc *nats.Conn, timeout time.Duration) error {
 	sub, err := nc.Subscribe(p.mapper.EventWildcard(), p.handle)
 	if err != nil {
 		return fmt.Errorf("%w: %s: %w", ErrSubscribe, p.mapper.EventWildcard(), err)
 	}
 	p.sub = sub
+	if err := nc.FlushTimeout(timeout); err != nil {
+		p.log.Warn("presence subscription not confirmed yet", "err", err)
+	}
 	return nil
 }
 

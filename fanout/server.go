@@ -215,7 +215,7 @@ func New(o Options) (*Server, error) {
 		return nil, fmt.Errorf("fanout: RELAY_FANOUT_CONTROL_MAX_MESSAGE=%d does not fit the NATS server's max payload of %d bytes", s.ctl.max, mp)
 	}
 	s.presence.onChange = s.notifySenders
-	if err := s.presence.subscribe(o.NATS); err != nil {
+	if err := s.presence.subscribe(o.NATS, cfg.WriteTimeout); err != nil {
 		ln.Close()
 		return nil, err
 	}
