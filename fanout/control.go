@@ -52,8 +52,8 @@ type talk struct {
 // newTalk returns the talking-back state of a client of channel, or nil
 // when the channel is not a control channel (its data is refused).
 func (s *Server) newTalk(channel string, id auth.Identity) *talk {
-	if !s.ctl.enabled(channel) {
-		return nil
+	if subjects.IsPattern(channel) || !s.ctl.enabled(channel) {
+		return nil // a wildcard watcher talks to no one: which channel's senders?
 	}
 	t := &talk{
 		nc:        s.nc,

@@ -26,6 +26,24 @@ const (
 	refusedNATSDown        = metrics.FanoutNATSDown
 )
 
+// reasonResumePattern is the close reason (4400) of a resume parameter on a
+// wildcard watch.
+const reasonResumePattern = "since/last/since_time need a single channel, not a pattern"
+
+// resumeParams are the query parameters that resume a durable channel.
+var resumeParams = []string{"since", "last", "since_time"}
+
+// hasResume reports whether r asks to resume from a stream position.
+func hasResume(r *http.Request) bool {
+	q := r.URL.Query()
+	for _, p := range resumeParams {
+		if q.Has(p) {
+			return true
+		}
+	}
+	return false
+}
+
 // reasonNATSDown is the close reason of an upgrade refused while this
 // fanout has no NATS connection (code 1012).
 const reasonNATSDown = "upstream unavailable; retry later"
@@ -34,17 +52,23 @@ const reasonNATSDown = "upstream unavailable; retry later"
 // the same check itself, so that a refusal is counted and logged. Compression
 // must stay off (the library's default): batchConn.writeFrames writes the
 // shared, encode-once frames itself, uncompressed and without RSV1.
-// The server selects relay.v1 when the client offers it (a client that
-// sends its token as a relay.bearer. subprotocol must offer relay.v1 too,
-// and the token is never selected, so never echoed).
-var acceptOptions = &websocket.AcceptOptions{InsecureSkipVerify: true, Subprotocols: []string{SubprotocolV1}}
+// The server selects relay.v1.json (the envelope) when the client offers
+// it, else relay.v1 when offered (a client that sends its token as a
+// relay.bearer. subprotocol must offer one of them too, and the token is
+// never selected, so never echoed). wantsEnvelope must agree with this order.
+var acceptOptions = &websocket.AcceptOptions{InsecureSkipVerify: true,
+	Subprotocols: []string{SubprotocolJSON, SubprotocolV1}}
 
 // serveWS upgrades GET /ws/{channel}. Everything that can be refused is
 // refused with a plain HTTP status before the upgrade; after the 101 the
 // client is subscribed and gets every message published from then on.
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	// A channel, or a pattern (sensors.*, sensors.>: NATS wildcards as
+	// whole tokens) watched live through one subscription per pod. The
+	// mux has unescaped the path, so a browser's %3E arrives as '>'.
 	name := r.PathValue("channel")
-	if err := subjects.ValidateChannel(name); err != nil {
+	pattern, err := subjects.ValidateWatch(name)
+	if err != nil {
 		s.refuse(w, r, http.StatusBadRequest, refusedBadChannel, err.Error())
 		return
 	}
@@ -60,6 +84,12 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		// Let the library answer with its precise status (426, 400, 405).
 		s.m.Refused.Inc(refusedBadRequest)
 		_, _ = websocket.Accept(w, r, acceptOptions)
+		return
+	}
+	if pattern && hasResume(r) {
+		// Resuming needs one stream position, and a pattern's channels
+		// each have their own: wildcard watching is live-only.
+		s.refuseUpgraded(w, r, StatusBadRequest, refusedBadRequest, reasonResumePattern)
 		return
 	}
 	if !s.nc.IsConnected() {
@@ -110,6 +140,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	c := newClient(name, s.limits, s.m, log)
 	c.talk = s.newTalk(name, id)
+	c.envelope = wantsEnvelope(r)
 	ch, err := s.hub.join(name, c)
 	if err != nil {
 		log.Warn("subscribe failed; upgrade refused", "err", err)

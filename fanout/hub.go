@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -22,8 +23,8 @@ var ErrSubscribe = errors.New("fanout: subscribe failed")
 
 // message is one NATS message as every client of a channel sends it. It is
 // built once per NATS message and shared by pointer, so fanning out to N
-// clients costs N pointer copies, not N payload copies. Never modified after
-// newMessage.
+// clients costs N pointer copies, not N payload copies. Never modified once
+// shared, except env, which is set once, atomically.
 type message struct {
 	typ  websocket.MessageType
 	data []byte
@@ -31,6 +32,18 @@ type message struct {
 	// server's frames are unmasked, so the whole frame is the same for all.
 	hdr    [10]byte
 	hdrLen uint8
+
+	// channel is the concrete channel the message was published on, also
+	// when it reached a wildcard subscription.
+	channel string
+	// seq is the JetStream stream sequence; 0 on core NATS channels.
+	seq uint64
+	// time is the JetStream timestamp, or when NATS delivered it to this
+	// pod on core channels.
+	time time.Time
+	// env is the relay.v1.json frame of this message, built by the first
+	// envelope client that needs it (see envelope).
+	env atomic.Pointer[message]
 }
 
 // newMessage encodes the WebSocket frame header for data once (opcode:
@@ -46,12 +59,17 @@ func newMessage(typ websocket.MessageType, data []byte) *message {
 // the whole connection on an invalid text frame and a receiver must never
 // lose its connection to one bad payload. Without the header, valid UTF-8
 // travels as text and anything else as binary.
-func encode(m *nats.Msg) *message {
+//
+// channel is the concrete channel m was published on; the time is now, as
+// core NATS carries none (durable channels set seq and time from JetStream).
+func encode(channel string, m *nats.Msg) *message {
 	typ := websocket.MessageText
 	if m.Header.Get(subjects.FormatHeader) == subjects.FormatBinary || !utf8.Valid(m.Data) {
 		typ = websocket.MessageBinary
 	}
-	return newMessage(typ, m.Data)
+	msg := newMessage(typ, m.Data)
+	msg.channel, msg.time = channel, time.Now()
+	return msg
 }
 
 // hub owns the channels with local clients and their NATS subscriptions.
@@ -73,10 +91,15 @@ type hub struct {
 // value lives from its first join to its last leave; a client arriving after
 // that gets a fresh channel (and subscription), so a join racing the last
 // leave never lands on a subscription that is being torn down.
+//
+// A channel may be a pattern (sensors.*, sensors.>): then it is one NATS
+// subscription for all the pattern's watchers on this pod, and each message
+// names the concrete channel it was published on.
 type channel struct {
 	h       *hub
 	name    string
 	subject string
+	pattern bool // name has a wildcard: message.channel comes from the subject
 
 	// Guarded by hub.mu.
 	refs int
@@ -114,7 +137,8 @@ func (h *hub) join(name string, c *client) (*channel, error) {
 	ch := h.channels[name]
 	creator := ch == nil
 	if creator {
-		ch = &channel{h: h, name: name, subject: h.mapper.Subject(name), ready: make(chan struct{})}
+		ch = &channel{h: h, name: name, subject: h.mapper.Subject(name), pattern: subjects.IsPattern(name),
+			ready: make(chan struct{})}
 		h.channels[name] = ch
 	}
 	ch.refs++
@@ -219,7 +243,14 @@ func (h *hub) slowSubscription(sub *nats.Subscription) {
 // deliver is the NATS callback: one goroutine per subscription, so a
 // channel's messages are handled in order. It never blocks on a client.
 func (ch *channel) deliver(m *nats.Msg) {
-	msg := encode(m)
+	name := ch.name
+	if ch.pattern {
+		// A subject a channel name cannot make (a direct NATS publisher
+		// may use any) is delivered too, named as it is: the pattern's
+		// watchers asked for whatever NATS matches.
+		name = ch.h.mapper.ChannelPart(m.Subject)
+	}
+	msg := encode(name, m)
 	ch.h.m.MessagesIn.Inc()
 	ch.mu.RLock()
 	for _, c := range ch.clients {

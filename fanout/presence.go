@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
 
-	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
 
 	"github.com/relaydev/relay/shared/auth"
@@ -203,11 +201,6 @@ func (p *presence) run(stop <-chan struct{}, delivered func() map[string]uint64)
 	}
 }
 
-// sendersEvent is the envelope event with a channel's sender count.
-func sendersEvent(n int) *message {
-	return newMessage(websocket.MessageText, []byte(`{"event":"senders","count":`+strconv.Itoa(n)+`}`))
-}
-
 // notifySenders queues the senders event for every envelope client of
 // channel on this pod; presence.mu held (so events leave in order).
 func (s *Server) notifySenders(channel string, n int) {
@@ -220,13 +213,11 @@ func (s *Server) notifySenders(channel string, n int) {
 	var ev *message
 	ch.mu.RLock()
 	for _, c := range ch.clients {
-		if c.wantsEvents() {
+		if c.envelope {
 			if ev == nil {
 				ev = sendersEvent(n)
 			}
-			if !c.enqueue(ev) {
-				c.cutSlow()
-			}
+			c.sendEvent(ev)
 		}
 	}
 	ch.mu.RUnlock()
@@ -235,8 +226,8 @@ func (s *Server) notifySenders(channel string, n int) {
 // greetSenders queues the channel's sender count for a client that has just
 // joined, under presence.mu so that no later change can overtake it.
 func (s *Server) greetSenders(c *client, channel string) {
-	if !c.wantsEvents() {
-		return
+	if !c.envelope || subjects.IsPattern(channel) {
+		return // a pattern's clients are told no count (one per channel would be a flood)
 	}
 	s.presence.mu.Lock()
 	defer s.presence.mu.Unlock()
@@ -244,21 +235,8 @@ func (s *Server) greetSenders(c *client, channel string) {
 	if pc := s.presence.chans[channel]; pc != nil {
 		n = pc.total
 	}
-	if !c.enqueue(sendersEvent(n)) {
-		c.cutSlow()
-	}
+	c.sendEvent(sendersEvent(n))
 }
-
-// wantsEvents reports whether c speaks the envelope subprotocol, whose
-// clients get events besides messages.
-func (c *client) wantsEvents() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.conn != nil && c.conn.Subprotocol() == SubprotocolJSON
-}
-
-// SubprotocolJSON is the envelope subprotocol (docs/architecture.md).
-const SubprotocolJSON = "relay.v1.json"
 
 // channelInfo is the answer of GET /api/channels/{channel}.
 type channelInfo struct {
