@@ -290,3 +290,47 @@ func TestChannelInfoNeedsWatch(t *testing.T) {
 		t.Errorf("watch token: %d", got)
 	}
 }
+
+// TestSendersEvent: an envelope client of a control channel is told the
+// sender count when it joins and each time it changes; a plain client and
+// an envelope client of another channel are not.
+func TestSendersEvent(t *testing.T) {
+	t.Parallel()
+	e := startEnv(t, controlOpts(0, 1024))
+	announce := func(channel, pod string, n int) {
+		b, _ := json.Marshal(subjects.Presence{Pod: pod, Senders: n, TTLMillis: time.Hour.Milliseconds()})
+		if err := e.pub.Publish("relay.ev."+channel, b); err != nil {
+			t.Fatal(err)
+		}
+		e.flush()
+	}
+	announce("dev.e", "a", 1)
+	eventually(t, 10*time.Second, func() error {
+		if n := e.srv.presence.senders("dev.e"); n != 1 {
+			return fmt.Errorf("%d senders", n)
+		}
+		return nil
+	})
+	env := e.dialProto("dev.e", SubprotocolJSON)
+	plain := e.dial("dev.e", nil)
+	other := e.dialProto("other", SubprotocolJSON)
+	expect := func(want string) {
+		t.Helper()
+		if _, b := read(t, env, 10*time.Second); string(b) != want {
+			t.Fatalf("got %s, want %s", b, want)
+		}
+	}
+	expect(`{"event":"senders","count":1}`)
+	announce("dev.e", "b", 2)
+	expect(`{"event":"senders","count":3}`)
+	announce("dev.e", "a", 0)
+	expect(`{"event":"senders","count":2}`)
+	announce("other", "a", 5)
+	e.publish("dev.e", []byte("m"))
+	e.publish("other", []byte("m"))
+	for name, c := range map[string]*websocket.Conn{"plain": plain, "other channel": other} {
+		if _, b := read(t, c, 10*time.Second); strings.Contains(string(b), "event") {
+			t.Errorf("%s client got %s", name, b)
+		}
+	}
+}

@@ -20,8 +20,9 @@ import (
 // RELAY_PRESENCE_REFRESH). Every fanout reads all of them (one wildcard
 // subscription), sums the pods' counts per channel, forgets a pod's count
 // when it is not repeated in time (an ingest that died), tells envelope
-// clients {"event":"senders","count":N} when they join and when the sum
-// changes, and answers GET /api/channels/{channel}.
+// clients of control channels {"event":"senders","count":N} when they join
+// and when the sum changes, and answers GET /api/channels/{channel} for any
+// channel.
 
 // presenceSweep is how often expired pod counts are looked for.
 const presenceSweep = time.Second
@@ -204,6 +205,9 @@ func (p *presence) run(stop <-chan struct{}, delivered func() map[string]uint64)
 // notifySenders queues the senders event for every envelope client of
 // channel on this pod; presence.mu held (so events leave in order).
 func (s *Server) notifySenders(channel string, n int) {
+	if !s.ctl.enabled(channel) {
+		return
+	}
 	s.hub.mu.Lock()
 	ch := s.hub.channels[channel]
 	s.hub.mu.Unlock()
@@ -226,8 +230,11 @@ func (s *Server) notifySenders(channel string, n int) {
 // greetSenders queues the channel's sender count for a client that has just
 // joined, under presence.mu so that no later change can overtake it.
 func (s *Server) greetSenders(c *client, channel string) {
-	if !c.envelope || subjects.IsPattern(channel) {
-		return // a pattern's clients are told no count (one per channel would be a flood)
+	if !c.envelope || subjects.IsPattern(channel) || !s.ctl.enabled(channel) {
+		// Counts are told on control channels, where a client talks to
+		// the senders; a pattern's clients are told none (one count per
+		// channel would be a flood). /api/channels answers for any channel.
+		return
 	}
 	s.presence.mu.Lock()
 	defer s.presence.mu.Unlock()
