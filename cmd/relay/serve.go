@@ -198,7 +198,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			MetricsHandler: publicMetrics,
 			Durable:        stream,
 			Auth:           authn,
-			Control:        cfg.Control,
+			Control:        cfg.Control(),
 		})
 		if err != nil {
 			nc.Close()
@@ -245,7 +245,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			Auth:           authn,
 			AuthCookie:     cfg.Cookie,
 			QueryToken:     cfg.QueryToken,
-			Control:        cfg.Control,
+			Control:        cfg.Control(),
 		})
 		if err != nil {
 			nc.Close()

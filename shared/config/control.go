@@ -14,15 +14,27 @@ import (
 // ingest's reply lines (+OK, +ACK, -ERR) on the same connection.
 const MaxControlMessage = 1<<24 - 1
 
-// Control settings are talking back (docs/architecture.md, Talking back):
-// which channels accept WebSocket clients' messages for their TCP senders,
-// the bounds in both directions, and presence. Both tiers read them.
+// Control is the talking-back settings (docs/architecture.md, Talking
+// back) as the tiers take them, gathered from Common, Ingest and Fanout by
+// Config.Control: which channels accept WebSocket clients' messages for
+// their TCP senders, the bounds in both directions, and presence.
 type Control struct {
-	ControlChannels   []string      `envconfig:"CONTROL_CHANNELS" default:"" desc:"comma-separated channel patterns (* one token, a final > the rest) on which WebSocket clients may talk back: their data frames are written to the channel's TCP senders (with RELAY_AUTH=jwt only holders of the control permission); empty = none (client data is refused with 1003 everywhere)"`
-	PresenceRefresh   time.Duration `envconfig:"PRESENCE_REFRESH" default:"10s" desc:"how often ingest repeats each channel's sender count on <prefix>.ev.<channel> (arrivals and departures are announced at once), so a fanout that restarts learns the counts; a count not repeated for 3 intervals is forgotten (an ingest that died)"`
-	FanoutControlRate float64       `envconfig:"FANOUT_CONTROL_RATE" roles:"all,fanout" default:"100" desc:"most control messages per second one WebSocket client may send (burst: the same number, at least 1); past it the fanout reads that client more slowly (TCP pushes back), nothing is dropped. 0 = unlimited"`
-	FanoutControlMax  int           `envconfig:"FANOUT_CONTROL_MAX_MESSAGE" roles:"all,fanout" default:"65536" desc:"largest control message in bytes a WebSocket client may send; a larger one closes the client with 1009 (at most 16777215 and the NATS server's max payload)"`
-	IngestControlQ    int           `envconfig:"INGEST_CONTROL_QUEUE" roles:"all,ingest" default:"256" desc:"control messages queued per TCP sender (and at most 1 MiB); a sender that does not read them has the newest dropped and counted (relay_ingest_control_messages_total{result=\"dropped\"}), never slowing other senders or its own sending"`
+	ControlChannels   []string
+	PresenceRefresh   time.Duration
+	FanoutControlRate float64
+	FanoutControlMax  int
+	IngestControlQ    int
+}
+
+// Control gathers the talking-back settings.
+func (c Config) Control() Control {
+	return Control{
+		ControlChannels:   c.ControlChannels,
+		PresenceRefresh:   c.PresenceRefresh,
+		FanoutControlRate: c.FanoutControlRate,
+		FanoutControlMax:  c.FanoutControlMax,
+		IngestControlQ:    c.IngestControlQueue,
+	}
 }
 
 // Validate checks the talking-back settings and returns every problem joined.

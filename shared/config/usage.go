@@ -55,7 +55,6 @@ func (c Config) Vars() []Var {
 	add(c.Fanout, RoleAll, RoleFanout)
 	add(c.Durable, RoleAll, RoleIngest, RoleFanout)
 	add(c.Auth, RoleAll, RoleIngest, RoleFanout)
-	add(c.Control, RoleAll, RoleIngest, RoleFanout)
 	return out
 }
 
