@@ -25,7 +25,7 @@ import (
 )
 
 // startControlIngest runs ingest with control channels "dev.>" on listeners.
-func startControlIngest(t *testing.T, srv *server.Server, listeners string, queue int, refresh time.Duration) *harness {
+func startControlIngest(t testing.TB, srv *server.Server, listeners string, queue int, refresh time.Duration) *harness {
 	t.Helper()
 	if srv == nil {
 		srv = testutil.NATSServer(t)

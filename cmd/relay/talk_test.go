@@ -47,6 +47,10 @@ func startBG(t *testing.T, args ...string) *bgProc {
 // channelInfo reads GET /api/channels/{channel}.
 func channelInfo(t *testing.T, fanout, channel string) (senders, watchers int) {
 	t.Helper()
+	return channelInfoB(fanout, channel)
+}
+
+func channelInfoB(fanout, channel string) (senders, watchers int) {
 	resp, err := http.Get("http://" + fanout + "/api/channels/" + channel)
 	if err != nil {
 		return -1, -1
