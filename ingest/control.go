@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/config"
@@ -210,7 +211,8 @@ func (r *router) run(stop <-chan struct{}) {
 // inside a control frame.
 type ctlWriter struct {
 	c        *senderConn
-	m        *metrics.Ingest
+	written  prometheus.Counter // relay_ingest_control_messages_total{result="written"}
+	dropped  prometheus.Counter // {result="dropped"}
 	framing  config.Framing
 	queueLen int
 
@@ -225,7 +227,8 @@ type ctlWriter struct {
 }
 
 func newCtlWriter(c *senderConn, queueLen int, m *metrics.Ingest) *ctlWriter {
-	w := &ctlWriter{c: c, m: m, framing: c.spec.Framing, queueLen: queueLen,
+	w := &ctlWriter{c: c, framing: c.spec.Framing, queueLen: queueLen,
+		written: m.ControlMessages.With(metrics.ControlWritten), dropped: m.ControlMessages.With(metrics.ControlDropped),
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	go w.run()
 	return w
@@ -237,7 +240,7 @@ func (w *ctlWriter) enqueue(data []byte) {
 	w.mu.Lock()
 	if w.closed || len(w.queue) >= w.queueLen || (len(w.queue) > 0 && w.bytes+len(data) > controlQueueBytes) {
 		w.mu.Unlock()
-		w.m.ControlMessages.Inc(metrics.ControlDropped)
+		w.dropped.Inc()
 		w.c.s.logRefusal("control_dropped", "ingest: control message dropped: the sender does not read them (queue full)",
 			"remote", w.c.remote.String(), "listener", w.c.spec.Addr, "queue", w.queueLen)
 		return
@@ -267,9 +270,7 @@ func (w *ctlWriter) run() {
 		dropped := batch + len(w.queue)
 		w.queue = nil
 		w.mu.Unlock()
-		for range dropped {
-			w.m.ControlMessages.Inc(metrics.ControlDropped)
-		}
+		w.dropped.Add(float64(dropped))
 	}()
 	for {
 		if batch == 0 {
@@ -295,9 +296,7 @@ func (w *ctlWriter) run() {
 		// is the cost to beat).
 		taken, err := w.c.send(buf, controlWriteSlice)
 		if taken {
-			for range batch {
-				w.m.ControlMessages.Inc(metrics.ControlWritten)
-			}
+			w.written.Add(float64(batch))
 			batch = 0
 			if len(buf) > 64<<10 {
 				buf = nil // do not keep a big batch's buffer for good
