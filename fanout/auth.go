@@ -23,7 +23,6 @@ const (
 // WebSocket close codes of the close-code table (docs/architecture.md) for auth refusals after the
 // upgrade (a browser cannot read the HTTP status of a refused upgrade).
 const (
-	StatusBadRequest   websocket.StatusCode = 4400 // bad request after the upgrade (resume parameters on a pattern)
 	StatusUnauthorized websocket.StatusCode = 4401 // no token, invalid or expired token
 	StatusForbidden    websocket.StatusCode = 4403 // token valid, channel not permitted
 )

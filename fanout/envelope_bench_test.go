@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/nats-io/nats.go"
+
+	"github.com/relaydev/relay/shared/metrics"
 )
 
 // BenchmarkEnvelopeFanout compares plain and relay.v1.json receivers on the
@@ -134,4 +137,37 @@ func cpuNanos() int64 {
 		return 0
 	}
 	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
+// BenchmarkBroadcastEnvelope is BenchmarkBroadcast with 1,000 plain or
+// 1,000 envelope clients: the NATS callback's cost per message, where the
+// envelope adds one encoding per message (not per client).
+func BenchmarkBroadcastEnvelope(b *testing.B) {
+	for _, mode := range []string{"plain", "envelope"} {
+		b.Run(mode, func(b *testing.B) {
+			m := metrics.New().Fanout
+			h := newHub(nil, mustMapper(b), m, discard, 1, 1, time.Second)
+			ch := &channel{h: h, name: "bench", ready: make(chan struct{})}
+			lim := clientLimits{queueMsgs: 1024, queueBytes: 8 << 20, maxBytes: 8 << 20, slowGrace: time.Hour, closeGrace: time.Second}
+			clients := make([]*client, 1000)
+			for i := range clients {
+				clients[i] = newClient("bench", lim, m, discard)
+				clients[i].envelope = mode == "envelope"
+				ch.add(clients[i])
+			}
+			msg := &nats.Msg{Subject: "relay.ch.bench", Data: []byte(strings.Repeat("x", 100))}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				ch.deliver(msg)
+				if i%512 == 511 {
+					for _, c := range clients {
+						c.mu.Lock()
+						c.feed.done(c.feed.take())
+						c.mu.Unlock()
+					}
+				}
+			}
+		})
+	}
 }

@@ -26,9 +26,14 @@ const (
 	refusedNATSDown        = metrics.FanoutNATSDown
 )
 
-// reasonResumePattern is the close reason (4400) of a resume parameter on a
-// wildcard watch.
-const reasonResumePattern = "since/last/since_time need a single channel, not a pattern"
+// statusPatternResume (4400, bad request after the upgrade) closes a resume
+// parameter on a wildcard watch, with reasonResumePattern. The durable
+// channels' resume parsing refuses the same request with its own 4400; the
+// check here comes first and needs no stream.
+const (
+	statusPatternResume websocket.StatusCode = 4400
+	reasonResumePattern                      = "since/last/since_time need a single channel, not a pattern"
+)
 
 // resumeParams are the query parameters that resume a durable channel.
 var resumeParams = []string{"since", "last", "since_time"}
@@ -89,7 +94,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if pattern && hasResume(r) {
 		// Resuming needs one stream position, and a pattern's channels
 		// each have their own: wildcard watching is live-only.
-		s.refuseUpgraded(w, r, StatusBadRequest, refusedBadRequest, reasonResumePattern)
+		s.refuseUpgraded(w, r, statusPatternResume, refusedBadRequest, reasonResumePattern)
 		return
 	}
 	if !s.nc.IsConnected() {

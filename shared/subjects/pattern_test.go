@@ -57,3 +57,16 @@ func FuzzWatch(f *testing.F) {
 		}
 	})
 }
+
+func TestChannelPart(t *testing.T) {
+	t.Parallel()
+	m, err := NewMapper("relay")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for subject, want := range map[string]string{"relay.ch.a.b": "a.b", "relay.ch.x": "x", "relay.ch.a:b": "a:b"} {
+		if got := m.ChannelPart(subject); got != want {
+			t.Errorf("ChannelPart(%q) = %q, want %q", subject, got, want)
+		}
+	}
+}
