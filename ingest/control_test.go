@@ -19,13 +19,20 @@ import (
 	ptestutil "github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/durable"
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/subjects"
+	"github.com/relaydev/relay/shared/tcpproto"
 	"github.com/relaydev/relay/shared/testutil"
 )
 
 // startControlIngest runs ingest with control channels "dev.>" on listeners.
 func startControlIngest(t testing.TB, srv *server.Server, listeners string, queue int, refresh time.Duration) *harness {
+	t.Helper()
+	return startControlIngestDurable(t, srv, listeners, queue, refresh, nil)
+}
+
+func startControlIngestDurable(t testing.TB, srv *server.Server, listeners string, queue int, refresh time.Duration, stream *durable.Stream) *harness {
 	t.Helper()
 	if srv == nil {
 		srv = testutil.NATSServer(t)
@@ -39,6 +46,7 @@ func startControlIngest(t testing.TB, srv *server.Server, listeners string, queu
 		Logger:        testutil.Logger(t),
 		Metrics:       reg.Ingest,
 		Control:       config.Control{ControlChannels: []string{"dev.>"}, IngestControlQ: queue, PresenceRefresh: refresh},
+		Durable:       stream,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -288,4 +296,65 @@ func TestPresenceArrivalsAndDepartures(t *testing.T) {
 	fw := watchPresence(t, h.srv, "fixed.one")
 	dial(t, h.addr(1))
 	fw.until(t, 1)
+}
+
+// TestControlBetweenAcks: on a durable channel with +ack, +ACK lines and
+// control messages share the connection; every line the sender reads is
+// whole (a +ACK line or a control message), the control messages arrive in
+// order, and the last +ACK counts every message.
+func TestControlBetweenAcks(t *testing.T) {
+	t.Parallel()
+	srv := testutil.JetStreamServer(t)
+	stream, _ := durableStream(t, srv, "dev.>")
+	h := startControlIngestDurable(t, srv, "127.0.0.1:0=*/line", 1<<16, time.Minute, stream)
+	pw := watchPresence(t, srv, "dev.d")
+	c := dial(t, h.addr(0))
+	io.WriteString(c, "dev.d +ack\n")
+	pw.until(t, 1)
+
+	const n, ctl = 5000, 2000
+	pub := testutil.Connect(t, srv)
+	go func() {
+		for i := range ctl {
+			pub.Publish("relay.ctl.dev.d", fmt.Appendf(nil, "ctl %d", i))
+			if i%100 == 0 {
+				pub.Flush()
+				time.Sleep(time.Millisecond) // spread over the acks
+			}
+		}
+		pub.Flush()
+	}()
+	go func() {
+		w := bufio.NewWriter(c)
+		for i := range n {
+			fmt.Fprintf(w, "m %d\n", i)
+			if i%500 == 0 {
+				w.Flush()
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+		w.Flush()
+	}()
+	br := bufio.NewReader(c)
+	c.SetReadDeadline(time.Now().Add(60 * time.Second))
+	next, lastAck := 0, uint64(0)
+	for next < ctl || lastAck < n {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("after %d control messages and +ACK %d: %v", next, lastAck, err)
+		}
+		line = strings.TrimSuffix(line, "\n")
+		switch r := tcpproto.ParseReply(line); {
+		case line == tcpproto.OK:
+		case r.Kind == tcpproto.ReplyAck:
+			if r.Acked < lastAck {
+				t.Fatalf("+ACK %d after +ACK %d", r.Acked, lastAck)
+			}
+			lastAck = r.Acked
+		case line == fmt.Sprintf("ctl %d", next):
+			next++
+		default:
+			t.Fatalf("line %q: neither a +ACK nor control message %d", line, next)
+		}
+	}
 }
