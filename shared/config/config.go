@@ -109,7 +109,7 @@ type Fanout struct {
 	TrustedProxies      string   `envconfig:"FANOUT_TRUSTED_PROXIES" default:"" desc:"comma-separated CIDRs of proxies whose X-Forwarded-For/Forwarded/X-Forwarded-Proto headers or PROXY protocol header are believed; from anyone else the socket peer is the client"`
 	TLSCertFile         string   `envconfig:"FANOUT_TLS_CERT_FILE" default:"" desc:"certificate (PEM, with chain): serve https/wss on RELAY_FANOUT_ADDR; re-read when the file changes"`
 	TLSKeyFile          string   `envconfig:"FANOUT_TLS_KEY_FILE" default:"" desc:"key (PEM) of RELAY_FANOUT_TLS_CERT_FILE"`
-	FanoutControlRate   float64  `envconfig:"FANOUT_CONTROL_RATE" default:"100" desc:"most control messages per second one WebSocket client may send (burst: the same number, at least 1); past it the fanout reads that client more slowly (TCP pushes back), nothing is dropped. 0 = unlimited"`
+	FanoutControlRate   float64  `envconfig:"FANOUT_CONTROL_RATE" default:"100" desc:"most control messages per second one WebSocket client may send (burst: the same number, at least 1); past it the fanout reads that client more slowly (TCP pushes back), nothing is dropped. 0 = unlimited, else at least 1"`
 	FanoutControlMax    int      `envconfig:"FANOUT_CONTROL_MAX_MESSAGE" default:"65536" desc:"largest control message in bytes a WebSocket client may send; a larger one closes the client with 1009 (at most 16777215 and the NATS server's max payload)"`
 }
 

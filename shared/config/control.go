@@ -50,8 +50,10 @@ func (c Control) Validate(role Role) error {
 		add("RELAY_PRESENCE_REFRESH=%s: must be between 100ms and 1h", c.PresenceRefresh)
 	}
 	if role == RoleAll || role == RoleFanout {
-		if c.FanoutControlRate < 0 {
-			add("RELAY_FANOUT_CONTROL_RATE=%g: must not be negative (0 = unlimited)", c.FanoutControlRate)
+		// Below 1/s a client would wait longer than a ping's timeout between
+		// frames (its reader is what reads the pong).
+		if c.FanoutControlRate != 0 && (c.FanoutControlRate < 1 || c.FanoutControlRate > 1e6) {
+			add("RELAY_FANOUT_CONTROL_RATE=%g: must be 0 (unlimited) or between 1 and 1000000 messages/s", c.FanoutControlRate)
 		}
 		if c.FanoutControlMax < 1 || c.FanoutControlMax > MaxControlMessage {
 			add("RELAY_FANOUT_CONTROL_MAX_MESSAGE=%d: must be between 1 and %d", c.FanoutControlMax, MaxControlMessage)
