@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -176,4 +177,57 @@ func TestPresenceSurvivesFanoutRestart(t *testing.T) {
 
 	a.stdin.Close()
 	waitSenders(t, f2, "dev.9", 1)
+}
+
+// TestTalkBackPermission: with RELAY_AUTH=jwt, `relay watch --talk` with a
+// watch-only token may watch but is closed with 4403 when it talks (exit 3),
+// and nothing reaches the sender; with the control permission its line
+// reaches the sender. /api/channels needs watch.
+func TestTalkBackPermission(t *testing.T) {
+	t.Parallel()
+	r := startAuthRelay(t, "RELAY_CONTROL_CHANNELS=dev.>")
+	sendTok := r.mint(t, "--send", "dev.>", "--ttl", "1h")
+	sender := startBG(t, "send", "--timeout", "1m", "--token", sendTok, r.hs, "dev.3")
+
+	watchTok := r.mint(t, "--watch", "dev.>", "--ttl", "1h")
+	testutil.Eventually(t, 20*time.Second, func() error {
+		req, _ := http.NewRequest("GET", r.base+"/api/channels/dev.3", nil)
+		req.Header.Set("Authorization", "Bearer "+watchTok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var ci struct{ Senders int }
+		json.NewDecoder(resp.Body).Decode(&ci)
+		if resp.StatusCode != 200 || ci.Senders != 1 {
+			return fmt.Errorf("%s, %d senders", resp.Status, ci.Senders)
+		}
+		return nil
+	})
+	if resp, err := http.Get(r.base + "/api/channels/dev.3"); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("/api/channels without a token: %v %v", resp.Status, err)
+	} else {
+		resp.Body.Close()
+	}
+
+	refused := exec.Command(relayBin, "watch", "--talk", "--token", watchTok, r.ws+"/ws/dev.3")
+	refused.Stdin = strings.NewReader("not allowed\n")
+	stderr := &syncBuffer{}
+	refused.Stderr = stderr
+	err := refused.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 3 || !strings.Contains(stderr.String(), "4403") {
+		t.Errorf("watch-only token talking: %v, stderr %q; want exit 3 with 4403", err, stderr.String())
+	}
+
+	ctlTok := r.mint(t, "--watch", "dev.>", "--control", "dev.3", "--ttl", "1h")
+	w := startBG(t, "watch", "--talk", "--token", ctlTok, r.ws+"/ws/dev.3")
+	fmt.Fprintln(w.stdin, "allowed")
+	testutil.Eventually(t, 20*time.Second, func() error {
+		if got := sender.stdout.String(); got != "allowed\n" {
+			return fmt.Errorf("the sender printed %q", got)
+		}
+		return nil
+	})
 }
