@@ -2,7 +2,6 @@ package fanout
 
 import (
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/coder/websocket"
@@ -12,6 +11,7 @@ import (
 	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/subjects"
+	"github.com/relaydev/relay/shared/wsframe"
 )
 
 // Talking back (docs/architecture.md): on channels matching
@@ -68,50 +68,53 @@ func (s *Server) newTalk(channel string, id auth.Identity) *talk {
 	return t
 }
 
-// readLimit is the frame size the library lets through: one byte over the
-// maximum, so that dataFrame sees an oversized frame and closes with its
-// own, counted 1009.
-func (t *talk) readLimit() int64 { return int64(t.max) + 1 }
+// readLimit is the largest message the reader takes; past it the reader
+// stops and tooLarge closes the client.
+func (t *talk) readLimit() int { return t.max }
 
-// dataFrame handles one data frame of c, whose reader r is positioned at
-// its payload. It reports whether reading goes on; when not, it has closed
-// c with the code that says why. Over RELAY_FANOUT_CONTROL_RATE it waits
-// before returning: the client is read more slowly, TCP pushes back on it,
-// and nothing it sent is dropped.
-func (t *talk) dataFrame(c *client, typ websocket.MessageType, r io.Reader) bool {
+// tooLarge closes c for a message over the maximum: 1009, saying the
+// maximum, counted as control_too_large.
+func (t *talk) tooLarge(c *client) *wsframe.CloseError {
+	reason := fmt.Sprintf("control message too large (max %d bytes)", t.max)
+	if c.close(websocket.StatusMessageTooBig, reason, disconnectTooLarge) {
+		c.log.Info("client closed: control message too large", "max", t.max)
+	}
+	return &wsframe.CloseError{Code: uint16(websocket.StatusMessageTooBig), Reason: reason}
+}
+
+// dataFrame handles one data message of c (op text or binary; p valid only
+// during the call: publishing copies it). It returns nil to go on reading,
+// or the close that ends the connection, which it has recorded. Over
+// RELAY_FANOUT_CONTROL_RATE it waits before returning: the client is read
+// more slowly, TCP pushes back on it, and nothing it sent is dropped.
+func (t *talk) dataFrame(c *client, op byte, p []byte) *wsframe.CloseError {
 	if !t.permitted {
 		if c.close(StatusForbidden, reasonControlForbidden, disconnectCtlForbidden) {
 			c.m.AuthRefused.Inc(metrics.AuthForbidden)
 			c.log.Info("client closed: control message without control permission")
 		}
-		return false
+		return &wsframe.CloseError{Code: uint16(StatusForbidden), Reason: reasonControlForbidden}
 	}
-	data, err := io.ReadAll(io.LimitReader(r, int64(t.max)+1))
-	if err != nil {
-		return false // the connection failed; the read loop's next read says how
+	if len(p) > t.max { // the reader's limit stops it first
+		return t.tooLarge(c)
 	}
-	if len(data) > t.max {
-		if c.close(websocket.StatusMessageTooBig, fmt.Sprintf("control message too large (max %d bytes)", t.max), disconnectTooLarge) {
-			c.log.Info("client closed: control message too large", "max", t.max)
-		}
-		return false
-	}
-	msg := &nats.Msg{Subject: t.subject, Data: data}
-	if typ == websocket.MessageBinary {
+	msg := &nats.Msg{Subject: t.subject, Data: p}
+	if op == wsframe.OpBinary {
 		msg.Header = nats.Header{subjects.FormatHeader: []string{subjects.FormatBinary}}
 	}
 	if err := t.nc.PublishMsg(msg); err != nil {
 		if c.close(websocket.StatusInternalError, reasonControlFailed, disconnectCtlFailed) {
 			c.log.Warn("client closed: control message not published", "err", err)
 		}
-		return false
+		return &wsframe.CloseError{Code: uint16(websocket.StatusInternalError), Reason: reasonControlFailed}
 	}
 	t.m.ControlMessages.Inc()
-	return t.pace(c)
+	t.pace(c)
+	return nil
 }
 
-// pace waits while the client is over its rate; false if it was closed
-// meanwhile.
+// pace waits while the client is over its rate, or until it is closed;
+// false if it was closed meanwhile.
 func (t *talk) pace(c *client) bool {
 	if t.limiter == nil {
 		return true

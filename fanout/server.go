@@ -31,6 +31,7 @@ import (
 	"github.com/relaydev/relay/shared/netguard"
 	"github.com/relaydev/relay/shared/subjects"
 	"github.com/relaydev/relay/shared/tierkit"
+	"github.com/relaydev/relay/shared/wsframe"
 )
 
 // Sentinel errors.
@@ -120,6 +121,7 @@ type Server struct {
 	refusals *tierkit.LogLimiter
 	upstream <-chan struct{}
 	guard    *guard
+	pinger   *wsframe.Pinger // pings every client (nil: RELAY_FANOUT_PING_INTERVAL=0)
 	mapper   subjects.Mapper
 	ctl      controlConfig // talking back
 	presence *presence     // sender counts from ingest
@@ -174,7 +176,6 @@ func New(o Options) (*Server, error) {
 			// (1011), so a stuck reader is told it is a slow consumer.
 			slowGrace:    min(cfg.SlowGrace, cfg.WriteTimeout/2),
 			writeTimeout: cfg.WriteTimeout,
-			pingInterval: cfg.PingInterval,
 			closeGrace:   min(maxCloseGrace, cfg.WriteTimeout),
 		},
 		ln:       ln,
@@ -182,6 +183,9 @@ func New(o Options) (*Server, error) {
 		refusals: tierkit.NewLogLimiter(time.Second),
 		clients:  make(map[*client]struct{}),
 		upstream: o.Upstream,
+		// A client that does not answer a ping within the write timeout
+		// is closed with 1008.
+		pinger:   wsframe.NewPinger(cfg.PingInterval, cfg.WriteTimeout),
 		mapper:   mapper,
 		ctl:      controlConfig{patterns: o.Control.Patterns(), rate: o.Control.FanoutControlRate, max: o.Control.FanoutControlMax},
 		presence: newPresence(mapper, log),
@@ -443,21 +447,21 @@ func (s *Server) shutdown() {
 	case <-done:
 	case <-t.C:
 		// Cut with the close frame where nothing holds the connection, so
-		// a client sees 1001 rather than 1006 (see batchConn.cut).
+		// a client sees 1001 rather than 1006 (see wsframe.Conn.Cut).
 		s.mu.Lock()
 		n, unclosed, sent := 0, 0, 0
 		for c := range s.clients {
 			c.mu.Lock()
-			bc, closed := c.bc, c.closed
+			conn, closed := c.conn, c.closed
 			c.mu.Unlock()
-			if bc == nil {
+			if conn == nil {
 				continue
 			}
 			n++
 			if !closed {
 				unclosed++
 			}
-			if bc.cut(uint16(websocket.StatusGoingAway), reasonShutdown, 0) {
+			if conn.Cut(uint16(websocket.StatusGoingAway), reasonShutdown, 0) {
 				sent++
 			}
 		}
