@@ -86,6 +86,17 @@ func FuzzChannel(f *testing.F) {
 		if !ok || ch != name {
 			t.Fatalf("round trip of %q gave %q, %v", name, ch, ok)
 		}
+		if ch, ok := m.EventChannel(m.EventSubject(name)); !ok || ch != name {
+			t.Fatalf("event round trip of %q gave %q, %v", name, ch, ok)
+		}
+		// A channel's control and event subjects are never another
+		// channel's data subject.
+		if _, ok := m.Channel(m.ControlSubject(name)); ok {
+			t.Fatalf("control subject of %q reads as a data subject", name)
+		}
+		if _, ok := m.Channel(m.EventSubject(name)); ok {
+			t.Fatalf("event subject of %q reads as a data subject", name)
+		}
 	})
 }
 
