@@ -294,6 +294,7 @@ func (w *ctlWriter) run() {
 		}
 		// Everything queued goes out in one write (a syscall per message
 		// is the cost to beat).
+		start := time.Now()
 		taken, err := w.c.send(buf, controlWriteSlice)
 		if taken {
 			w.written.Add(float64(batch))
@@ -305,6 +306,12 @@ func (w *ctlWriter) run() {
 		}
 		if err != nil && !isTimeout(err) {
 			return // the connection is gone
+		}
+		if time.Since(start) < controlWriteSlice/2 {
+			// A timeout at once: the connection refuses every write now (a
+			// TLS connection stays broken after a write timeout). Nothing
+			// more can reach this sender; what comes is dropped, counted.
+			return
 		}
 		// The sender is not reading: keep this batch (the queue fills and
 		// drops the newest meanwhile) and try again.

@@ -3,6 +3,7 @@ package ingest
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,12 +35,17 @@ func startControlIngest(t testing.TB, srv *server.Server, listeners string, queu
 
 func startControlIngestDurable(t testing.TB, srv *server.Server, listeners string, queue int, refresh time.Duration, stream *durable.Stream) *harness {
 	t.Helper()
+	return startControlIngestCfg(t, srv, defaultConfig(listeners), queue, refresh, stream)
+}
+
+func startControlIngestCfg(t testing.TB, srv *server.Server, cfg config.Ingest, queue int, refresh time.Duration, stream *durable.Stream) *harness {
+	t.Helper()
 	if srv == nil {
 		srv = testutil.NATSServer(t)
 	}
 	reg := metrics.New()
 	s, err := New(Options{
-		Config:        defaultConfig(listeners),
+		Config:        cfg,
 		SubjectPrefix: "relay",
 		ShutdownGrace: 5 * time.Second,
 		NATS:          testutil.Connect(t, srv, nats.ReconnectBufSize(-1)),
@@ -357,4 +363,87 @@ func TestControlBetweenAcks(t *testing.T) {
 			t.Fatalf("line %q: neither a +ACK nor control message %d", line, next)
 		}
 	}
+}
+
+// TestControlTLSNonReader: over TLS, where a write that times out leaves
+// the connection unable to write for good, a sender that does not read
+// still slows nobody: the reading sender gets everything, the stuck one
+// keeps publishing, and every control message is counted written or dropped.
+func TestControlTLSNonReader(t *testing.T) {
+	t.Parallel()
+	ca := testutil.NewCA(t, "relay test CA")
+	cert, key := ca.Issue(t, "localhost")
+	dir := t.TempDir()
+	cfg := defaultConfig("127.0.0.1:0=*/line;tls")
+	cfg.TLSCertFile = testutil.WriteFile(t, dir, "tls.crt", cert)
+	cfg.TLSKeyFile = testutil.WriteFile(t, dir, "tls.key", key)
+	const queue = 8
+	h := startControlIngestCfg(t, nil, cfg, queue, time.Minute, nil)
+	pw := watchPresence(t, h.srv, "dev.t")
+	data := subscribe(t, h.srv, "relay.ch.dev.t")
+	dialTLS := func() (net.Conn, *bufio.Reader) {
+		c, err := tls.Dial("tcp", h.addr(0), &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		io.WriteString(c, "dev.t\n")
+		br := bufio.NewReader(c)
+		if got := readLine(t, c, br); got != "+OK\n" {
+			t.Fatalf("handshake: %q", got)
+		}
+		return c, br
+	}
+	stuck, _ := dialTLS()
+	pw.until(t, 1)
+	reader, readerBr := dialTLS()
+	pw.until(t, 2)
+
+	const n = 10000
+	payload := strings.Repeat("c", 1000)
+	var read atomic.Int64
+	got := make(chan error, 1)
+	go func() {
+		reader.SetReadDeadline(time.Now().Add(120 * time.Second))
+		for i := range n {
+			read.Store(int64(i))
+			line, err := readerBr.ReadString('\n')
+			if err != nil || line != fmt.Sprintf("%d %s\n", i, payload) {
+				got <- fmt.Errorf("reader: message %d: %.20q %v", i, line, err)
+				return
+			}
+		}
+		got <- nil
+	}()
+	pub := testutil.Connect(t, h.srv)
+	for i := range n {
+		for int64(i)-read.Load() > queue/2 {
+			select {
+			case err := <-got:
+				t.Fatalf("reader stopped: %v", err)
+			case <-time.After(50 * time.Microsecond):
+			}
+		}
+		pub.Publish("relay.ctl.dev.t", fmt.Appendf(nil, "%d %s", i, payload))
+		if i%(queue/2) == 0 {
+			pub.Flush()
+		}
+	}
+	pub.Flush()
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(stuck, "still sending\n")
+	if m, err := data.NextMsg(20 * time.Second); err != nil || string(m.Data) != "still sending" {
+		t.Fatalf("the stuck sender's line: %v %v", m, err)
+	}
+	stuck.Close()
+	testutil.Eventually(t, 20*time.Second, func() error {
+		w := ptestutil.ToFloat64(h.m.ControlMessages.With(metrics.ControlWritten))
+		d := ptestutil.ToFloat64(h.m.ControlMessages.With(metrics.ControlDropped))
+		if w+d != 2*n || d == 0 {
+			return fmt.Errorf("written %v + dropped %v, want %d with some dropped", w, d, 2*n)
+		}
+		return nil
+	})
 }
