@@ -2,10 +2,10 @@ package ingest
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"log/slog"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,6 +59,13 @@ type router struct {
 
 	mu    sync.Mutex
 	chans map[string]*senderSet
+	// dirty: channels whose count changed since the last announcement;
+	// kick wakes run to announce them (after presenceBatch).
+	dirty map[string]struct{}
+	kick  chan struct{}
+	// pubMu orders announcements: one publisher at a time, each with the
+	// counts as they are when it publishes.
+	pubMu sync.Mutex
 }
 
 // senderSet is one channel's senders on this pod.
@@ -89,6 +96,8 @@ func newRouter(nc *nats.Conn, mapper subjects.Mapper, log *slog.Logger, m *metri
 		// A restarted pod is a new pod: its predecessor's counts expire.
 		pod:   host + "-" + nuid.Next()[:8],
 		chans: map[string]*senderSet{},
+		dirty: map[string]struct{}{},
+		kick:  make(chan struct{}, 1),
 	}
 }
 
@@ -120,7 +129,7 @@ func (r *router) join(c *senderConn, channel string) {
 	}
 	set.writers[c] = w
 	set.publishList()
-	r.announce(channel, len(set.writers))
+	r.changed(channel)
 }
 
 // leave removes sender c of channel, stops its writer (its queued control
@@ -148,7 +157,7 @@ func (r *router) leave(c *senderConn, channel string) {
 			r.m.ControlSubscriptions.Dec()
 		}
 	}
-	r.announce(channel, n)
+	r.changed(channel)
 	r.mu.Unlock()
 	if w != nil {
 		w.close()
@@ -177,33 +186,98 @@ func (set *senderSet) deliver(m *nats.Msg) {
 	}
 }
 
-// announce publishes channel's sender count on this pod; router.mu held, so
-// a channel's events leave in the order of its changes.
-func (r *router) announce(channel string, senders int) {
-	b, _ := json.Marshal(subjects.Presence{Pod: r.pod, Senders: senders, TTLMillis: (presenceTTLFactor * r.refresh).Milliseconds()})
-	if err := r.nc.Publish(r.mapper.EventSubject(channel), b); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-		// The next refresh repeats it.
-		r.log.Debug("ingest: presence not published", "channel", channel, "err", err)
+// presenceBatch is how long arrivals and departures are gathered before
+// they are announced: under connection churn a channel costs one event per
+// batch, not two per connection.
+const presenceBatch = 20 * time.Millisecond
+
+// changed marks channel's count as changed; router.mu held.
+func (r *router) changed(channel string) {
+	r.dirty[channel] = struct{}{}
+	select {
+	case r.kick <- struct{}{}:
+	default:
 	}
 }
 
-// run repeats every channel's count each refresh interval until stop closes.
+// announce publishes the count of each of channels (every channel with
+// senders when all), as it is now.
+func (r *router) announce(all bool) {
+	r.pubMu.Lock()
+	defer r.pubMu.Unlock()
+	type count struct {
+		channel string
+		senders int
+	}
+	r.mu.Lock()
+	var counts []count
+	if all {
+		counts = make([]count, 0, len(r.chans)+len(r.dirty))
+		for name, set := range r.chans {
+			counts = append(counts, count{name, len(set.writers)})
+		}
+	}
+	for name := range r.dirty {
+		if set := r.chans[name]; set == nil {
+			counts = append(counts, count{name, 0}) // the last sender left
+		} else if !all {
+			counts = append(counts, count{name, len(set.writers)})
+		}
+	}
+	clear(r.dirty)
+	r.mu.Unlock()
+	ttl := (presenceTTLFactor * r.refresh).Milliseconds()
+	var b []byte
+	for _, c := range counts {
+		b = appendPresence(b[:0], r.pod, c.senders, ttl)
+		if err := r.nc.Publish(r.mapper.EventSubject(c.channel), b); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+			// The next refresh repeats it.
+			r.log.Debug("ingest: presence not published", "channel", c.channel, "err", err)
+		}
+	}
+}
+
+// appendPresence encodes subjects.Presence without reflection (it runs at
+// every batch of arrivals and departures). pod is ours: no characters that
+// need escaping (host name and nuid), which the test checks.
+func appendPresence(b []byte, pod string, senders int, ttlMillis int64) []byte {
+	b = append(b, `{"pod":`...)
+	b = strconv.AppendQuote(b, pod)
+	b = append(b, `,"senders":`...)
+	b = strconv.AppendInt(b, int64(senders), 10)
+	b = append(b, `,"ttl_ms":`...)
+	b = strconv.AppendInt(b, ttlMillis, 10)
+	return append(b, '}')
+}
+
+// run announces changes (gathered for presenceBatch) and every count each
+// refresh interval until stop closes.
 func (r *router) run(stop <-chan struct{}) {
 	t := time.NewTicker(r.refresh)
 	defer t.Stop()
+	batch := time.NewTimer(0)
+	<-batch.C
 	for {
 		select {
 		case <-stop:
 			return
 		case <-t.C:
+			r.announce(true)
+		case <-r.kick:
+			batch.Reset(presenceBatch)
+			select {
+			case <-stop:
+				return
+			case <-batch.C:
+			}
+			r.announce(false)
 		}
-		r.mu.Lock()
-		for name, set := range r.chans {
-			r.announce(name, len(set.writers))
-		}
-		r.mu.Unlock()
 	}
 }
+
+// flush announces what changed now (at shutdown, before the NATS
+// connection closes: the fanouts learn the departures at once).
+func (r *router) flush() { r.announce(false) }
 
 // ctlWriter writes one sender's control messages: a bounded queue filled by
 // the subscription callback, drained by one goroutine through the sender's

@@ -447,3 +447,18 @@ func TestControlTLSNonReader(t *testing.T) {
 		return nil
 	})
 }
+
+// TestPresenceEncoding: the hand-written encoding reads back as
+// subjects.Presence, with this host's pod id.
+func TestPresenceEncoding(t *testing.T) {
+	t.Parallel()
+	r := newRouter(nil, subjects.Mapper{}, testutil.Logger(t), metrics.New().Ingest, config.Control{PresenceRefresh: time.Second})
+	var ev subjects.Presence
+	b := appendPresence(nil, r.pod, 42, 3000)
+	if err := json.Unmarshal(b, &ev); err != nil {
+		t.Fatalf("%s: %v", b, err)
+	}
+	if ev != (subjects.Presence{Pod: r.pod, Senders: 42, TTLMillis: 3000}) {
+		t.Fatalf("%s read back as %+v", b, ev)
+	}
+}

@@ -339,6 +339,8 @@ func (s *Server) shutdown() {
 		waitTimeout(&s.wg, hardAt+time.Second)
 		timer.Stop()
 		s.hardCancel()
+		// The senders' departures, announced before NATS is flushed.
+		s.router.flush()
 
 		if !s.nc.IsConnected() {
 			s.log.Warn("ingest: NATS not connected at shutdown; messages published since its last confirmation may be lost")
