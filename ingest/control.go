@@ -29,7 +29,7 @@ import (
 // pump that reads from it never writes.
 //
 // Presence: ingest announces each channel's sender count on this pod on
-// <prefix>.ev.<channel> when it changes, and repeats it every
+// <prefix>.ev.<channel> when it changes (within presenceBatch), and repeats it every
 // RELAY_PRESENCE_REFRESH so a fanout that starts later learns it.
 
 const (

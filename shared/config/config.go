@@ -58,7 +58,7 @@ type Common struct {
 
 	// Talking back and presence (shared/config/control.go).
 	ControlChannels []string      `envconfig:"CONTROL_CHANNELS" default:"" desc:"comma-separated channel patterns (* one token, a final > the rest) on which WebSocket clients may talk back: their data frames are written to the channel's TCP senders (with RELAY_AUTH=jwt only holders of the control permission); empty = none (client data is refused with 1003 everywhere)"`
-	PresenceRefresh time.Duration `envconfig:"PRESENCE_REFRESH" default:"10s" desc:"how often ingest repeats each channel's sender count on <prefix>.ev.<channel> (arrivals and departures are announced at once), so a fanout that restarts learns the counts; a count not repeated for 3 intervals is forgotten (an ingest that died)"`
+	PresenceRefresh time.Duration `envconfig:"PRESENCE_REFRESH" default:"10s" desc:"how often ingest repeats each channel's sender count on <prefix>.ev.<channel> (arrivals and departures are announced within 20ms), so a fanout that restarts learns the counts; a count not repeated for 3 intervals is forgotten (an ingest that died)"`
 }
 
 // Ingest settings are read by 'relay ingest' and 'relay all'.
