@@ -128,7 +128,9 @@ func (r *router) join(c *senderConn, channel string) {
 		w = newCtlWriter(c, r.queueLen, r.m)
 	}
 	set.writers[c] = w
-	set.publishList()
+	if w != nil {
+		set.publishList()
+	}
 	r.changed(channel)
 }
 
@@ -148,7 +150,9 @@ func (r *router) leave(c *senderConn, channel string) {
 		return
 	}
 	delete(set.writers, c)
-	set.publishList()
+	if w != nil {
+		set.publishList()
+	}
 	n := len(set.writers)
 	if n == 0 {
 		delete(r.chans, channel)
@@ -164,7 +168,9 @@ func (r *router) leave(c *senderConn, channel string) {
 	}
 }
 
-// publishList refreshes the list the subscription callback reads; router.mu held.
+// publishList refreshes the list the subscription callback reads; router.mu
+// held. Only control channels have one (a copy per arrival or departure,
+// which the callback reads without a lock).
 func (set *senderSet) publishList() {
 	list := make([]*ctlWriter, 0, len(set.writers))
 	for _, w := range set.writers {
