@@ -93,6 +93,13 @@ func TestControlRefusals(t *testing.T) {
 		t.Errorf("data on a channel that is not a control channel: %v, want 1003", err)
 	}
 
+	// A pattern's watcher talks to no one (which channel's senders?).
+	c = e.dial("dev.*", nil)
+	write(t, c, websocket.MessageText, []byte("hi"))
+	if _, err := readErr(c, 10*time.Second); websocket.CloseStatus(err) != websocket.StatusUnsupportedData {
+		t.Errorf("data on a pattern of control channels: %v, want 1003", err)
+	}
+
 	c = e.dial("dev.big", nil)
 	write(t, c, websocket.MessageText, []byte(strings.Repeat("x", 16))) // at the maximum: taken
 	write(t, c, websocket.MessageBinary, []byte(strings.Repeat("x", 17)))
