@@ -333,14 +333,12 @@ func (a *acker) close() {
 }
 
 func (a *acker) write(n uint64) {
-	a.c.conn.SetWriteDeadline(time.Now().Add(ackWriteTimeout))
-	if _, err := a.c.conn.Write(tcpproto.AckLine(n)); err != nil {
+	if _, err := a.c.send(tcpproto.AckLine(n), ackWriteTimeout); err != nil {
 		a.dead = true
 		a.c.s.logRefusal("ack_write_failed", "ingest: could not write +ACK to a sender (not reading?); no more acks for it",
 			"remote", a.c.conn.RemoteAddr().String(), "err", err)
 		return
 	}
-	a.c.conn.SetWriteDeadline(time.Time{})
 	a.last = n
 }
 

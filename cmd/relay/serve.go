@@ -198,6 +198,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			MetricsHandler: publicMetrics,
 			Durable:        stream,
 			Auth:           authn,
+			Control:        cfg.Control(),
 		})
 		if err != nil {
 			nc.Close()
@@ -244,6 +245,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			Auth:           authn,
 			AuthCookie:     cfg.Cookie,
 			QueryToken:     cfg.QueryToken,
+			Control:        cfg.Control(),
 		})
 		if err != nil {
 			nc.Close()

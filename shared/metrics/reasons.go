@@ -109,14 +109,29 @@ const (
 	DisconnectNATSLost         FanoutDisconnect = "nats_disconnected"  // fanout lost NATS (1012)
 	DisconnectTokenExpired     FanoutDisconnect = "token_expired"      // the token's exp passed (4401)
 	DisconnectProtocolError    FanoutDisconnect = "protocol_error"     // the client broke RFC 6455 (1002)
+	DisconnectControlTooLarge  FanoutDisconnect = "control_too_large"  // a control message over RELAY_FANOUT_CONTROL_MAX_MESSAGE (1009)
+	DisconnectControlForbidden FanoutDisconnect = "control_forbidden"  // a control message without the control permission (4403)
+	DisconnectControlFailed    FanoutDisconnect = "control_failed"     // a control message could not be published (1011)
 )
 
 // FanoutDisconnects lists every FanoutDisconnect, in the order the help text shows them.
 func FanoutDisconnects() []FanoutDisconnect {
 	return []FanoutDisconnect{DisconnectClientClosed, DisconnectSlowConsumer, DisconnectNATSSlowConsumer,
 		DisconnectClientData, DisconnectWriteError, DisconnectPingTimeout, DisconnectShutdown, DisconnectNATSLost,
-		DisconnectProtocolError, DisconnectTokenExpired}
+		DisconnectProtocolError, DisconnectTokenExpired, DisconnectControlTooLarge, DisconnectControlForbidden, DisconnectControlFailed}
 }
+
+// ControlResult is a value of relay_ingest_control_messages_total{result}:
+// what became of a control message for one TCP sender.
+type ControlResult string
+
+const (
+	ControlWritten ControlResult = "written" // written to the sender's socket
+	ControlDropped ControlResult = "dropped" // the sender's queue was full (it does not read): the newest is dropped
+)
+
+// ControlResults lists every ControlResult, in the order the help text shows them.
+func ControlResults() []ControlResult { return []ControlResult{ControlWritten, ControlDropped} }
 
 // SlowConsumerKind is a value of relay_fanout_slow_consumers_total{kind}.
 type SlowConsumerKind string

@@ -68,6 +68,7 @@ func TestReasonsAreListedExactly(t *testing.T) {
 		"SlowConsumerKind":  {"relay_fanout_slow_consumers_total", "kind", strs(SlowConsumerKinds(), r.Fanout.SlowConsumers)},
 		"NATSEvent":         {"relay_nats_events_total", "event", strs(NATSEventKinds(), events)},
 		"AuthRefusal":       {"relay_auth_refused_total", "reason", strs(AuthRefusals(), r.Fanout.AuthRefused)},
+		"ControlResult":     {"relay_ingest_control_messages_total", "result", strs(ControlResults(), r.Ingest.ControlMessages)},
 	}
 	if len(lists) != len(declared) {
 		t.Errorf("reasons.go declares reason types %v; this test checks %d of them", keys(declared), len(lists))
