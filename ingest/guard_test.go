@@ -532,3 +532,27 @@ func openFDs(t *testing.T) int {
 	}
 	return len(es)
 }
+
+// TestRefusedSenderThatWroteGetsTheReply: a sender refused at accept time
+// (here by deny=) that has already written must still read its -ERR line.
+// A plain close answered its unread bytes with a TCP reset, which discarded
+// the reply before nc printed it in most tries (the audit saw 4 of 6 lost
+// with printf 'x\nhi\n' | nc -q1 -s 127.0.0.2 …).
+func TestRefusedSenderThatWroteGetsTheReply(t *testing.T) {
+	t.Parallel()
+	h := startIngest(t, nil, defaultConfig("127.0.0.1:0=fixed/line;deny=127.0.0.3"))
+	const tries = 10
+	for range tries {
+		c := dialFrom(t, "127.0.0.3", h.addr(0))
+		// Written at once, so it is in the server's receive buffer, unread,
+		// when the server closes; read only once the server has had time to.
+		fmt.Fprintf(c, "x\nhi\n")
+		time.Sleep(100 * time.Millisecond)
+		// The reply, then an orderly close (FIN), not a reset: clients such
+		// as netcat give up on a reset without printing what came before it.
+		expectReply(t, c, "-ERR address not allowed\n")
+	}
+	if got := refused(h, reasonDenied); got != tries {
+		t.Fatalf("refused{denied} = %v, want %d", got, tries)
+	}
+}

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"errors"
+	"io"
 	"net"
 	"time"
 
@@ -72,14 +73,44 @@ func (s *Server) acceptLoop(ln *listener) error {
 	}
 }
 
-// refuse answers a connection with -ERR and closes it, without a goroutine
-// of its own: the write is small and bounded by a short deadline.
+// refuse answers a connection with -ERR and closes it. The write is small
+// and bounded by a short deadline, in the accept loop. A sender that already
+// wrote (a fixed listener's data, a pipelined handshake) would have its
+// unread bytes answered with a TCP reset by a plain close, and the reset
+// often discards the -ERR line before the sender reads it (seen from outside:
+// 4 of 6 refusals lost with printf 'x\nhi\n' | nc). So the close lingers
+// like senderConn.errLine's, in a goroutine of its own, but at most
+// maxLingering at once: past that (a flood) it closes at once.
 func (s *Server) refuse(nc net.Conn, reason metrics.IngestRefusal, msg string) {
 	s.m.Refused.Inc(reason)
 	s.logRefusal(reason, "ingest: sender refused", "remote", nc.RemoteAddr().String(), "reason", msg)
 	nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-	nc.Write(tcpproto.ErrLine(msg))
-	nc.Close()
+	if _, err := nc.Write(tcpproto.ErrLine(msg)); err != nil {
+		nc.Close()
+		return
+	}
+	select {
+	case s.lingering <- struct{}{}:
+		go func() {
+			defer func() { <-s.lingering }()
+			lingerClose(nc)
+		}()
+	default:
+		nc.Close()
+	}
+}
+
+// maxLingering bounds refuse's lingering closes in progress.
+const maxLingering = 256
+
+// lingerClose half-closes nc, discards what still arrives for a moment
+// (bounded in time and bytes) and closes it.
+func lingerClose(nc net.Conn) {
+	defer nc.Close()
+	if tc, ok := nc.(interface{ CloseWrite() error }); ok && tc.CloseWrite() == nil {
+		nc.SetReadDeadline(time.Now().Add(lingerTime))
+		io.Copy(io.Discard, io.LimitReader(nc, lingerBytes))
+	}
 }
 
 // refuseClose is refuse without the -ERR line (TLS listeners before the handshake).

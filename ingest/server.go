@@ -76,8 +76,10 @@ type Server struct {
 	guard   *guard
 	router  *router // presence and control messages of the senders here
 
-	slots    chan struct{} // one per allowed concurrent connection
-	refusals *tierkit.LogLimiter
+	slots chan struct{} // one per allowed concurrent connection
+	// lingering: one per refused connection closing gently (refuse)
+	lingering chan struct{}
+	refusals  *tierkit.LogLimiter
 
 	mu     sync.Mutex
 	conns  map[*senderConn]struct{}
@@ -145,6 +147,7 @@ func New(o Options) (*Server, error) {
 		durable:     o.Durable,
 		auth:        o.Auth,
 		slots:       make(chan struct{}, o.Config.MaxConnections),
+		lingering:   make(chan struct{}, maxLingering),
 		refusals:    tierkit.NewLogLimiter(time.Second),
 		conns:       map[*senderConn]struct{}{},
 		hardCtx:     hardCtx,
