@@ -56,8 +56,8 @@ codes and refusals") on stderr.
 failed connect (network error, HTTP 5xx or 429), connect again after an
 exponential backoff with full jitter (a random wait up to 250ms, 500ms, 1s, ...
 --backoff-max). Never after a normal close (1000) or a refusal (HTTP 4xx,
-4400, 4401, 4403, 4410): those exit. Messages sent while disconnected are
-missed.
+1002, 1003, 1009, 4400, 4401, 4403, 4410): those exit. Messages sent while
+disconnected are missed.
 
 --talk (control channels, RELAY_CONTROL_CHANNELS): each line of stdin is
 sent to the channel's TCP senders (a text message, or binary when the line is
@@ -73,8 +73,10 @@ Exit status:
      an error code (1008, 1011, 1012, 4429, ...)
   2  bad usage
   3  refused: the upgrade was refused with HTTP 4xx (bad channel name, origin
-     not allowed, ...) or the server closed with 4400, 4401, 4403 or 4410;
-     trying again unchanged will not help
+     not allowed, ...) or the server closed with 1002 (protocol error), 1003
+     (--talk on a channel that is not a control channel), 1009 (a --talk line
+     over the server's maximum), 4400, 4401, 4403 or 4410; trying again
+     unchanged will not help
 `
 
 // Close codes of relay's fanout (README, "Close codes and refusals").

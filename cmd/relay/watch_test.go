@@ -141,6 +141,8 @@ func TestWatchCloseCodes(t *testing.T) {
 		{4400, 3, "4400 reason 4400 (bad request)"},
 		{4401, 3, "4401 reason 4401 (no token, or an invalid or expired token)"},
 		{4403, 3, "4403 reason 4403 (channel not permitted for this token)"},
+		{1003, 3, "1003 reason 1003 (unsupported data: clients may not send data on this channel)"},
+		{1009, 3, "1009 reason 1009 (message too big)"},
 	}
 	for _, tt := range tests {
 		t.Run(strconv.Itoa(int(tt.code)), func(t *testing.T) {
