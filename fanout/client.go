@@ -102,6 +102,8 @@ type client struct {
 	stallMark  uint64
 	// expiry closes the client with 4401 at its token's exp.
 	expiry *time.Timer
+	// dur is the client's place in a durable channel (durable.go).
+	dur durableState
 
 	wg      sync.WaitGroup // writer and pings
 	pinging atomic.Bool
@@ -420,6 +422,7 @@ func (c *client) flush(final bool) error {
 
 	c.mu.Lock()
 	c.feed.done(batch)
+	c.drainedLocked()
 	c.mu.Unlock()
 	if err != nil {
 		return err

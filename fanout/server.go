@@ -23,9 +23,11 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/durable"
 	"github.com/relaydev/relay/shared/health"
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/netguard"
@@ -89,6 +91,12 @@ type Options struct {
 	AuthCookie string
 	// QueryToken also accepts ?token= (RELAY_AUTH_QUERY_TOKEN).
 	QueryToken bool
+	// Durable says which channels are durable (RELAY_DURABLE_CHANNELS):
+	// they are read from its JetStream stream, which must exist. Nil: none.
+	Durable *durable.Stream
+	// DurableRing is RELAY_DURABLE_RING: recent messages kept per durable
+	// channel.
+	DurableRing int
 	// NoHealthRoutes leaves /healthz and /readyz off the public address
 	// (RELAY_ADMIN_ADDR serves them); Ready still reports readiness.
 	NoHealthRoutes bool
@@ -196,6 +204,14 @@ func New(o Options) (*Server, error) {
 		s.ln = tls.NewListener(s.ln, s.guard.tls)
 	}
 	s.hub = newHub(o.NATS, mapper, o.Metrics, log, cfg.SubPendingMsgs, cfg.SubPendingBytes, cfg.WriteTimeout)
+	if o.Durable.Enabled() {
+		js, err := jetstream.New(o.NATS)
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("fanout: jetstream: %w", err)
+		}
+		s.hub.stream, s.hub.js, s.hub.ringSize = o.Durable, js, o.DurableRing
+	}
 	s.health = health.New(tierkit.NATSReady(o.NATS))
 	s.routes(page, o.MetricsHandler, !o.NoHealthRoutes)
 	s.http = &http.Server{
@@ -232,6 +248,9 @@ func validate(o Options) error {
 	errs := tierkit.Check(o.NATS, o.SubjectPrefix)
 	if err := o.Config.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if o.DurableRing < 0 {
+		errs = append(errs, fmt.Errorf("DurableRing=%d: must not be negative", o.DurableRing))
 	}
 	if len(errs) == 0 {
 		return nil

@@ -244,6 +244,8 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			Auth:           authn,
 			AuthCookie:     cfg.Cookie,
 			QueryToken:     cfg.QueryToken,
+			Durable:        stream,
+			DurableRing:    cfg.DurableRing,
 		})
 		if err != nil {
 			nc.Close()

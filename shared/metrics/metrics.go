@@ -155,6 +155,9 @@ type Fanout struct {
 	Disconnects      *ReasonCounter[FanoutDisconnect] // client closes
 	SlowConsumers    *ReasonCounter[SlowConsumerKind]
 	AuthRefused      *ReasonCounter[AuthRefusal] // relay_auth_refused_total{tier="fanout"}
+	Replays          *ReasonCounter[ReplaySource]
+	CatchUps         prometheus.Counter
+	Gaps             prometheus.Counter
 }
 
 func newFanout() *Fanout {
@@ -184,9 +187,17 @@ func newFanout() *Fanout {
 		SlowConsumers: newReasonCounter(prometheus.CounterOpts{Name: "relay_fanout_slow_consumers_total"},
 			"kind", "Slow-consumer events (client: a WebSocket client's queue was full; nats: NATS dropped messages for a subscription),", SlowConsumerKinds()),
 		AuthRefused: newAuthRefused("fanout"),
+		Replays: newReasonCounter(prometheus.CounterOpts{Name: "relay_fanout_replays_total"},
+			"source", "Durable channels: replays (a resume, or a client catching up after falling behind) served,", ReplaySources()),
+		CatchUps: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_fanout_catchups_total", Help: "Durable channels: clients that fell behind and were switched to catching up from the ring or the stream instead of being cut.",
+		}),
+		Gaps: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_fanout_gaps_total", Help: "Durable channels: resumes whose point was no longer stored (a gap event, or 4410 for a plain client).",
+		}),
 	}
 }
 
 func (m *Fanout) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Subscriptions, m.MessagesIn, m.Deliveries, m.BytesOut, m.Refused.vec, m.Disconnects.vec, m.SlowConsumers.vec, m.AuthRefused.vec}
+	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Subscriptions, m.MessagesIn, m.Deliveries, m.BytesOut, m.Refused.vec, m.Disconnects.vec, m.SlowConsumers.vec, m.AuthRefused.vec, m.Replays.vec, m.CatchUps, m.Gaps}
 }
