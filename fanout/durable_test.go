@@ -2,9 +2,9 @@ package fanout
 
 import (
 	"context"
+	"errors"
 	"net/url"
 	"strconv"
-	"errors"
 	"testing"
 	"time"
 
