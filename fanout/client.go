@@ -74,6 +74,10 @@ type client struct {
 	m       *metrics.Fanout
 	log     *slog.Logger
 	channel string
+	// envelope: the client chose relay.v1.json, so it is sent each
+	// message's shared envelope frame instead of the raw payload, and may
+	// be sent events. Set before the client joins its channel.
+	envelope bool
 
 	idx int // position in channel.clients, guarded by channel.mu
 
@@ -134,6 +138,9 @@ func newClient(channel string, lim clientLimits, m *metrics.Fanout, log *slog.Lo
 // not by size. A message larger than the whole cap is still taken by an
 // empty queue, so a big message closes nobody who is keeping up.
 func (c *client) enqueue(msg *message) bool {
+	if c.envelope {
+		msg = msg.envelope()
+	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -155,6 +162,22 @@ func (c *client) enqueue(msg *message) bool {
 		case c.wake <- struct{}{}:
 		default:
 		}
+	}
+	return true
+}
+
+// sendEvent queues an event frame (liveEvent, gapEvent, sendersEvent) to
+// this client alone, in order with its messages. Plain clients are sent no
+// events: it reports false for them. A client whose queue is at its hard
+// cap cannot take the event and is cut as a slow consumer, as it would be
+// for a message.
+func (c *client) sendEvent(ev *message) bool {
+	if !c.envelope {
+		return false
+	}
+	if !c.enqueue(ev) {
+		c.cutSlow()
+		return false
 	}
 	return true
 }

@@ -133,15 +133,16 @@ type durableState struct {
 	drained  chan struct{}
 }
 
-// encodeJS is encode for a message from the channel's stream.
-func encodeJS(m jetstream.Msg, md *jetstream.MsgMetadata) *message {
+// encodeJS is encode for a message of channel from the channel's stream:
+// its sequence and time are the stream's.
+func encodeJS(channel string, m jetstream.Msg, md *jetstream.MsgMetadata) *message {
 	typ := websocket.MessageText
 	data := m.Data()
 	if m.Headers().Get(subjects.FormatHeader) == subjects.FormatBinary || !utf8.Valid(data) {
 		typ = websocket.MessageBinary
 	}
 	msg := newMessage(typ, data)
-	msg.seq, msg.time = md.Sequence.Stream, md.Timestamp
+	msg.channel, msg.seq, msg.time = channel, md.Sequence.Stream, md.Timestamp
 	return msg
 }
 
@@ -216,7 +217,7 @@ func (ch *channel) deliverDurable(m jetstream.Msg) {
 		ch.h.log.Warn("durable message without metadata", "channel", ch.name, "err", err)
 		return
 	}
-	msg := encodeJS(m, md)
+	msg := encodeJS(ch.name, m, md)
 	ch.h.m.MessagesIn.Inc()
 	ch.ringMu.Lock()
 	defer ch.ringMu.Unlock()
@@ -240,13 +241,14 @@ func (c *client) deliverLive(msg *message) {
 	if c.closed || d.catching || msg.seq <= d.pos {
 		return
 	}
-	if !c.feed.fits(msg) {
+	f := c.frame(msg)
+	if !c.feed.fits(f) {
 		d.catching = true
 		c.m.CatchUps.Inc()
 		c.startCatchUpLocked()
 		return
 	}
-	c.feed.push(msg)
+	c.feed.push(f)
 	d.pos = msg.seq
 	c.kickLocked()
 }
@@ -302,10 +304,11 @@ func (ch *channel) fillLocked(c *client) (live bool) {
 	pushed := false
 	for ; i < r.n; i++ {
 		msg := r.at(i)
-		if !c.feed.fits(msg) {
+		f := c.frame(msg)
+		if !c.feed.fits(f) {
 			break
 		}
-		c.feed.push(msg)
+		c.feed.push(f)
 		d.pos = msg.seq
 		pushed = true
 	}
@@ -322,18 +325,41 @@ func (ch *channel) fillLocked(c *client) (live bool) {
 	return !d.catching
 }
 
-// liveLocked tells the client its replay is done. Plain clients get
-// nothing: their next frame is simply the next message.
-func (c *client) liveLocked() {}
+// frame is what the client is sent for msg: its envelope or the payload.
+func (c *client) frame(msg *message) *message {
+	if c.envelope {
+		return msg.envelope()
+	}
+	return msg
+}
 
-// gap handles a resume point no longer stored (from..to are gone): a plain
-// client is closed with 4410, since it cannot be told what it missed. It
-// reports whether the client goes on.
+// liveLocked tells an envelope client its replay is done
+// ({"event":"live"}). Plain clients get nothing: their next frame is simply
+// the next message. c.mu held.
+func (c *client) liveLocked() {
+	if c.envelope {
+		c.feed.push(liveEvent()) // a few bytes: a catching-up feed has room
+	}
+}
+
+// gap handles a resume point no longer stored (from..to are gone). An
+// envelope client is told ({"event":"gap",...}) and goes on; a plain one is
+// closed with 4410, since it cannot be told what it missed. It reports
+// whether the client goes on.
 func (c *client) gap(from, to uint64) bool {
 	c.m.Gaps.Inc()
-	c.log.Info("resume point no longer stored", "from", from, "to", to)
-	c.close(StatusResumeExpired, reasonResumeExpired, metrics.DisconnectResumeExpired)
-	return false
+	c.log.Info("resume point no longer stored", "from", from, "to", to, "envelope", c.envelope)
+	if !c.envelope {
+		c.close(StatusResumeExpired, reasonResumeExpired, metrics.DisconnectResumeExpired)
+		return false
+	}
+	c.mu.Lock()
+	if !c.closed {
+		c.feed.push(gapEvent(from, to))
+		c.kickLocked()
+	}
+	c.mu.Unlock()
+	return true
 }
 
 // kickLocked makes sure a writer will send what is queued; c.mu held.
@@ -555,7 +581,7 @@ func (c *client) readStream(ch *channel) bool {
 				skip--
 				continue
 			}
-			msg := encodeJS(m, md)
+			msg := encodeJS(ch.name, m, md)
 			if gapOpen {
 				gapOpen = false
 				if msg.seq > gapFrom && !c.gap(gapFrom, msg.seq-1) {
@@ -570,7 +596,7 @@ func (c *client) readStream(ch *channel) bool {
 				return false
 			}
 			if msg.seq > c.dur.pos {
-				c.feed.push(msg)
+				c.feed.push(c.frame(msg))
 				c.dur.pos = msg.seq
 				c.kickLocked()
 			}

@@ -37,10 +37,12 @@ const reasonNATSDown = "upstream unavailable; retry later"
 // the same check itself, so that a refusal is counted and logged. Compression
 // must stay off (the library's default): batchConn.writeFrames writes the
 // shared, encode-once frames itself, uncompressed and without RSV1.
-// The server selects relay.v1 when the client offers it (a client that
-// sends its token as a relay.bearer. subprotocol must offer relay.v1 too,
-// and the token is never selected, so never echoed).
-var acceptOptions = &websocket.AcceptOptions{InsecureSkipVerify: true, Subprotocols: []string{SubprotocolV1}}
+// The server selects relay.v1.json (the envelope) when the client offers
+// it, else relay.v1 when offered (a client that sends its token as a
+// relay.bearer. subprotocol must offer one of them too, and the token is
+// never selected, so never echoed). wantsEnvelope must agree with this order.
+var acceptOptions = &websocket.AcceptOptions{InsecureSkipVerify: true,
+	Subprotocols: []string{SubprotocolJSON, SubprotocolV1}}
 
 // serveWS upgrades GET /ws/{channel}. Everything that can be refused is
 // refused with a plain HTTP status before the upgrade; after the 101 the
@@ -118,6 +120,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		log = s.log.With("channel", name, "remote", clientOf(r).addr.String())
 	}
 	c := newClient(name, s.limits, s.m, log)
+	c.envelope = wantsEnvelope(r)
 	if s.hub.durable(name) {
 		c.beDurable()
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -24,8 +25,8 @@ var ErrSubscribe = errors.New("fanout: subscribe failed")
 
 // message is one NATS message as every client of a channel sends it. It is
 // built once per NATS message and shared by pointer, so fanning out to N
-// clients costs N pointer copies, not N payload copies. Never modified after
-// newMessage.
+// clients costs N pointer copies, not N payload copies. Never modified once
+// shared, except env, which is set once, atomically.
 type message struct {
 	typ  websocket.MessageType
 	data []byte
@@ -33,10 +34,18 @@ type message struct {
 	// server's frames are unmasked, so the whole frame is the same for all.
 	hdr    [10]byte
 	hdrLen uint8
-	// seq and time are the JetStream stream sequence and timestamp on a
-	// durable channel (seq 0 on core channels).
-	seq  uint64
+
+	// channel is the concrete channel the message was published on, also
+	// when it reached a wildcard subscription.
+	channel string
+	// seq is the JetStream stream sequence; 0 on core NATS channels.
+	seq uint64
+	// time is the JetStream timestamp, or when NATS delivered it to this
+	// pod on core channels.
 	time time.Time
+	// env is the relay.v1.json frame of this message, built by the first
+	// envelope client that needs it (see envelope).
+	env atomic.Pointer[message]
 }
 
 // newMessage encodes the WebSocket frame header for data once (opcode:
@@ -52,12 +61,17 @@ func newMessage(typ websocket.MessageType, data []byte) *message {
 // the whole connection on an invalid text frame and a receiver must never
 // lose its connection to one bad payload. Without the header, valid UTF-8
 // travels as text and anything else as binary.
-func encode(m *nats.Msg) *message {
+//
+// channel is the concrete channel m was published on; the time is now, as
+// core NATS carries none (durable channels set seq and time from JetStream).
+func encode(channel string, m *nats.Msg) *message {
 	typ := websocket.MessageText
 	if m.Header.Get(subjects.FormatHeader) == subjects.FormatBinary || !utf8.Valid(m.Data) {
 		typ = websocket.MessageBinary
 	}
-	return newMessage(typ, m.Data)
+	msg := newMessage(typ, m.Data)
+	msg.channel, msg.time = channel, time.Now()
+	return msg
 }
 
 // hub owns the channels with local clients and their NATS subscriptions.
@@ -250,7 +264,7 @@ func (h *hub) slowSubscription(sub *nats.Subscription) {
 // deliver is the NATS callback: one goroutine per subscription, so a
 // channel's messages are handled in order. It never blocks on a client.
 func (ch *channel) deliver(m *nats.Msg) {
-	msg := encode(m)
+	msg := encode(ch.name, m)
 	ch.h.m.MessagesIn.Inc()
 	ch.mu.RLock()
 	for _, c := range ch.clients {

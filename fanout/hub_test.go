@@ -211,7 +211,7 @@ func TestFrameTypeFollowsHeaderAndUTF8(t *testing.T) {
 func TestEncodeSharesPayload(t *testing.T) {
 	t.Parallel()
 	data := []byte("shared")
-	m := encode(&nats.Msg{Data: data})
+	m := encode("c", &nats.Msg{Data: data})
 	if &m.data[0] != &data[0] {
 		t.Error("encode copied the payload")
 	}
