@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/url"
 	"strconv"
@@ -311,17 +312,29 @@ func TestDurableSlowReaderCatchesUp(t *testing.T) {
 	payload := string(make([]byte, 2000))
 	done := make(chan error, 1)
 	go func() {
-		for i := 1; i <= n; i++ {
-			if _, err := e.js.PublishAsync("relay.ch.dur.s", []byte(strconv.Itoa(i)+payload)); err != nil {
-				done <- err
-				return
+		err := func() error {
+			for i := 1; i <= n; i++ {
+				if _, err := e.js.PublishAsync("relay.ch.dur.s", []byte(strconv.Itoa(i)+payload)); err != nil {
+					return err
+				}
+				if i%500 == 0 || i == n { // a window of acks in flight, as ingest keeps
+					select {
+					case <-e.js.PublishAsyncComplete():
+					case <-time.After(120 * time.Second):
+						return errors.New("publishes not acknowledged in 120 s")
+					}
+				}
 			}
+			return nil
+		}()
+		if err != nil {
+			slow.CloseNow() // end the reader's wait: the test fails with err below
 		}
-		select {
-		case <-e.js.PublishAsyncComplete():
-			done <- nil
-		case <-time.After(120 * time.Second):
-			done <- errors.New("publishes not acknowledged in 120 s")
+		done <- err
+	}()
+	defer func() {
+		if err := <-done; err != nil {
+			t.Fatalf("publisher: %v", err)
 		}
 	}()
 	for i := 1; i <= n; i++ {
@@ -330,9 +343,6 @@ func TestDurableSlowReaderCatchesUp(t *testing.T) {
 		if want := strconv.Itoa(i) + payload; string(b) != want {
 			t.Fatalf("message %d is %.10q..., want %.10q...", i, b, want)
 		}
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
 	}
 	if got := val(e.m.SlowConsumers.With(metrics.SlowClient)); got != 0 {
 		t.Errorf("slow consumers cut: %v, want 0", got)
@@ -344,3 +354,80 @@ func TestDurableSlowReaderCatchesUp(t *testing.T) {
 }
 
 func errorsAs(err error, target any) bool { return errors.As(err, target) }
+
+// envFrame is an envelope frame as a client decodes it.
+type envFrame struct {
+	Event   string `json:"event"`
+	From    uint64 `json:"from"`
+	To      uint64 `json:"to"`
+	Channel string `json:"channel"`
+	Seq     uint64 `json:"seq"`
+	Data    string `json:"data"`
+}
+
+func (e *durEnv) dialEnvelope(channel, query string) *websocket.Conn {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, e.wsURL+"/ws/"+channel+"?"+query, &websocket.DialOptions{Subprotocols: []string{SubprotocolJSON}})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { c.CloseNow() })
+	return c
+}
+
+func readFrame(t *testing.T, c *websocket.Conn) envFrame {
+	t.Helper()
+	_, b := read(t, c, 30*time.Second)
+	var f envFrame
+	if err := json.Unmarshal(b, &f); err != nil {
+		t.Fatalf("frame %q: %v", b, err)
+	}
+	return f
+}
+
+// TestDurableEnvelope: an envelope client's replay carries each message's
+// stream sequence and ends with {"event":"live"}; past retention it is told
+// the gap ({"event":"gap","from":A,"to":B}) and goes on with what is stored.
+func TestDurableEnvelope(t *testing.T) {
+	t.Parallel()
+	e := startDurable(t, 4, 10, nil)
+	seqs := e.store("dur.e", "m", 1, 30) // the stream keeps m21..m30, the ring none (no watcher yet)
+
+	c := e.dialEnvelope("dur.e", "since="+strconv.FormatUint(seqs[4], 10))
+	if f := readFrame(t, c); f.Event != "gap" || f.From != seqs[4]+1 || f.To != seqs[20]-1 {
+		t.Fatalf("first frame %+v, want the gap %d..%d", f, seqs[4]+1, seqs[20]-1)
+	}
+	for i := 21; i <= 30; i++ {
+		f := readFrame(t, c)
+		if f.Data != "m"+strconv.Itoa(i) || f.Seq != seqs[i-1] || f.Channel != "dur.e" {
+			t.Fatalf("frame %+v, want m%d with seq %d on dur.e", f, i, seqs[i-1])
+		}
+	}
+	if f := readFrame(t, c); f.Event != "live" {
+		t.Fatalf("after the replay: %+v, want the live event", f)
+	}
+	next := e.store("dur.e", "n", 1, 1)
+	if f := readFrame(t, c); f.Data != "n1" || f.Seq != next[0] {
+		t.Fatalf("first live frame %+v, want n1 with seq %d", f, next[0])
+	}
+
+	// Within the ring now (the ring holds n1 and what follows).
+	more := e.store("dur.e", "o", 1, 3)
+	for i := 1; i <= 3; i++ {
+		readFrame(t, c)
+	}
+	r := e.dialEnvelope("dur.e", "since="+strconv.FormatUint(more[0], 10))
+	for i := 2; i <= 3; i++ {
+		if f := readFrame(t, r); f.Data != "o"+strconv.Itoa(i) || f.Seq != more[i-1] {
+			t.Fatalf("ring replay frame %+v, want o%d with seq %d", f, i, more[i-1])
+		}
+	}
+	if f := readFrame(t, r); f.Event != "live" {
+		t.Fatalf("after the ring replay: %+v, want the live event", f)
+	}
+	if got := val(e.m.Gaps); got != 1 {
+		t.Errorf("relay_fanout_gaps_total = %v, want 1", got)
+	}
+}
