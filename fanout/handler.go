@@ -29,6 +29,29 @@ const (
 	refusedBadResume       = metrics.FanoutBadResume
 )
 
+// statusPatternResume (4400, bad request after the upgrade) closes a resume
+// parameter on a wildcard watch, with reasonResumePattern. The durable
+// channels' resume parsing refuses the same request with its own 4400; the
+// check here comes first and needs no stream.
+const (
+	statusPatternResume websocket.StatusCode = 4400
+	reasonResumePattern                      = "since/last/since_time need a single channel, not a pattern"
+)
+
+// resumeParams are the query parameters that resume a durable channel.
+var resumeParams = []string{"since", "last", "since_time"}
+
+// hasResume reports whether r asks to resume from a stream position.
+func hasResume(r *http.Request) bool {
+	q := r.URL.Query()
+	for _, p := range resumeParams {
+		if q.Has(p) {
+			return true
+		}
+	}
+	return false
+}
+
 // reasonNATSDown is the close reason of an upgrade refused while this
 // fanout has no NATS connection (code 1012).
 const reasonNATSDown = "upstream unavailable; retry later"
@@ -48,8 +71,12 @@ var acceptOptions = &websocket.AcceptOptions{InsecureSkipVerify: true,
 // refused with a plain HTTP status before the upgrade; after the 101 the
 // client is subscribed and gets every message published from then on.
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	// A channel, or a pattern (sensors.*, sensors.>: NATS wildcards as
+	// whole tokens) watched live through one subscription per pod. The
+	// mux has unescaped the path, so a browser's %3E arrives as '>'.
 	name := r.PathValue("channel")
-	if err := subjects.ValidateChannel(name); err != nil {
+	pattern, err := subjects.ValidateWatch(name)
+	if err != nil {
 		s.refuse(w, r, http.StatusBadRequest, refusedBadChannel, err.Error())
 		return
 	}
@@ -65,6 +92,12 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		// Let the library answer with its precise status (426, 400, 405).
 		s.m.Refused.Inc(refusedBadRequest)
 		_, _ = websocket.Accept(w, r, acceptOptions)
+		return
+	}
+	if pattern && hasResume(r) {
+		// Resuming needs one stream position, and a pattern's channels
+		// each have their own: wildcard watching is live-only.
+		s.refuseUpgraded(w, r, statusPatternResume, refusedBadRequest, reasonResumePattern)
 		return
 	}
 	if !s.nc.IsConnected() {

@@ -98,10 +98,15 @@ type hub struct {
 // value lives from its first join to its last leave; a client arriving after
 // that gets a fresh channel (and subscription), so a join racing the last
 // leave never lands on a subscription that is being torn down.
+//
+// A channel may be a pattern (sensors.*, sensors.>): then it is one NATS
+// subscription for all the pattern's watchers on this pod, and each message
+// names the concrete channel it was published on.
 type channel struct {
 	h       *hub
 	name    string
 	subject string
+	pattern bool // name has a wildcard: message.channel comes from the subject
 
 	// Guarded by hub.mu.
 	refs int
@@ -140,8 +145,11 @@ func newHub(nc *nats.Conn, mapper subjects.Mapper, m *metrics.Fanout, log *slog.
 }
 
 // durable reports whether channel name is read from the durable
-// channels' stream.
-func (h *hub) durable(name string) bool { return h.js != nil && h.stream.Matches(name) }
+// channels' stream. A pattern is not, even over durable channels: it is
+// watched live through core NATS (which carries durable messages too).
+func (h *hub) durable(name string) bool {
+	return h.js != nil && !subjects.IsPattern(name) && h.stream.Matches(name)
+}
 
 // join adds c to channel name, subscribing to its subject if c is the first
 // local client. It returns once the subscription is confirmed by the NATS
@@ -152,7 +160,8 @@ func (h *hub) join(name string, c *client) (*channel, error) {
 	ch := h.channels[name]
 	creator := ch == nil
 	if creator {
-		ch = &channel{h: h, name: name, subject: h.mapper.Subject(name), ready: make(chan struct{}), durable: h.durable(name)}
+		ch = &channel{h: h, name: name, subject: h.mapper.Subject(name), pattern: subjects.IsPattern(name),
+			ready: make(chan struct{}), durable: h.durable(name)}
 		h.channels[name] = ch
 	}
 	ch.refs++
@@ -264,7 +273,14 @@ func (h *hub) slowSubscription(sub *nats.Subscription) {
 // deliver is the NATS callback: one goroutine per subscription, so a
 // channel's messages are handled in order. It never blocks on a client.
 func (ch *channel) deliver(m *nats.Msg) {
-	msg := encode(ch.name, m)
+	name := ch.name
+	if ch.pattern {
+		// A subject a channel name cannot make (a direct NATS publisher
+		// may use any) is delivered too, named as it is: the pattern's
+		// watchers asked for whatever NATS matches.
+		name = ch.h.mapper.ChannelPart(m.Subject)
+	}
+	msg := encode(name, m)
 	ch.h.m.MessagesIn.Inc()
 	ch.mu.RLock()
 	for _, c := range ch.clients {

@@ -117,6 +117,45 @@ func TestPerIPLimitsBinary(t *testing.T) {
 	}
 }
 
+// TestLockoutFindingBinary replays issue 13's first finding against the
+// built binary: only RELAY_INGEST_MAX_CONNECTIONS=100 set, and 100 idle
+// connections from one address on the fixed listener. That used to refuse
+// every other sender; now the per-address cap follows the lowered process
+// cap (half of it), so the flood holds 50 slots and another address still
+// gets its lines through.
+func TestLockoutFindingBinary(t *testing.T) {
+	t.Parallel()
+	fixed, fan := freePort(t), freePort(t)
+	startRelay(t, []string{
+		"RELAY_INGEST_LISTENERS=" + fixed + "=default/line", "RELAY_INGEST_HTTP_ADDR=", "RELAY_FANOUT_ADDR=" + fan,
+		"RELAY_INGEST_MAX_CONNECTIONS=100",
+	}, "all")
+	waitReady(t, "http://"+fan+"/readyz")
+	ws := dialWSFrom(t, "127.0.0.2", "ws://"+fan+"/ws/default")
+
+	refused := 0
+	for range 100 {
+		c := dialTCPFrom(t, "127.0.0.1", fixed)
+		c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		if line, _ := bufio.NewReader(c).ReadString('\n'); line == "-ERR rate limited\n" {
+			refused++
+		}
+	}
+	if refused != 50 {
+		t.Fatalf("%d of 100 idle connections from one address refused, want 50 (per-address cap = half of 100)", refused)
+	}
+	sender := dialTCPFrom(t, "127.0.0.2", fixed)
+	for i := range 100 {
+		fmt.Fprintf(sender, "line %d\n", i)
+	}
+	testutil.Eventually(t, 20*time.Second, func() error {
+		if n := ws.count(); n != 100 {
+			return fmt.Errorf("a sender on another address got %d of 100 lines through", n)
+		}
+		return nil
+	})
+}
+
 // TestTLSBinary: the built binary serves wss and a tls ingest listener
 // with certificates made here.
 func TestTLSBinary(t *testing.T) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/hex"
@@ -14,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -30,6 +32,17 @@ Binary messages are printed as they are, or hex/base64 encoded (--binary).
 unambiguous:
   {"time":"2026-01-02T15:04:05.1Z","type":"text","size":5,"text":"hello"}
   {"time":"2026-01-02T15:04:05.2Z","type":"binary","size":3,"data":"AAEC"}
+--envelope asks for the relay.v1.json subprotocol: each message then says
+which channel it came from (useful when URL watches a pattern, sensors.* or
+sensors.>, quoted for the shell) and its stream sequence on durable
+channels, printed as three tab-separated columns, seq "-" on core channels:
+  sensors.a	42	21.5 C
+With --json the object gains "channel" and "seq", and "time" is the
+server's (the JetStream timestamp, or when the fanout received it):
+  {"time":"…","channel":"sensors.a","seq":42,"type":"text","size":6,"text":"21.5 C"}
+Events (replay done, a gap, the sender count) are printed on stderr, or with
+--json as the server's JSON object on stdout ({"event":"gap","from":5,"to":9});
+-n counts messages, not events.
 The token (--token, --token-file or RELAY_TOKEN) is sent as
 "Authorization: Bearer TOKEN"; it is never printed.
 
@@ -96,6 +109,7 @@ func watch(args []string, stdout, stderr io.Writer) int {
 	count := fs.Int("n", 0, "exit 0 after this many messages (0: run until closed)")
 	binary := newChoice(fs, "binary", "raw", "how to print binary messages", "raw", "hex", "base64")
 	jsonOut := fs.Bool("json", false, "print one JSON object per message: time, type, size, text or base64 data")
+	envelope := fs.Bool("envelope", false, "use the relay.v1.json envelope: print each message's channel and seq (and events)")
 	timeout := fs.Duration("timeout", 10*time.Second, "connect timeout")
 	origin := fs.String("origin", "", "Origin header to send (for servers that check it)")
 	reconnect := fs.Bool("reconnect", false, "reconnect with backoff after a going-away, slow-consumer or service-restart close, or a lost connection")
@@ -128,7 +142,7 @@ func watch(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	w := &watcher{
-		url: pos[0], timeout: *timeout, want: *count, binary: *binary, json: *jsonOut,
+		url: pos[0], timeout: *timeout, want: *count, binary: *binary, json: *jsonOut, envelope: *envelope,
 		out: bufio.NewWriterSize(stdout, 64<<10), stderr: stderr,
 		secrets: []string{token, u.Query().Get("token")},
 		header:  http.Header{},
@@ -154,6 +168,7 @@ type watcher struct {
 	got      int
 	binary   string
 	json     bool
+	envelope bool // offer relay.v1.json
 	out      *bufio.Writer
 	stderr   io.Writer
 	secrets  []string // never printed
@@ -180,7 +195,11 @@ func (w *watcher) printf(format string, a ...any) {
 // session connects once and prints messages until the connection ends.
 func (w *watcher) session(ctx context.Context) outcome {
 	dialCtx, cancel := context.WithTimeout(ctx, w.timeout)
-	conn, resp, err := websocket.Dial(dialCtx, w.url, &websocket.DialOptions{HTTPHeader: w.header})
+	opts := &websocket.DialOptions{HTTPHeader: w.header}
+	if w.envelope {
+		opts.Subprotocols = []string{subprotocolJSON}
+	}
+	conn, resp, err := websocket.Dial(dialCtx, w.url, opts)
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -194,6 +213,10 @@ func (w *watcher) session(ctx context.Context) outcome {
 	}
 	conn.SetReadLimit(64 << 20)
 	o := outcome{connected: true, status: -1}
+	enveloped := w.envelope && conn.Subprotocol() == subprotocolJSON
+	if w.envelope && !enveloped {
+		w.printf("the server did not select %s: printing raw payloads without channel or seq", subprotocolJSON)
+	}
 	for w.want == 0 || w.got < w.want {
 		typ, data, err := conn.Read(ctx)
 		if err != nil {
@@ -205,9 +228,28 @@ func (w *watcher) session(ctx context.Context) outcome {
 			}
 			return w.closed(o, err)
 		}
+		var meta *envelopeMeta
+		if enveloped {
+			var isEvent bool
+			typ, data, meta, isEvent, err = w.unwrap(data)
+			if err != nil {
+				w.out.Flush()
+				w.printf("%v", err)
+				conn.Close(websocket.StatusUnsupportedData, "bad envelope")
+				o.code = watchFailed
+				return o
+			}
+			if isEvent {
+				if err := w.event(data); err != nil {
+					o.code = watchFailed
+					return o
+				}
+				continue
+			}
+		}
 		w.got++
 		o.received++
-		if err := w.print(typ, data); err != nil {
+		if err := w.print(typ, data, meta); err != nil {
 			o.code = watchFailed // stdout closed (e.g. | head)
 			return o
 		}
@@ -284,17 +326,22 @@ func (w *watcher) closed(o outcome, err error) outcome {
 
 // wsMessage is one line of --json output.
 type wsMessage struct {
-	Time string  `json:"time"`
-	Type string  `json:"type"`
-	Size int     `json:"size"`
-	Text *string `json:"text,omitempty"`
-	Data []byte  `json:"data,omitempty"` // base64 in JSON
+	Time    string  `json:"time"`
+	Channel string  `json:"channel,omitempty"` // --envelope
+	Seq     uint64  `json:"seq,omitempty"`     // --envelope, durable channels
+	Type    string  `json:"type"`
+	Size    int     `json:"size"`
+	Text    *string `json:"text,omitempty"`
+	Data    []byte  `json:"data,omitempty"` // base64 in JSON
 }
 
-func (w *watcher) print(typ websocket.MessageType, data []byte) error {
+func (w *watcher) print(typ websocket.MessageType, data []byte, meta *envelopeMeta) error {
 	switch {
 	case w.json:
 		m := wsMessage{Time: time.Now().UTC().Format(time.RFC3339Nano), Size: len(data)}
+		if meta != nil {
+			m.Time, m.Channel, m.Seq = meta.Time, meta.Channel, meta.Seq
+		}
 		if typ == websocket.MessageText {
 			text := string(data)
 			m.Type, m.Text = "text", &text
@@ -309,6 +356,20 @@ func (w *watcher) print(typ websocket.MessageType, data []byte) error {
 			return err
 		}
 		w.out.Write(b)
+		w.out.WriteByte('\n')
+		return w.out.Flush()
+	}
+	if meta != nil {
+		w.out.WriteString(meta.Channel)
+		w.out.WriteByte('\t')
+		if meta.Seq > 0 {
+			w.out.WriteString(strconv.FormatUint(meta.Seq, 10))
+		} else {
+			w.out.WriteByte('-')
+		}
+		w.out.WriteByte('\t')
+	}
+	switch {
 	case typ == websocket.MessageBinary && w.binary == "hex":
 		w.out.WriteString(hex.EncodeToString(data))
 	case typ == websocket.MessageBinary && w.binary == "base64":
@@ -357,4 +418,78 @@ func (w *watcher) reconnecting(ctx context.Context, backoffMax time.Duration) in
 		case <-t.C:
 		}
 	}
+}
+
+// subprotocolJSON is fanout's envelope subprotocol (README, "The envelope").
+const subprotocolJSON = "relay.v1.json"
+
+// envelopeFrame is one relay.v1.json frame: a message or an event.
+type envelopeFrame struct {
+	Event   string  `json:"event"`
+	Channel string  `json:"channel"`
+	Seq     uint64  `json:"seq"`
+	Time    string  `json:"time"`
+	Data    *string `json:"data"`
+	DataB64 *string `json:"data_b64"`
+	From    uint64  `json:"from"`
+	To      uint64  `json:"to"`
+	Count   *int    `json:"count"`
+}
+
+// envelopeMeta is what the envelope says about a message besides its payload.
+type envelopeMeta struct {
+	Channel string
+	Seq     uint64
+	Time    string
+}
+
+// unwrap decodes an envelope frame into the message's type, payload and
+// meta, or reports an event (data is then the frame itself).
+func (w *watcher) unwrap(frame []byte) (websocket.MessageType, []byte, *envelopeMeta, bool, error) {
+	var f envelopeFrame
+	if err := json.Unmarshal(frame, &f); err != nil {
+		return 0, nil, nil, false, fmt.Errorf("bad envelope from the server: %v", err)
+	}
+	if f.Event != "" {
+		return 0, frame, nil, true, nil
+	}
+	meta := &envelopeMeta{Channel: f.Channel, Seq: f.Seq, Time: f.Time}
+	switch {
+	case f.Data != nil:
+		return websocket.MessageText, []byte(*f.Data), meta, false, nil
+	case f.DataB64 != nil:
+		b, err := base64.StdEncoding.DecodeString(*f.DataB64)
+		if err != nil {
+			return 0, nil, nil, false, fmt.Errorf("bad envelope from the server: data_b64: %v", err)
+		}
+		return websocket.MessageBinary, b, meta, false, nil
+	}
+	return 0, nil, nil, false, fmt.Errorf("bad envelope from the server: neither data nor data_b64 nor event")
+}
+
+// event shows an event frame: with --json on stdout as the server's object
+// (one line), else in words on stderr, so stdout keeps only messages.
+func (w *watcher) event(frame []byte) error {
+	var f envelopeFrame
+	_ = json.Unmarshal(frame, &f) // unwrap has decoded it already
+	if w.json {
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, frame); err != nil {
+			return err
+		}
+		w.out.Write(buf.Bytes())
+		w.out.WriteByte('\n')
+		return w.out.Flush()
+	}
+	switch {
+	case f.Event == "live":
+		w.printf("event: live (replay done, what follows is live)")
+	case f.Event == "gap":
+		w.printf("event: gap: messages %d to %d are no longer stored and were missed", f.From, f.To)
+	case f.Event == "senders" && f.Count != nil:
+		w.printf("event: senders: %d connected", *f.Count)
+	default:
+		w.printf("event: %s", bytes.TrimSpace(frame))
+	}
+	return nil
 }

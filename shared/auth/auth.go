@@ -229,7 +229,8 @@ func (a *Authenticator) Public(act Action, channel string) bool {
 }
 
 // Authorize decides whether the holder of token (empty: none) may act on
-// channel, which must already be a valid channel name. The error is always a
+// channel, which must already be a valid channel name or (for a wildcard
+// watch) pattern, which a permission must cover. The error is always a
 // *Refusal. With auth off, and on a public pattern, it allows everyone and
 // does not look at the token.
 func (a *Authenticator) Authorize(token string, act Action, channel string) (Identity, error) {

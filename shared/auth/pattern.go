@@ -2,7 +2,6 @@ package auth
 
 import (
 	"errors"
-	"fmt"
 	"strings"
 
 	"github.com/relaydev/relay/shared/subjects"
@@ -10,41 +9,13 @@ import (
 
 // ErrInvalidPattern is returned (wrapped with the reason) for a channel
 // pattern that is not dot-joined tokens, each a channel token, `*`, or a
-// final `>`.
-var ErrInvalidPattern = errors.New("invalid channel pattern")
+// final `>`. It is subjects.ErrInvalidPattern: the grammar lives there.
+var ErrInvalidPattern = subjects.ErrInvalidPattern
 
 // ValidatePattern reports whether p is a channel pattern: channel tokens
 // joined by `.`, where a token may also be `*` (exactly one token) and the
 // last token may be `>` (one or more tokens), as in NATS subjects.
-func ValidatePattern(p string) error {
-	if p == "" {
-		return fmt.Errorf("%w: empty", ErrInvalidPattern)
-	}
-	if len(p) > subjects.MaxChannelLen {
-		return fmt.Errorf("%w: longer than %d bytes", ErrInvalidPattern, subjects.MaxChannelLen)
-	}
-	rest := p
-	for rest != "" {
-		tok, after, more := strings.Cut(rest, ".")
-		switch {
-		case tok == "*":
-		case tok == ">":
-			if more {
-				return fmt.Errorf("%w: %q: '>' must be the last token", ErrInvalidPattern, p)
-			}
-		default:
-			if err := subjects.ValidateChannel(tok); err != nil {
-				return fmt.Errorf("%w: %q: token %q: %s", ErrInvalidPattern, p, tok,
-					strings.TrimPrefix(err.Error(), subjects.ErrInvalidChannel.Error()+": "))
-			}
-		}
-		if more && after == "" {
-			return fmt.Errorf("%w: %q: empty token (trailing dot)", ErrInvalidPattern, p)
-		}
-		rest = after
-	}
-	return nil
-}
+func ValidatePattern(p string) error { return subjects.ValidatePattern(p) }
 
 // Match reports whether channel matches pattern with NATS semantics: `*`
 // matches exactly one token, a final `>` matches one or more tokens, any
@@ -71,14 +42,57 @@ func Match(pattern, channel string) bool {
 	}
 }
 
-// MatchAny reports whether channel matches one of patterns.
+// MatchAny reports whether channel matches one of patterns. channel may
+// itself be a pattern (a wildcard watch): then one of patterns must cover it
+// (Covers), so that a permission never reaches further than it was given.
 func MatchAny(patterns []string, channel string) bool {
+	if subjects.IsPattern(channel) {
+		for _, p := range patterns {
+			if Covers(p, channel) {
+				return true
+			}
+		}
+		return false
+	}
 	for _, p := range patterns {
 		if Match(p, channel) {
 			return true
 		}
 	}
 	return false
+}
+
+// Covers reports whether pattern outer matches every channel that pattern
+// inner matches, with NATS semantics; both are assumed valid
+// (ValidatePattern). A channel name is a pattern matching only itself, so
+// Covers(p, channel) == Match(p, channel). Token by token: `>` in outer
+// covers any non-empty rest of inner; `*` in outer covers one token of
+// inner, literal or `*`; a literal covers only itself; `>` in inner (one or
+// more tokens of anything) only by `>` in outer. Coverage by several
+// patterns together (a.* and a.*.> together cover a.>) is not considered:
+// a watch needs one pattern of the token that covers it, the safe side.
+func Covers(outer, inner string) bool {
+	for {
+		otok, orest, omore := strings.Cut(outer, ".")
+		if otok == ">" {
+			return inner != ""
+		}
+		if inner == "" {
+			return false
+		}
+		itok, irest, imore := strings.Cut(inner, ".")
+		switch {
+		case itok == ">":
+			return false
+		case otok == "*":
+		case otok != itok:
+			return false
+		}
+		if !omore || !imore {
+			return omore == imore
+		}
+		outer, inner = orest, irest
+	}
 }
 
 // ValidatePatterns checks every pattern and returns every problem joined.

@@ -70,7 +70,7 @@ type Ingest struct {
 	TextHeader       bool          `envconfig:"INGEST_TEXT_HEADER" default:"false" desc:"also send the NATS header Relay-Format: text with text messages (binary ones always carry Relay-Format: binary); off, text travels without a header, which the contract reads as text, and ingest publishes about twice as fast"`
 	DurableInFlight  int           `envconfig:"INGEST_DURABLE_IN_FLIGHT" default:"4096" desc:"durable channels: most messages one ingest process has published and the stream has not yet acknowledged (a sender connection: at most 256 of them and 1 MiB); at the bound ingest stops reading, so TCP pushes back"`
 
-	MaxConnectionsPerIP int     `envconfig:"INGEST_MAX_CONNECTIONS_PER_IP" default:"100" desc:"most concurrent sender connections from one client address (IPv6: per /64); more get -ERR rate limited. 0 = no per-address cap"`
+	MaxConnectionsPerIP int     `envconfig:"INGEST_MAX_CONNECTIONS_PER_IP" default:"100" desc:"most concurrent sender connections from one client address (IPv6: per /64); more get -ERR rate limited. 0 = no per-address cap. Left unset, it is at most half of RELAY_INGEST_MAX_CONNECTIONS, so one address cannot hold every slot"`
 	ConnectRatePerIP    string  `envconfig:"INGEST_CONNECT_RATE_PER_IP" default:"100/10s" desc:"new sender connections one client address may open, as N/DURATION (a token bucket of N refilled over DURATION); over it: -ERR rate limited. Empty = no limit"`
 	MaxRate             float64 `envconfig:"INGEST_MAX_RATE" default:"0" desc:"most messages per second one sender connection may publish; past it ingest reads that sender more slowly (TCP pushes back), nothing is dropped. 0 = unlimited"`
 	ProxyTrusted        string  `envconfig:"INGEST_PROXY_TRUSTED" default:"" desc:"comma-separated CIDRs of proxies whose PROXY protocol header a ;proxy listener believes; needed by every ;proxy listener"`
@@ -96,7 +96,7 @@ type Fanout struct {
 	CloseOnNATSLoss     bool          `envconfig:"FANOUT_CLOSE_ON_NATS_LOSS" default:"true" desc:"when the fanout's NATS connection drops, close its clients with 1012 so they know messages may have been missed (false: keep them connected through the gap)"`
 	PublicIngestAddr    string        `envconfig:"FANOUT_PUBLIC_INGEST_ADDR" default:"" desc:"host:port of the ingest handshake listener as users reach it, shown on the demo page (empty: this host, first handshake listener's port)"`
 
-	MaxConnectionsPerIP int      `envconfig:"FANOUT_MAX_CONNECTIONS_PER_IP" default:"1000" desc:"most concurrent WebSocket clients from one client address (IPv6: per /64); more are closed with 4429. 0 = no per-address cap"`
+	MaxConnectionsPerIP int      `envconfig:"FANOUT_MAX_CONNECTIONS_PER_IP" default:"1000" desc:"most concurrent WebSocket clients from one client address (IPv6: per /64); more are closed with 4429. 0 = no per-address cap. Left unset, it is at most half of RELAY_FANOUT_MAX_CONNECTIONS"`
 	ConnectRatePerIP    string   `envconfig:"FANOUT_CONNECT_RATE_PER_IP" default:"100/10s" desc:"WebSocket upgrades one client address may make, as N/DURATION (token bucket); over it: close 4429. Empty = no limit"`
 	AllowedHosts        []string `envconfig:"FANOUT_ALLOWED_HOSTS" default:"" desc:"comma-separated Host header patterns (path.Match, e.g. relay.example.com, *.example.com; * = any) the fanout answers; others get 403. Empty: on a loopback-only RELAY_FANOUT_ADDR only localhost names and loopback addresses (against DNS rebinding), elsewhere any"`
 	AllowCIDRs          string   `envconfig:"FANOUT_ALLOW_CIDRS" default:"" desc:"comma-separated CIDRs of client addresses allowed to use the fanout (empty: all); others get 403"`
@@ -152,14 +152,34 @@ type Config struct {
 func Load() (Config, error) {
 	var c Config
 	var errs []error
+	explicit := map[string]bool{}
 	for _, f := range fields(&c) {
 		value, set := os.LookupEnv(f.name)
+		explicit[f.name] = set
 		if err := f.load(value, set); err != nil {
 			errs = append(errs, &VarError{Name: f.name, Value: value, Err: err})
 			f.load("", false)
 		}
 	}
+	c.derivePerIPCaps(explicit)
 	return c, errors.Join(errs...)
+}
+
+// derivePerIPCaps keeps one client address from holding every connection
+// slot. A per-address cap at or above the process cap lets one address lock
+// every other client out for as long as its connections stay open, so when
+// an operator lowers RELAY_INGEST_MAX_CONNECTIONS (or the fanout's) to or
+// below the per-address default without setting the per-address cap, the
+// cap becomes half the process cap. A per-address cap the operator set
+// explicitly is kept (the tiers warn at start when it allows a lockout).
+func (c *Config) derivePerIPCaps(explicit map[string]bool) {
+	derive := func(name string, perIP *int, total int) {
+		if !explicit[name] && total > 1 && *perIP >= total {
+			*perIP = max(1, total/2)
+		}
+	}
+	derive(Prefix+"_INGEST_MAX_CONNECTIONS_PER_IP", &c.Ingest.MaxConnectionsPerIP, c.Ingest.MaxConnections)
+	derive(Prefix+"_FANOUT_MAX_CONNECTIONS_PER_IP", &c.Fanout.MaxConnectionsPerIP, c.Fanout.MaxConnections)
 }
 
 // VarError is a variable whose value could not be parsed.

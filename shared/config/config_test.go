@@ -86,6 +86,41 @@ func TestLoadLeavesTheEnvironmentAlone(t *testing.T) {
 	}
 }
 
+// TestPerIPCapFollowsALoweredProcessCap: lowering RELAY_INGEST_MAX_CONNECTIONS
+// (or the fanout's) to the per-address default or below must not let one
+// address hold every slot (issue 13's lockout: 100 idle connections from one
+// address with RELAY_INGEST_MAX_CONNECTIONS=100). Left unset, the per-address
+// cap becomes half the process cap; set explicitly, it is the operator's.
+func TestPerIPCapFollowsALoweredProcessCap(t *testing.T) {
+	for _, tt := range []struct {
+		name                   string
+		env                    map[string]string
+		wantIngest, wantFanout int
+	}{
+		{"defaults", nil, 100, 1000},
+		{"ingest cap lowered", map[string]string{"RELAY_INGEST_MAX_CONNECTIONS": "100"}, 50, 1000},
+		{"ingest cap just above", map[string]string{"RELAY_INGEST_MAX_CONNECTIONS": "101"}, 100, 1000},
+		{"fanout cap lowered", map[string]string{"RELAY_FANOUT_MAX_CONNECTIONS": "600"}, 100, 300},
+		{"explicit per-ip kept", map[string]string{"RELAY_INGEST_MAX_CONNECTIONS": "100", "RELAY_INGEST_MAX_CONNECTIONS_PER_IP": "100"}, 100, 1000},
+		{"explicit 0 kept", map[string]string{"RELAY_FANOUT_MAX_CONNECTIONS": "10", "RELAY_FANOUT_MAX_CONNECTIONS_PER_IP": "0"}, 100, 0},
+		{"one slot", map[string]string{"RELAY_INGEST_MAX_CONNECTIONS": "1"}, 100, 1000},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			c, err := Load()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Ingest.MaxConnectionsPerIP != tt.wantIngest || c.Fanout.MaxConnectionsPerIP != tt.wantFanout {
+				t.Fatalf("per-IP caps ingest %d, fanout %d; want %d, %d",
+					c.Ingest.MaxConnectionsPerIP, c.Fanout.MaxConnectionsPerIP, tt.wantIngest, tt.wantFanout)
+			}
+		})
+	}
+}
+
 // TestLoadParsesListenersOnce: RELAY_INGEST_LISTENERS is parsed by Load,
 // every bad entry reported there, and the parsed listeners carried in Config.
 func TestLoadParsesListenersOnce(t *testing.T) {

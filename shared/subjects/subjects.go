@@ -97,6 +97,14 @@ func (m Mapper) Channel(subject string) (string, bool) {
 	return ch, true
 }
 
+// ChannelPart returns what follows the prefix in subject, unchecked: the
+// concrete channel of a message that reached a wildcard subscription (whose
+// subjects all carry the prefix). Use Channel to validate.
+func (m Mapper) ChannelPart(subject string) string {
+	ch, _ := strings.CutPrefix(subject, m.prefix)
+	return ch
+}
+
 // Wildcard returns the subject that matches every channel of this prefix.
 func (m Mapper) Wildcard() string { return m.prefix + ">" }
 

@@ -1,4 +1,9 @@
-// relay demo page: shows one channel's messages live.
+// relay demo page: shows one channel's (or one pattern's) messages live.
+//
+// It speaks the relay.v1.json envelope: each message arrives as
+// {"channel","seq"?,"time","data"|"data_b64"}, and events ({"event":…}) may
+// come between them; a server that selects plain relay.v1 instead sends raw
+// payloads, which the page shows as before.
 //
 // The WebSocket handler only queues what arrives; one requestAnimationFrame
 // callback renders the queue as a DocumentFragment, so 10,000 messages/s cost
@@ -18,7 +23,7 @@
   const BACKOFF_MAX = 30000; // ms: largest reconnect delay cap
   const STABLE_AFTER = 10000; // ms open before the backoff starts over
   const MAX_CHANNEL = 128; // bytes, as shared/subjects.MaxChannelLen
-  const CHANNEL_CHARS = /^[A-Za-z0-9_.-]*$/;
+  const CHANNEL_CHARS = /^[A-Za-z0-9_.*>-]*$/;
   const TOKEN = /^[A-Za-z0-9_-]+$/;
 
   const CLOSE_MEANINGS = {
@@ -30,13 +35,16 @@
     1011: "server error",
     1012: "service restart",
     1013: "try again later",
+    4400: "bad request",
     4401: "token needed, invalid or expired",
     4403: "token does not allow this channel",
   };
   // Close codes after which reconnecting with the same token cannot help.
   const AUTH_CLOSE = new Set([4401, 4403]);
   const TOKEN_KEY = "relay.token"; // sessionStorage: this tab only
-  const SUBPROTOCOL = "relay.v1";
+  // Offered in this order; the server picks the envelope when it has it.
+  const SUBPROTOCOLS = ["relay.v1.json", "relay.v1"];
+  const ENVELOPE = "relay.v1.json";
   const BEARER = "relay.bearer.";
   const JWT_CHARS = /^[A-Za-z0-9._~+\/=-]+$/;
 
@@ -77,7 +85,8 @@
   const numberFormat = new Intl.NumberFormat();
 
   // Connection.
-  let channel = ""; // channel shown; "" while none (invalid URL)
+  let channel = ""; // channel (or pattern) shown; "" while none (invalid URL)
+  let pattern = false; // channel is a wildcard pattern: rows name their channel
   let ws = null; // the current socket; events of older ones are ignored
   let failures = 0; // connections in a row that closed before STABLE_AFTER
   let retryTimer = 0;
@@ -104,8 +113,13 @@
     }
   }
 
+  // isPattern: the name has a wildcard token (sensors.*, sensors.>).
+  const isPattern = (name) => /[*>]/.test(name);
+
   // validateChannel applies the server's rule (shared/subjects): dot-joined
-  // [A-Za-z0-9_-]+ tokens, at most 128 bytes. It returns "" or a reason.
+  // [A-Za-z0-9_-]+ tokens, at most 128 bytes; to watch many channels a
+  // token may be "*" (any one part) and the last one ">" (one or more
+  // parts). It returns "" or a reason.
   function validateChannel(name) {
     if (name === "") return "Enter a channel name.";
     if (!CHANNEL_CHARS.test(name)) {
@@ -114,11 +128,20 @@
       return `A channel name cannot contain ${shown}: use letters, digits, "_" and "-", with "." between parts.`;
     }
     if (name.length > MAX_CHANNEL) return `A channel name has at most ${MAX_CHANNEL} characters; this one has ${name.length}.`;
-    if (!name.split(".").every((t) => TOKEN.test(t))) {
+    const tokens = name.split(".");
+    if (tokens.some((t) => t === "")) {
       return 'Every "." must sit between two parts: no leading, trailing or double dots.';
+    }
+    for (const [i, t] of tokens.entries()) {
+      if (t === "*" || (t === ">" && i === tokens.length - 1) || TOKEN.test(t)) continue;
+      if (t === ">") return '">" matches the rest of the name, so it must be the last part (sensors.>).';
+      return `"*" and ">" stand alone between dots (sensors.* or sensors.>), not inside "${t}".`;
     }
     return "";
   }
+
+  // exampleChannel is a channel the pattern matches, for the send commands.
+  const exampleChannel = (name) => name.split(".").map((t) => (t === "*" || t === ">" ? "example" : t)).join(".");
 
   // --- Token -------------------------------------------------------------------
 
@@ -195,9 +218,9 @@
     return params.has("channel") ? params.get("channel") : "default";
   }
 
-  function wsURL(name) {
+  function wsURL(name, raw) {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    return `${scheme}//${location.host}/ws/${encodeURIComponent(name)}`;
+    return `${scheme}//${location.host}/ws/${raw ? name : encodeURIComponent(name)}`;
   }
 
   // ingestAddress resolves publicIngestAddr: "host:port", ":port" (this
@@ -245,6 +268,8 @@
     }
     disconnect();
     channel = name;
+    pattern = isPattern(name);
+    ui.log.classList.toggle("with-channel", pattern);
     failures = 0;
     resetMessages();
     setTitles(name);
@@ -257,10 +282,12 @@
   function setTitles(name) {
     document.title = `${name} · relay`;
     ui.titleChannel.textContent = name;
-    ui.sendChannel.textContent = name;
+    ui.sendChannel.textContent = isPattern(name) ? exampleChannel(name) : name;
   }
 
-  function showCommands(name) {
+  function showCommands(watched) {
+    // Senders name one channel: for a pattern, one it matches.
+    const name = isPattern(watched) ? exampleChannel(watched) : watched;
     const addr = ingestAddress();
     const host = addr ? addr.host : "HOST";
     const port = addr ? addr.port : "7071";
@@ -269,7 +296,9 @@
     // nc) would otherwise wait forever after stdin ends.
     ui.cmdNc.textContent = `printf '${name}\\nhello\\n' | nc -q1 ${host} ${port}`;
     ui.cmdSend.textContent = `echo hello | relay send ${hostPort} ${name}`;
-    ui.cmdWatch.textContent = `relay watch ${wsURL(name)}`;
+    ui.cmdWatch.textContent = isPattern(watched)
+      ? `relay watch --envelope '${wsURL(watched, true)}'` // quoted: * and > are the shell's too
+      : `relay watch ${wsURL(name)}`;
     ui.ingestNote.hidden = addr !== null;
   }
 
@@ -291,9 +320,9 @@
 
   function connect() {
     clearRetry();
-    // The token travels as a subprotocol next to relay.v1, which the server
-    // selects: never in the URL, and never echoed back.
-    const protocols = token ? [SUBPROTOCOL, BEARER + token] : [SUBPROTOCOL];
+    // The token travels as a subprotocol next to relay.v1.json (or relay.v1),
+    // which the server selects: never in the URL, and never echoed back.
+    const protocols = token ? [...SUBPROTOCOLS, BEARER + token] : SUBPROTOCOLS;
     const sock = new WebSocket(wsURL(channel), protocols);
     sock.binaryType = "arraybuffer";
     ws = sock;
@@ -309,8 +338,24 @@
     };
     sock.onmessage = (e) => {
       if (ws !== sock) return;
+      if (sock.protocol !== ENVELOPE) {
+        received++;
+        enqueue({ n: received, t: Date.now(), data: e.data });
+        return;
+      }
+      let env;
+      try {
+        env = JSON.parse(e.data);
+      } catch {
+        enqueue({ event: "The server sent a frame that is not an envelope", kind: "bad" });
+        return;
+      }
+      if (env.event) {
+        onEvent(env);
+        return;
+      }
       received++;
-      enqueue({ n: received, t: Date.now(), data: e.data });
+      enqueue({ n: received, t: envelopeTime(env.time), channel: env.channel, seq: env.seq, data: envelopeData(env) });
     };
     sock.onclose = (e) => {
       if (ws !== sock) return;
@@ -331,6 +376,36 @@
       setState("closed", opened ? `Disconnected: ${why}` : `Could not connect (${e.code})`);
       scheduleRetry();
     };
+  }
+
+  // onEvent handles an envelope event, for this client alone.
+  function onEvent(ev) {
+    switch (ev.event) {
+      case "gap":
+        enqueue({ event: `Missed messages ${ev.from}–${ev.to}: no longer stored`, kind: "bad" });
+        break;
+      default:
+        // "live" (replay done) and "senders" need nothing shown here yet.
+        break;
+    }
+  }
+
+  // envelopeTime is the envelope's time in ms (the server's clock: JetStream's
+  // timestamp on durable channels), or now if it cannot be read. Date.parse
+  // reads milliseconds; the nanoseconds are cut off first.
+  function envelopeTime(time) {
+    const ms = Date.parse(String(time || "").replace(/(\.\d{3})\d+/, "$1"));
+    return Number.isFinite(ms) ? ms : Date.now();
+  }
+
+  // envelopeData is a text payload as a string, a binary one (data_b64) as
+  // an ArrayBuffer, as a plain WebSocket would have delivered them.
+  function envelopeData(env) {
+    if (typeof env.data === "string") return env.data;
+    const bin = atob(env.data_b64 || "");
+    const bytes = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+    return bytes.buffer;
   }
 
   function closeText(e) {
@@ -454,6 +529,11 @@
     const li = document.createElement("li");
     li.className = "msg";
     li.append(span("t", formatTime(m.t)), span("n", `#${m.n}`));
+    if (pattern) {
+      const c = span("c", m.channel || "");
+      c.title = m.channel || "";
+      li.append(c);
+    }
     const body = span("b", "");
     if (typeof m.data === "string") {
       if (m.data === "") {
