@@ -193,10 +193,10 @@ type watcher struct {
 	// Resuming a durable channel: since (-1: not asked) or last (-1: not
 	// asked) for the first connection; lastSeq, the last sequence printed,
 	// for every later one. seq prints sequences.
-	since   int64
-	last    int
-	seq     bool
-	lastSeq uint64
+	since    int64
+	last     int
+	seq      bool
+	lastSeq  uint64
 	out      *bufio.Writer
 	stderr   io.Writer
 	secrets  []string // never printed
