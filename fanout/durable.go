@@ -405,9 +405,9 @@ func (c *client) startCatchUp() {
 }
 
 // drainedLocked is called by the writer after a batch: a catching-up
-// client with room again gets more. c.mu held.
+// client may have room again. c.mu held.
 func (c *client) drainedLocked() {
-	if c.dur.catching && c.feed.bytes <= c.lim.queueBytes/2 {
+	if c.dur.catching {
 		select {
 		case c.dur.drained <- struct{}{}:
 		default:
@@ -415,17 +415,39 @@ func (c *client) drainedLocked() {
 	}
 }
 
-// waitRoom waits until the client's queue is at most half its budget. It
-// reports false once the client is closed.
+// waitRoom waits until the client's queue is at most half its budget (in
+// bytes and in messages), so a refill is worth its locks. It reports false
+// once the client is closed.
 func (c *client) waitRoom() bool {
 	for {
 		c.mu.Lock()
-		closed, room := c.closed, c.feed.bytes <= c.lim.queueBytes/2
+		closed, room := c.closed, c.feed.bytes <= c.lim.queueBytes/2 && c.feed.msgs <= c.lim.queueMsgs/2
 		c.mu.Unlock()
 		if closed {
 			return false
 		}
 		if room {
+			return true
+		}
+		select {
+		case <-c.dur.drained:
+		case <-c.closing:
+			return false
+		}
+	}
+}
+
+// waitFits waits until f fits in the client's queue. It reports false
+// once the client is closed.
+func (c *client) waitFits(f *message) bool {
+	for {
+		c.mu.Lock()
+		closed, fits := c.closed, c.feed.fits(f)
+		c.mu.Unlock()
+		if closed {
+			return false
+		}
+		if fits {
 			return true
 		}
 		select {
@@ -595,11 +617,31 @@ func (c *client) readStream(ch *channel) bool {
 				ch.ringMu.Unlock()
 				return false
 			}
-			if msg.seq > c.dur.pos {
-				c.feed.push(c.frame(msg))
-				c.dur.pos = msg.seq
-				c.kickLocked()
+			if msg.seq <= c.dur.pos {
+				c.mu.Unlock()
+				ch.ringMu.Unlock()
+				continue
 			}
+			f := c.frame(msg)
+			if !c.feed.fits(f) {
+				// A message larger than the free half of the budget waits
+				// for the queue to empty (an empty queue takes any).
+				c.mu.Unlock()
+				ch.ringMu.Unlock()
+				if !c.waitFits(f) {
+					return false
+				}
+				ch.ringMu.Lock()
+				c.mu.Lock()
+				if c.closed {
+					c.mu.Unlock()
+					ch.ringMu.Unlock()
+					return false
+				}
+			}
+			c.feed.push(f)
+			c.dur.pos = msg.seq
+			c.kickLocked()
 			covered := ch.ring.covers(c.dur.pos)
 			c.mu.Unlock()
 			ch.ringMu.Unlock()

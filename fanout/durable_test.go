@@ -32,7 +32,7 @@ type durEnv struct {
 
 // startDurable starts the stream (maxMsgs per channel; 0 = no limit) and a
 // Server with a ring of ringSize, then edit (may be nil).
-func startDurable(t *testing.T, ringSize int, maxMsgs int64, edit func(*Options)) *durEnv {
+func startDurable(t testing.TB, ringSize int, maxMsgs int64, edit func(*Options)) *durEnv {
 	t.Helper()
 	ns := rtest.JetStreamServer(t)
 	stream, err := durable.New("relay", config.Durable{
@@ -434,5 +434,26 @@ func TestDurableEnvelope(t *testing.T) {
 	}
 	if got := val(e.m.Gaps); got != 1 {
 		t.Errorf("relay_fanout_gaps_total = %v, want 1", got)
+	}
+}
+
+// TestDurableReplayBeyondQueueBound: a replay far longer than the client's
+// queue takes (here its message bound, RELAY_FANOUT_CLIENT_QUEUE) is fed in
+// turns as the client drains, from the stream and from the ring: every
+// message arrives once, in order.
+func TestDurableReplayBeyondQueueBound(t *testing.T) {
+	for _, ring := range []int{0, 2000} {
+		t.Run("ring="+strconv.Itoa(ring), func(t *testing.T) {
+			e := startDurable(t, ring, 0, func(o *Options) { o.Config.ClientQueue = 64 })
+			live := e.dial("dur.q", nil)
+			seqs := e.store("dur.q", "m", 1, 1000)
+			expect(t, live, "m", 1, 1000)
+			c, err := e.dialQuery("dur.q", "since="+strconv.FormatUint(seqs[0]-1, 10))
+			if err != nil {
+				t.Fatal(err)
+			}
+			expect(t, c, "m", 1, 1000)
+			e.expectNext(t, c, "dur.q", "next")
+		})
 	}
 }
