@@ -114,7 +114,8 @@ func BenchmarkResumeStorm(b *testing.B) {
 		ring int
 	}{{"ring=1024", 1024}, {"ring=0", 0}} {
 		b.Run(tc.name, func(b *testing.B) {
-			e := startDurableB(b, tc.ring, func(o *Options) { o.Config.MaxConnections = *stormParallel + 10 })
+			// Closed clients still count until their teardown ends.
+			e := startDurableB(b, tc.ring, func(o *Options) { o.Config.MaxConnections = 3 * *stormParallel })
 			live := e.dial("dur.st", nil)
 			seqs := storeFast(b, e.js, "dur.st", 1000, 100)
 			go func() { readErr(live, time.Hour) }()
