@@ -5,12 +5,15 @@
 # stack with deploy/compose.offline.yml, then checks delivery from TCP
 # senders through the ingest load balancer to WebSocket receivers through
 # the fanout load balancer:
-#   1. before scaling      (2 ingest, 2 fanout), plus the fixed :7070 listener
+#   1. before scaling      (2 ingest, 2 fanout), plus the fixed :7070 listener,
+#      and a durable channel (JetStream, R3): `relay send --ack --session`
+#      is told every message is stored, receivers get them all
 #   2. after scaling fanout to 3 (the LB must use the new replica)
 #   3. after SIGKILL of the NATS node serving the most fanout connections
 #      (a stream through the kill itself is reported, not judged: core NATS
 #      is at-most-once and relay closes receivers that may have missed data
-#      with 1012), once every relay process is back on the surviving nodes
+#      with 1012), once every relay process is back on the surviving nodes;
+#      then the durable channel again (the R3 stream on the 2 survivors)
 # and tears everything down on exit, whatever happened. Ends with
 # "compose-test: N passed, M failed".
 #
@@ -282,9 +285,36 @@ check_fixed() {
 	stop_watchers
 }
 
+# check_durable NAME NODE: a durable channel (RELAY_DURABLE_CHANNELS=durable.>,
+# R3 stream): `relay send --ack --session` must exit 0 (every message
+# acknowledged as stored), two receivers get every message once, in order,
+# and NODE's /jsz shows the stream RELAY with 3 replicas, all current.
+check_durable() {
+	local name=$1 node=$2 tag ch n=$MSGS f1 f2 out jsz
+	tag=$(printf '%s' "$name" | tr -c 'A-Za-z0-9\n' '-')
+	ch=durable.ct$run_id.$tag f1=$WORK/$tag.w1 f2=$WORK/$tag.w2
+	start_watchers "$ch" 2 "$tag"
+	await_probe "send_handshake $ch" "$f1" "$f2"
+	out=$(awk -v t="$tag" -v n="$n" 'BEGIN { for (i = 1; i <= n; i++) printf "msg %s 1 %d\n", t, i }' |
+		timeout 120 "$RELAY" send --ack --session "ct$run_id-$tag" "127.0.0.1:$hs_port" "$ch" 2>&1) ||
+		die "$name: relay send --ack did not see every message stored: $out"
+	[[ -z $out ]] || log "$name: relay send said: $out"
+	await_batch "$tag" "$n" "$f1" "$f2"
+	report "$name" "$tag" "$n" "relay send --ack --session: all $n acknowledged as stored" "$f1" "$f2"
+	stop_watchers
+	jsz=$(curl -fsS --max-time 5 "http://$(ip_of "$(cid "$node")"):8222/jsz?accounts=true&streams=true&config=true" | tr -d ' \n')
+	grep -q '"name":"RELAY"' <<<"$jsz" || die "$name: $node's /jsz shows no stream RELAY"
+	grep -q '"num_replicas":3' <<<"$jsz" || die "$name: stream RELAY is not at 3 replicas: $(grep -o '"num_replicas":[0-9]*' <<<"$jsz")"
+	line="$name: stream RELAY, num_replicas 3, leader $(grep -o '"leader":"[^"]*"' <<<"$jsz" | head -n 1 | cut -d'"' -f4)"
+	log "$line"
+	results+=("$line")
+	passed=$((passed + 1))
+}
+
 log "check 1: before scaling"
 check "before scaling" 2
 check_fixed
+check_durable "durable channel" nats-1
 
 # client_ip SERVICE PATTERN: the client address in the last log line of
 # SERVICE matching PATTERN (its remote=IP:PORT attribute).
@@ -453,6 +483,7 @@ while :; do
 done
 log "all $relay_procs relay processes are connected to ${survivors[*]} ($((SECONDS - killed_at))s after the kill)"
 check "after NATS node kill" 4
+check_durable "durable channel after NATS node kill" "${survivors[0]}"
 
 log "RESULTS (${COMPOSE[*]}):"
 for r in "${results[@]}"; do log "  $r"; done

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/coder/websocket"
 
@@ -102,11 +101,5 @@ func (s *Server) refuseAuth(w http.ResponseWriter, r *http.Request, err error, c
 		s.log.Info("upgrade refused", "reason", reason, "code", int(code), "detail", ref.Text, "channel", channel,
 			"sub", sub, "remote", clientOf(r).addr.String(), "origin", r.Header.Get("Origin"), "suppressed", n)
 	}
-	conn, err := websocket.Accept(w, r, acceptOptions)
-	if err != nil {
-		return // Accept has answered the request, or the peer is gone
-	}
-	cut := time.AfterFunc(s.limits.closeGrace, func() { conn.CloseNow() })
-	defer cut.Stop()
-	conn.Close(code, ref.Text)
+	s.closeUpgraded(w, r, code, ref.Text)
 }

@@ -1,30 +1,26 @@
 package fanout
 
 import (
-	"context"
 	"errors"
-	"io"
 	"log/slog"
-	"net"
 	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
 
 	"github.com/relaydev/relay/shared/metrics"
+	"github.com/relaydev/relay/shared/wsframe"
 )
 
 // Close reasons sent to clients (at most 123 bytes each).
 const (
-	reasonSlowConsumer  = "slow consumer"
-	reasonClientData    = "receive-only: clients may not send data"
-	reasonShutdown      = "server shutting down"
-	reasonPingTimeout   = "ping timeout"
-	reasonWriteFailed   = "write failed"
-	reasonNATSLost      = "upstream connection lost; messages may have been missed"
-	reasonProtocolError = "protocol error"
+	reasonSlowConsumer = "slow consumer"
+	reasonClientData   = "receive-only: clients may not send data"
+	reasonShutdown     = "server shutting down"
+	reasonPingTimeout  = "ping timeout"
+	reasonWriteFailed  = "write failed"
+	reasonNATSLost     = "upstream connection lost; messages may have been missed"
 )
 
 // Disconnect reasons: short local names for the typed label values of
@@ -46,11 +42,6 @@ const (
 // of them, on most channels) holds none.
 const writerLinger = time.Second
 
-// readLimit bounds what a client frame can make the server buffer. Clients
-// may not send data at all, so only control frames (at most 125 bytes) are
-// ever read in full.
-const readLimit = 1024
-
 // clientLimits are the per-client settings from config.Fanout.
 type clientLimits struct {
 	queueMsgs int
@@ -62,13 +53,14 @@ type clientLimits struct {
 	maxBytes     int
 	slowGrace    time.Duration
 	writeTimeout time.Duration
-	pingInterval time.Duration
 	closeGrace   time.Duration // how long a close handshake may take before the TCP connection is cut
 }
 
-// client is one WebSocket receiver: a bounded queue filled by the channel's
-// NATS callback, one writer goroutine that drains it, and a reader (the
-// HTTP handler's goroutine) that answers control frames and refuses data.
+// client is one WebSocket receiver: its feed (a bounded queue filled by the
+// channel's NATS callback, and the slow-consumer policy), a writer goroutine
+// started on demand that drains it, and a reader that answers control frames
+// and hands data messages to onData. Every byte on the wire is
+// wsframe.Conn's.
 type client struct {
 	lim     clientLimits
 	m       *metrics.Fanout
@@ -92,14 +84,13 @@ type client struct {
 	closeCode    websocket.StatusCode
 	closeText    string
 	reason       metrics.FanoutDisconnect
-	conn         *websocket.Conn
-	bc           *batchConn
+	conn         *wsframe.Conn
+	pinger       *wsframe.Pinger
 	forceClose   *time.Timer
 	// writing: a writer goroutine runs (or is starting). It is started on
 	// demand and ends after writerLinger without work, so an idle client
 	// costs no goroutine and no stack for its writer.
-	writing   bool
-	pingTimer *time.Timer
+	writing bool
 	// stallTimer runs while the client is over its byte budget; it checks
 	// that bc has written something since stallMark (see checkStall).
 	stallTimer *time.Timer
@@ -109,8 +100,12 @@ type client struct {
 	// dur is the client's place in a durable channel (durable.go).
 	dur durableState
 
-	wg      sync.WaitGroup // writer and pings
-	pinging atomic.Bool
+	wg sync.WaitGroup // the writer
+
+	// dataLimit is the largest data message the client may send (larger:
+	// 1009). 0 means receive-only: a data message is handed to onData at
+	// its first header, its payload never read.
+	dataLimit int
 
 	// Written by the writer only; read after it has exited.
 	delivered int
@@ -184,10 +179,10 @@ func (c *client) sendEvent(ev *message) bool {
 
 // written is how many bytes have reached the client's socket; c.mu held.
 func (c *client) written() uint64 {
-	if c.bc == nil {
+	if c.conn == nil {
 		return 0
 	}
-	return c.bc.written.Load()
+	return c.conn.Written()
 }
 
 // checkStall runs slowGrace after the client went over its byte budget, and
@@ -231,12 +226,12 @@ func (c *client) startWriterLocked() bool {
 	return true
 }
 
-// attach gives the client its upgraded connection. Messages queued since
-// the subscription was confirmed are sent first.
-func (c *client) attach(conn *websocket.Conn, bc *batchConn) {
-	conn.SetReadLimit(readLimit)
+// attach gives the client its upgraded connection, pinged by pinger (nil:
+// no pings). Messages queued since the subscription was confirmed are sent
+// first.
+func (c *client) attach(conn *wsframe.Conn, pinger *wsframe.Pinger) {
 	c.mu.Lock()
-	c.conn, c.bc = conn, bc
+	c.conn, c.pinger = conn, pinger
 	if c.closed && c.forceClose == nil {
 		c.forceClose = time.AfterFunc(c.lim.closeGrace, c.cut)
 	}
@@ -269,7 +264,7 @@ func (c *client) close(code websocket.StatusCode, text string, reason metrics.Fa
 	// to be sent first are bounded by the write timeout per write (and the
 	// shutdown deadline): a client that is taking them should not be cut
 	// a second into a large flush, so their writer starts the clock.
-	if c.bc != nil && !(c.flushOnClose && c.feed.queued() > 0) {
+	if c.conn != nil && !(c.flushOnClose && c.feed.queued() > 0) {
 		c.forceClose = time.AfterFunc(c.lim.closeGrace, c.cut)
 	}
 	// The writer sends the close frame: make sure one runs.
@@ -282,12 +277,12 @@ func (c *client) close(code websocket.StatusCode, text string, reason metrics.Fa
 
 // cut ends a client whose close handshake has not finished within
 // closeGrace: its TCP connection is closed, after its close frame if that
-// has not gone out yet (see batchConn.cut).
+// has not gone out yet (see wsframe.Conn.Cut).
 func (c *client) cut() {
 	c.mu.Lock()
-	bc, code, text := c.bc, c.closeCode, c.closeText
+	conn, code, text := c.conn, c.closeCode, c.closeText
 	c.mu.Unlock()
-	if bc.cut(uint16(code), text, closeFlushTimeout) {
+	if conn.Cut(uint16(code), text, closeFlushTimeout) {
 		c.log.Debug("close handshake not started within the close grace; close frame sent at the cut")
 	}
 }
@@ -309,24 +304,31 @@ func (c *client) expireAt(t time.Time) {
 }
 
 // serve runs the connection until it is closed and everything it started
-// has stopped. The calling goroutine is the reader.
+// has stopped. The calling goroutine is the reader: the only goroutine an
+// idle client has.
 func (c *client) serve() {
 	c.mu.Lock()
 	if c.closed || c.feed.queued() > 0 {
 		c.startWriterLocked()
 	}
-	if c.lim.pingInterval > 0 && !c.closed {
-		c.pingTimer = time.AfterFunc(c.lim.pingInterval, c.pingTick)
-	}
+	closed := c.closed
 	c.mu.Unlock()
+	if !closed {
+		c.pinger.Add(c.conn)
+	}
 	c.readLoop()
+	c.finish()
+}
+
+// finish waits for the writer and stops what the client started, once its
+// reader is done.
+//
+//go:noinline
+func (c *client) finish() {
 	c.wg.Wait()
 	c.mu.Lock()
 	if c.forceClose != nil {
 		c.forceClose.Stop()
-	}
-	if c.pingTimer != nil {
-		c.pingTimer.Stop()
 	}
 	if c.stallTimer != nil {
 		c.stallTimer.Stop()
@@ -335,37 +337,50 @@ func (c *client) serve() {
 		c.expiry.Stop()
 	}
 	c.mu.Unlock()
-	c.bc.Close()
+	c.conn.Close()
 }
 
-// readLoop waits for the client's first data message, which is refused;
-// control frames are answered by the library meanwhile. It returns once the
-// connection is closed or refused.
+// readLoop reads the client's frames until the connection is closed, by the
+// client (its close frame is answered by the reader) or by the server (the
+// reader sees the client's answer, or the cut). A close the reader itself
+// starts (a protocol error, a refused message, an unanswered ping) is
+// recorded, and the reader waits for the client's close frame.
 func (c *client) readLoop() {
-	_, _, err := c.conn.Reader(context.Background())
+	send, err := c.conn.ReadLoop(c.dataLimit, c.onData)
+	c.readEnded(send, err)
+}
+
+// readEnded closes the client for why its reader stopped.
+//
+//go:noinline
+func (c *client) readEnded(send *wsframe.CloseError, err error) {
+	c.pinger.Remove(c.conn)
 	switch {
-	case err == nil:
-		c.close(websocket.StatusUnsupportedData, reasonClientData, disconnectClientData)
-	case isProtocolError(err):
+	case send != nil && errors.Is(err, wsframe.ErrProtocol):
 		// RFC 6455: a frame that breaks the protocol (unmasked, reserved
 		// bits, unknown opcode, bad control frame) ends with 1002.
-		c.close(websocket.StatusProtocolError, reasonProtocolError, disconnectProtocolError)
+		c.close(websocket.StatusCode(send.Code), send.Reason, disconnectProtocolError)
+	case send != nil:
+		c.close(websocket.StatusCode(send.Code), send.Reason, disconnectClientData)
+	case errors.Is(err, wsframe.ErrPingTimeout):
+		c.close(websocket.StatusPolicyViolation, reasonPingTimeout, disconnectPingTimeout)
 	default:
+		// The client closed (its close frame is answered), or the
+		// connection ended.
 		c.close(websocket.StatusNormalClosure, "", disconnectClientClosed)
+		return
 	}
+	c.conn.AwaitClose(time.Now().Add(c.lim.closeGrace))
 }
 
-// isProtocolError tells a peer that broke the WebSocket protocol from one
-// that closed (a close frame) or went away (the connection ended). The
-// library wraps network errors, so what is neither a close frame nor a
-// network error is the peer's protocol violation.
-func isProtocolError(err error) bool {
-	if websocket.CloseStatus(err) != -1 {
-		return false
-	}
-	var ne net.Error
-	return !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, net.ErrClosed) &&
-		!errors.As(err, &ne) && !errors.Is(err, context.Canceled)
+// onData is where a client's data message arrives: the one hook for clients
+// that talk back. It returns nil to go on reading, or the close code and
+// reason that end the connection. With dataLimit 0 (receive-only, every
+// watcher today) it is called at the message's first frame header with p
+// nil, the payload never read; with dataLimit > 0 p is the whole message,
+// unmasked, valid only during the call.
+func (c *client) onData(op byte, p []byte) *wsframe.CloseError {
+	return &wsframe.CloseError{Code: uint16(websocket.StatusUnsupportedData), Reason: reasonClientData}
 }
 
 // writeLoop is the client's only writer of data frames. It runs while
@@ -391,7 +406,8 @@ func (c *client) writeLoop() {
 				c.forceClose = time.AfterFunc(c.lim.closeGrace, c.cut)
 			}
 			c.mu.Unlock()
-			_ = c.conn.Close(code, text)
+			// The reader waits for the client's close frame (or the cut).
+			_ = c.conn.WriteClose(uint16(code), text)
 			return // writing stays set: no writer is needed after this one
 		default:
 		}
@@ -424,9 +440,9 @@ func (c *client) writeLoop() {
 	}
 }
 
-// flush writes everything queued as one batch: batchConn frames each
-// message (header encoded once per message) and sends them with one write
-// syscall per 64 KiB. Once the client is closed only the final flush before
+// flush writes everything queued as one batch: wsframe.WriteFrames sends
+// each message's frame (header encoded once per message, by the hub) with one
+// write syscall per 64 KiB. Once the client is closed only the final flush before
 // the close frame writes.
 func (c *client) flush(final bool) error {
 	c.mu.Lock()
@@ -437,7 +453,7 @@ func (c *client) flush(final bool) error {
 	batch := c.feed.take()
 	c.mu.Unlock()
 
-	n, err := c.bc.writeFrames(batch)
+	n, err := wsframe.WriteFrames(c.conn, batch)
 	bytes := 0
 	for _, msg := range batch[:n] {
 		bytes += len(msg.data)
@@ -457,51 +473,24 @@ func (c *client) flush(final bool) error {
 	return nil
 }
 
-// ping checks the client is alive without holding up the writer: the pong
-// arrives through the reader, so the wait runs in its own goroutine. A ping
-// still outstanding at the next tick is not doubled.
-func (c *client) ping() {
-	if !c.pinging.CompareAndSwap(false, true) {
-		return
-	}
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		c.pinging.Store(false)
-		return
-	}
-	c.wg.Add(1) // under c.mu: ordered before serve's wg.Wait
-	c.mu.Unlock()
-	go func() {
-		defer c.wg.Done()
-		defer c.pinging.Store(false)
-		ctx, cancel := context.WithTimeout(context.Background(), c.lim.writeTimeout)
-		defer cancel()
-		err := c.conn.Ping(ctx)
-		if err == nil || errors.Is(err, net.ErrClosed) {
-			return // closed: whoever closed it recorded why
-		}
-		select {
-		case <-c.closing:
-		default:
-			c.close(websocket.StatusPolicyViolation, reasonPingTimeout, disconnectPingTimeout)
-		}
-	}()
-}
-
-// pingTick runs on the ping timer: a ping, then the next tick.
-func (c *client) pingTick() {
-	c.ping()
-	c.mu.Lock()
-	if !c.closed {
-		c.pingTimer.Reset(c.lim.pingInterval)
-	}
-	c.mu.Unlock()
-}
-
 // stats returns the close reason and what was delivered; valid after serve.
 func (c *client) stats() (reason metrics.FanoutDisconnect, delivered, bytes int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.reason, c.delivered, c.bytesOut
+}
+
+// closeFlushTimeout bounds the close frame a cut sends, and how long a cut
+// waits for a writer holding the connection.
+const closeFlushTimeout = 100 * time.Millisecond
+
+// Frame is the message's WebSocket frame (wsframe.Framer): the header the
+// hub encoded once, and the payload, the same for every client. A message
+// not built by newMessage gets its header encoded on the spot.
+func (m *message) Frame() (hdr, payload []byte) {
+	if m.hdrLen > 0 {
+		return m.hdr[:m.hdrLen], m.data
+	}
+	e := newMessage(m.typ, m.data)
+	return e.hdr[:e.hdrLen], m.data
 }

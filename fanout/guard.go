@@ -169,11 +169,7 @@ func (s *Server) refuseUpgraded(w http.ResponseWriter, r *http.Request, code web
 		s.log.Info("upgrade refused", "reason", reason, "code", int(code), "remote", clientOf(r).addr.String(),
 			"path", r.URL.Path, "suppressed", n)
 	}
-	conn, err := websocket.Accept(w, r, acceptOptions)
-	if err != nil {
-		return
-	}
-	conn.Close(code, text) // bounded by the library's 5 s close handshake
+	s.closeUpgraded(w, r, code, text)
 }
 
 // watchedConn notes whether a read hit its deadline and whether a request

@@ -14,6 +14,7 @@ import (
 
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/subjects"
+	"github.com/relaydev/relay/shared/wsframe"
 )
 
 // Refusal reasons: short local names for the typed label values of
@@ -56,16 +57,14 @@ func hasResume(r *http.Request) bool {
 // fanout has no NATS connection (code 1012).
 const reasonNATSDown = "upstream unavailable; retry later"
 
-// acceptOptions skips the library's origin check: serveWS has already done
-// the same check itself, so that a refusal is counted and logged. Compression
-// must stay off (the library's default): batchConn.writeFrames writes the
-// shared, encode-once frames itself, uncompressed and without RSV1.
+// acceptOptions: the Origin is checked by serveWS itself, so that a refusal
+// is counted and logged; wsframe.Accept negotiates no compression, so the
+// shared, encode-once frames go out as they are.
 // The server selects relay.v1.json (the envelope) when the client offers
 // it, else relay.v1 when offered (a client that sends its token as a
 // relay.bearer. subprotocol must offer one of them too, and the token is
 // never selected, so never echoed). wantsEnvelope must agree with this order.
-var acceptOptions = &websocket.AcceptOptions{InsecureSkipVerify: true,
-	Subprotocols: []string{SubprotocolJSON, SubprotocolV1}}
+var acceptOptions = &wsframe.AcceptOptions{Unwrap: unwatch, Subprotocols: []string{SubprotocolJSON, SubprotocolV1}}
 
 // serveWS upgrades GET /ws/{channel}. Everything that can be refused is
 // refused with a plain HTTP status before the upgrade; after the 101 the
@@ -89,9 +88,9 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !isUpgrade(r) {
-		// Let the library answer with its precise status (426, 400, 405).
+		// Accept answers with the precise status (426, 400, 405).
 		s.m.Refused.Inc(refusedBadRequest)
-		_, _ = websocket.Accept(w, r, acceptOptions)
+		_, _ = s.accept(w, r)
 		return
 	}
 	if pattern && hasResume(r) {
@@ -173,8 +172,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !s.register(c) {
 		c.close(websocket.StatusGoingAway, reasonShutdown, disconnectShutdown)
 	}
-	hw := &hijackWriter{ResponseWriter: w, timeout: s.cfg.WriteTimeout}
-	conn, err := websocket.Accept(hw, r, acceptOptions)
+	conn, err := s.accept(w, r)
 	if err != nil {
 		s.unregister(c)
 		s.hub.leave(ch, c)
@@ -183,7 +181,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		log.Debug("upgrade failed", "err", err)
 		return
 	}
-	c.attach(conn, hw.bc)
+	c.attach(conn, s.pinger)
 	if !id.Expires.IsZero() {
 		c.expireAt(id.Expires)
 	}
@@ -195,24 +193,31 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// goroutine serves the client with a shallow stack, and net/http's
 	// goroutine, its grown stack and the request are freed. For a
 	// connection that idles for hours that is most of its memory.
-	go func() {
-		defer release()
-		s.serveClient(c, ch, log)
-	}()
+	go s.serveClient(c, ch, log, release)
 }
 
 // serveClient runs a connected client until it is closed, then releases
-// what serveWS took for it.
-func (s *Server) serveClient(c *client, ch *channel, log *slog.Logger) {
+// what serveWS took for it. Its goroutine is the client's reader for the
+// whole connection, so it keeps a small frame (what runs after the client
+// is closed is in clientGone): an idle client's reader then fits in the
+// 2 KiB stack a goroutine starts with.
+func (s *Server) serveClient(c *client, ch *channel, log *slog.Logger, release func()) {
 	start := time.Now()
+	c.startCatchUp()
+	c.serve()
+	s.clientGone(c, ch, log, release, start)
+}
+
+// clientGone logs a client's end and releases what serveWS took for it.
+//
+//go:noinline
+func (s *Server) clientGone(c *client, ch *channel, log *slog.Logger, release func(), start time.Time) {
+	defer release()
 	defer s.active.Add(-1)
 	defer s.wg.Done()
 	defer s.hub.leave(ch, c)
 	defer s.m.Connections.Dec()
 	defer s.unregister(c)
-
-	c.startCatchUp()
-	c.serve()
 
 	reason, delivered, bytes := c.stats()
 	log.Info("client disconnected", "reason", reason, "duration", time.Since(start).Round(time.Millisecond),

@@ -33,6 +33,7 @@ import (
 	"github.com/relaydev/relay/shared/netguard"
 	"github.com/relaydev/relay/shared/subjects"
 	"github.com/relaydev/relay/shared/tierkit"
+	"github.com/relaydev/relay/shared/wsframe"
 )
 
 // Sentinel errors.
@@ -125,6 +126,7 @@ type Server struct {
 	refusals *tierkit.LogLimiter
 	upstream <-chan struct{}
 	guard    *guard
+	pinger   *wsframe.Pinger // pings every client (nil: RELAY_FANOUT_PING_INTERVAL=0)
 
 	active atomic.Int64 // upgrades in progress and connected clients, for MaxConnections
 	ran    atomic.Bool
@@ -175,7 +177,6 @@ func New(o Options) (*Server, error) {
 			// (1011), so a stuck reader is told it is a slow consumer.
 			slowGrace:    min(cfg.SlowGrace, cfg.WriteTimeout/2),
 			writeTimeout: cfg.WriteTimeout,
-			pingInterval: cfg.PingInterval,
 			closeGrace:   min(maxCloseGrace, cfg.WriteTimeout),
 		},
 		ln:       ln,
@@ -183,6 +184,9 @@ func New(o Options) (*Server, error) {
 		refusals: tierkit.NewLogLimiter(time.Second),
 		clients:  make(map[*client]struct{}),
 		upstream: o.Upstream,
+		// A client that does not answer a ping within the write timeout
+		// is closed with 1008.
+		pinger: wsframe.NewPinger(cfg.PingInterval, cfg.WriteTimeout),
 
 		auth:       o.Auth,
 		authCookie: cmp.Or(o.AuthCookie, DefaultAuthCookie),
@@ -427,21 +431,21 @@ func (s *Server) shutdown() {
 	case <-done:
 	case <-t.C:
 		// Cut with the close frame where nothing holds the connection, so
-		// a client sees 1001 rather than 1006 (see batchConn.cut).
+		// a client sees 1001 rather than 1006 (see wsframe.Conn.Cut).
 		s.mu.Lock()
 		n, unclosed, sent := 0, 0, 0
 		for c := range s.clients {
 			c.mu.Lock()
-			bc, closed := c.bc, c.closed
+			conn, closed := c.conn, c.closed
 			c.mu.Unlock()
-			if bc == nil {
+			if conn == nil {
 				continue
 			}
 			n++
 			if !closed {
 				unclosed++
 			}
-			if bc.cut(uint16(websocket.StatusGoingAway), reasonShutdown, 0) {
+			if conn.Cut(uint16(websocket.StatusGoingAway), reasonShutdown, 0) {
 				sent++
 			}
 		}

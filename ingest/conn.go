@@ -179,6 +179,9 @@ func (c *senderConn) serve() {
 	if c.peerName != "" {
 		log = log.With("cert", c.peerName)
 	}
+	if h.Session != "" {
+		log = log.With("session", h.Session, "first", h.First)
+	}
 	if !id.Expires.IsZero() {
 		t := time.AfterFunc(time.Until(id.Expires), c.expire)
 		defer t.Stop()
@@ -188,7 +191,7 @@ func (c *senderConn) serve() {
 		c.idle.on = true
 	}
 	if s.durable.Matches(channel) {
-		c.st = newStorer(c)
+		c.st = newStorer(c, channel, h)
 		if h.Ack {
 			c.ack = startAcker(c, c.st)
 		}
@@ -273,7 +276,7 @@ func (c *senderConn) accepted() int {
 
 var errTokenExpired = errors.New("ingest: token expired")
 
-// handshake reads `CHANNEL [TOKEN] [+ack]\n` within the timeout, checks that
+// handshake reads `CHANNEL [TOKEN] [+ack [SESSION FIRST]]\n` within the timeout, checks that
 // the token may send to CHANNEL and that +ack comes with a durable channel,
 // and answers +OK.
 func (c *senderConn) handshake() (handshake, auth.Identity, error) {

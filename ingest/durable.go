@@ -68,8 +68,8 @@ type pending struct {
 type storer struct {
 	c       *senderConn
 	js      jetstream.JetStream
-	idBase  string // unique to the connection: Nats-Msg-Id is idBase + "." + message number
-	seq     uint64 // messages published (pump goroutine only)
+	idBase  string // Nats-Msg-Id is idBase + message number
+	seq     uint64 // the last message number used (pump goroutine only)
 	window  chan struct{}
 	bytes   *semaphore.Weighted
 	queue   chan pending // in publish order
@@ -82,12 +82,20 @@ type storer struct {
 	err     error // why storing stopped; read after done
 }
 
-func newStorer(c *senderConn) *storer {
+// newStorer starts the storer of c's messages on channel; h's session, if
+// any, numbers them.
+func newStorer(c *senderConn, channel string, h handshake) *storer {
 	ctx, cancel := context.WithCancel(c.s.hardCtx)
+	idBase, seq := nuid.Next()+".", uint64(0)
+	if h.Session != "" {
+		// The number before FIRST: message k of the connection is FIRST+k-1.
+		idBase, seq = tcpproto.SessionMsgIDPrefix(channel, h.Session), h.First-1
+	}
 	st := &storer{
 		c:      c,
 		js:     c.s.js,
-		idBase: nuid.Next(),
+		idBase: idBase,
+		seq:    seq,
 		window: make(chan struct{}, min(connWindow, c.s.cfg.DurableInFlight)),
 		bytes:  semaphore.NewWeighted(connWindowBytes),
 		queue:  make(chan pending, connWindow),
@@ -145,7 +153,7 @@ func (st *storer) stopped() error {
 // framer reuses its buffer, and a retry needs the bytes) and headers.
 func (st *storer) message(subject string, data []byte, format nats.Header) *nats.Msg {
 	st.seq++
-	h := nats.Header{jetstream.MsgIDHeader: []string{st.idBase + "." + strconv.FormatUint(st.seq, 10)}}
+	h := nats.Header{jetstream.MsgIDHeader: []string{st.idBase + strconv.FormatUint(st.seq, 10)}}
 	for k, v := range format {
 		h[k] = v
 	}

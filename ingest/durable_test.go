@@ -334,3 +334,40 @@ func TestDurableStoreFailed(t *testing.T) {
 		}
 	})
 }
+
+// TestDurableSessionResendStoredOnce: a sender that names a session
+// (`+ack SESSION FIRST`) and sends the same window again on a new
+// connection — from FIRST 1 twice, then from the middle — has each message
+// stored once, under Nats-Msg-Id CHANNEL:SESSION:n; the same session on
+// another channel is a different sender and is stored in full.
+func TestDurableSessionResendStoredOnce(t *testing.T) {
+	t.Parallel()
+	srv := testutil.JetStreamServer(t)
+	stream, js := durableStream(t, srv, "d.>")
+	h := startIngestWith(t, srv, defaultConfig("127.0.0.1:0=*/line"), stream)
+
+	// Messages are numbered from 1 in the session, "m 0" is message 1.
+	checkAcks(t, ackSession(t, h.addr(0), "d.s +ack sess-0001 1", numbered("m", 0, 100)), 100)
+	checkAcks(t, ackSession(t, h.addr(0), "d.s +ack sess-0001 1", numbered("m", 0, 100)), 100)
+	checkAcks(t, ackSession(t, h.addr(0), "d.s +ack sess-0001 51", numbered("m", 50, 100)), 100)
+	data, ids := storedOn(t, js, "relay.ch.d.s")
+	checkNumbered(t, data, "m", 150)
+	for i, id := range ids {
+		if want := tcpproto.SessionMsgID("d.s", "sess-0001", uint64(i+1)); id != want {
+			t.Fatalf("message %d has Nats-Msg-Id %q, want %q", i, id, want)
+		}
+	}
+	if got := ptestutil.ToFloat64(h.m.Stored); got != 300 {
+		t.Fatalf("relay_ingest_stored_total = %v, want 300 (a duplicate is acknowledged as stored)", got)
+	}
+
+	checkAcks(t, ackSession(t, h.addr(0), "d.other +ack sess-0001 1", numbered("m", 0, 100)), 100)
+	data, _ = storedOn(t, js, "relay.ch.d.other")
+	checkNumbered(t, data, "m", 100)
+
+	for _, bad := range []string{"d.s +ack sess-0001 0", "d.s +ack short 1", "d.s +ack sess-0001", "d.s sess-0001 1"} {
+		if r := ackSession(t, h.addr(0), bad, "x\n"); len(r) != 1 || !strings.HasPrefix(r[0], "-ERR bad handshake") {
+			t.Fatalf("%q: replies %q, want -ERR bad handshake", bad, r)
+		}
+	}
+}

@@ -3,7 +3,6 @@ package loadgen
 import (
 	"bufio"
 	"crypto/rand"
-	"crypto/sha1"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -18,6 +17,8 @@ import (
 
 // wsConn is a receive-only WebSocket client made for load generation: the
 // handshake, then frames parsed in place from a bufio.Reader, pings answered.
+// Its bytes are encoded and parsed by shared/wsframe, the codec relay's
+// server side uses too.
 // A general client library allocates and copies per message; at a million
 // deliveries a second on the same cores as the server under test, that
 // cost would be charged to the server.
@@ -27,9 +28,6 @@ type wsConn struct {
 }
 
 var errProtocol = errors.New("loadgen: websocket protocol error")
-
-// wsGUID is RFC 6455's accept-key suffix.
-const wsGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 // dialWS opens ws://addr/path and completes the opening handshake. A
 // positive rcvBuf sets the socket's receive buffer (SO_RCVBUF).
@@ -64,8 +62,7 @@ func dialWS(addr, path, token string, timeout time.Duration, readBuf, rcvBuf int
 		conn.Close()
 		return nil, fmt.Errorf("loadgen: handshake %s%s: %s", addr, path, resp.Status)
 	}
-	sum := sha1.Sum([]byte(key + wsGUID))
-	if resp.Header.Get("Sec-WebSocket-Accept") != base64.StdEncoding.EncodeToString(sum[:]) {
+	if resp.Header.Get("Sec-WebSocket-Accept") != wsframe.AcceptKey(key) {
 		conn.Close()
 		return nil, fmt.Errorf("%w: bad Sec-WebSocket-Accept", errProtocol)
 	}

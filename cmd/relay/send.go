@@ -46,6 +46,14 @@ only; it is never printed.
 N being how many of this connection's messages the stream has stored, and
 exits 0 only if the last one counts every message sent. A channel that is not
 durable refuses --ack.
+--session ID (with --ack): numbers the messages across connections, so the
+stream stores each once even when it is sent twice. When the connection is
+lost or the server closes it with a reply that waiting can cure (shutting down,
+upstream unavailable, store failed, rate limited), relay send reconnects with
+backoff and resends from the message after the last +ACK, for as long as
+messages keep being acknowledged (--retry-for without progress). ID: 8-64
+characters of A-Z a-z 0-9 _ -, unique to this sender on the channel (e.g.
+$(uuidgen)); resends are recognised within the stream's duplicate window (2m).
 
 Lines a line listener writes other than its replies (control messages on a
 control channel) are printed to stdout.
@@ -71,6 +79,8 @@ func send(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	timeout := fs.Duration("timeout", 10*time.Second, "connect timeout, and how long to wait after the last byte for the server to confirm")
 	hsTimeout := fs.Duration("handshake-timeout", 3*time.Second, "how long to wait for +OK after the CHANNEL line")
 	ack := fs.Bool("ack", false, "ask for +ACK lines (durable channels) and exit 1 unless every message was acknowledged as stored")
+	session := fs.String("session", "", "with --ack: a session ID; on a lost connection reconnect and resend from the last +ACK (each message stored once)")
+	retryFor := fs.Duration("retry-for", time.Minute, "with --session: give up after this long without a message acknowledged")
 	tok := addTokenFlags(fs, "token to send after CHANNEL in the handshake")
 	pos, code, ok := parseFlags(fs, sendUsage, args, stdout, stderr)
 	if !ok {
@@ -90,6 +100,12 @@ func send(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return usageError(stderr, "send", "--handshake-timeout must be more than 0, got %s", *hsTimeout)
 	case *ack && len(pos) < 2:
 		return usageError(stderr, "send", "--ack needs CHANNEL: only a handshake listener takes +ack")
+	case *session != "" && !*ack:
+		return usageError(stderr, "send", "--session needs --ack: the session resends from the last +ACK")
+	case *session != "" && tcpproto.ValidSession(*session) != nil:
+		return usageError(stderr, "send", "--session %q: %v", *session, tcpproto.ValidSession(*session))
+	case *retryFor <= 0:
+		return usageError(stderr, "send", "--retry-for must be more than 0, got %s", *retryFor)
 	case *ack && *framing == "raw":
 		return usageError(stderr, "send", "--ack needs to count messages, and raw framing has none the server and relay send agree on (use --framing line or len32)")
 	case *msgRate > 0 && *count == 0 && *framing == "raw":
@@ -135,6 +151,7 @@ func send(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	s := &sender{
 		addr: addr, hsLine: hsLine, token: token,
 		framing: *framing, tmpl: tmpl, count: *count, ack: *ack,
+		session: *session, retryFor: *retryFor,
 		timeout: *timeout, hsTimeout: *hsTimeout,
 		stdout: stdout, stderr: stderr,
 	}
@@ -162,6 +179,8 @@ type sender struct {
 	tmpl          *template.Template // nil: send stdin
 	count         int
 	ack           bool          // asked for +ACK lines
+	session       string        // --session: resend from the last +ACK after a lost connection
+	retryFor      time.Duration // --session: give up after this long without progress
 	sentMsgs      atomic.Int64  // messages written (framed as the listener frames them)
 	acked         atomic.Int64  // the last +ACK N; -1 before any
 	limiter       *rate.Limiter // nil: no limit
@@ -177,6 +196,9 @@ func (s *sender) fail(format string, a ...any) int {
 }
 
 func (s *sender) run(ctx context.Context, stdin io.Reader) int {
+	if s.session != "" {
+		return s.runSession(ctx, stdin)
+	}
 	d := net.Dialer{Timeout: s.timeout, KeepAlive: 30 * time.Second}
 	conn, err := d.DialContext(ctx, "tcp", s.addr)
 	if err != nil {

@@ -1,6 +1,6 @@
 // Package tcpproto is the ingest TCP protocol's wire format in one place:
 // the handshake line a sender writes to a handshake listener
-// (`CHANNEL [TOKEN] [+ack]\n`) and the lines the server writes back
+// (`CHANNEL [TOKEN] [+ack [SESSION FIRST]]\n`) and the lines the server writes back
 // (`+OK\n`, `-ERR <reason>\n`, `+ACK <n>\n`). Ingest, `relay send` and the
 // load generator all use it, so the literals cannot drift apart.
 //
@@ -11,6 +11,7 @@ package tcpproto
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -25,6 +26,18 @@ const (
 // AckOption is the handshake's last word that asks for `+ACK N` replies. A
 // token never starts with '+', so it cannot be mistaken for one.
 const AckOption = "+ack"
+
+// A session (`+ack SESSION FIRST`) names a sender's numbered messages
+// across connections: message n of session S on channel C is stored with the
+// Nats-Msg-Id `C:S:n` (SessionMsgID), so a sender that reconnects and resends
+// from its last `+ACK` has each message stored once (within the stream's
+// duplicate window). SESSION is 8 to 64 bytes of [A-Za-z0-9_-] (random: two
+// senders on one channel must never share one); FIRST is the number of the
+// first message the connection carries, from 1, in plain decimal.
+const (
+	MinSession = 8
+	MaxSession = 64
+)
 
 // MaxHandshakeLine is the longest handshake line a server accepts, without
 // its '\n'.
@@ -84,15 +97,58 @@ func ParseReply(line string) Reply {
 	return Reply{Kind: ReplyOther, Reason: line}
 }
 
-// Handshake is the first line on a handshake listener: `CHANNEL [TOKEN] [+ack]`.
+// Handshake is the first line on a handshake listener:
+// `CHANNEL [TOKEN] [+ack [SESSION FIRST]]`.
 type Handshake struct {
 	Channel string
 	Token   string // empty: none
 	Ack     bool   // ask for `+ACK N` replies
+	// Session and First (with Ack only): the connection carries the
+	// session's messages First, First+1, ... (First >= 1). Empty: no session,
+	// the connection's messages are numbered on their own.
+	Session string
+	First   uint64
 }
 
 // ErrSyntax is wrapped by every error ParseHandshake and Handshake.Line return.
-var ErrSyntax = errors.New("want CHANNEL [TOKEN] [+ack]")
+var ErrSyntax = errors.New("want CHANNEL [TOKEN] [+ack [SESSION FIRST]]")
+
+// SessionMsgID is the Nats-Msg-Id of message n of session on channel. The
+// channel is part of it because the stream's duplicate window spans every
+// channel: a sender on one channel cannot suppress another channel's
+// messages by picking the same session.
+func SessionMsgID(channel, session string, n uint64) string {
+	return SessionMsgIDPrefix(channel, session) + strconv.FormatUint(n, 10)
+}
+
+// SessionMsgIDPrefix is SessionMsgID without the message number.
+func SessionMsgIDPrefix(channel, session string) string {
+	return channel + ":" + session + ":"
+}
+
+// ValidSession checks a session id's syntax.
+func ValidSession(s string) error {
+	if len(s) < MinSession || len(s) > MaxSession {
+		return fmt.Errorf("%w: a session is %d to %d bytes, got %d", ErrSyntax, MinSession, MaxSession, len(s))
+	}
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-':
+		default:
+			return fmt.Errorf("%w: the session has a character not allowed at byte %d: sessions use A-Z a-z 0-9 _ -", ErrSyntax, i)
+		}
+	}
+	return nil
+}
+
+// parseFirst reads FIRST: plain decimal (no sign, no leading zero), at least 1.
+func parseFirst(w string) (uint64, error) {
+	n, err := strconv.ParseUint(w, 10, 64)
+	if err != nil || n == 0 || strconv.FormatUint(n, 10) != w {
+		return 0, fmt.Errorf("%w: FIRST (after the session) must be a message number from 1, in plain decimal", ErrSyntax)
+	}
+	return n, nil
+}
 
 // Line is the handshake line to send, with its '\n'. It checks the words'
 // syntax (not whether the channel name is valid); its errors never contain
@@ -110,6 +166,19 @@ func (h Handshake) Line() ([]byte, error) {
 	}
 	if h.Ack {
 		b = append(append(b, ' '), AckOption...)
+	}
+	if h.Session != "" || h.First != 0 {
+		if !h.Ack {
+			return nil, fmt.Errorf("%w: a session needs %s", ErrSyntax, AckOption)
+		}
+		if err := ValidSession(h.Session); err != nil {
+			return nil, err
+		}
+		if h.First == 0 {
+			return nil, fmt.Errorf("%w: FIRST must be at least 1", ErrSyntax)
+		}
+		b = append(append(b, ' '), h.Session...)
+		b = strconv.AppendUint(append(b, ' '), h.First, 10)
 	}
 	if len(b) > MaxHandshakeLine {
 		return nil, fmt.Errorf("%w: line longer than %d bytes", ErrSyntax, MaxHandshakeLine)
@@ -130,12 +199,28 @@ func ParseHandshake(line []byte) (Handshake, error) {
 	}
 	words := strings.Split(s, " ")
 	var h Handshake
-	if last := words[len(words)-1]; len(words) > 1 && last == AckOption {
+	// +ack is the first word after the channel that starts with '+' (a
+	// channel or token never does); a session may follow it.
+	if i := slices.Index(words, AckOption); i >= 1 {
 		h.Ack = true
-		words = words[:len(words)-1]
+		switch rest := words[i+1:]; len(rest) {
+		case 0:
+		case 2:
+			if err := ValidSession(rest[0]); err != nil {
+				return Handshake{}, err
+			}
+			first, err := parseFirst(rest[1])
+			if err != nil {
+				return Handshake{}, err
+			}
+			h.Session, h.First = rest[0], first
+		default:
+			return Handshake{}, fmt.Errorf("%w: after %s come nothing or SESSION FIRST, got %d words", ErrSyntax, AckOption, len(rest))
+		}
+		words = words[:i]
 	}
 	if len(words) > 2 {
-		return Handshake{}, fmt.Errorf("%w: got %d words", ErrSyntax, len(words)+boolInt(h.Ack))
+		return Handshake{}, fmt.Errorf("%w: got %d words before any +ack", ErrSyntax, len(words))
 	}
 	h.Channel = words[0]
 	if h.Channel == "" {
@@ -173,11 +258,4 @@ func ValidToken(tok string) error {
 		}
 	}
 	return nil
-}
-
-func boolInt(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }

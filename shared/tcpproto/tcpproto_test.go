@@ -64,6 +64,19 @@ func TestParseHandshake(t *testing.T) {
 		{"  ", Handshake{}, false},
 		{"a b c", Handshake{}, false},
 		{"a tok +ack x", Handshake{}, false},
+		{"ch +ack sess-0001 1", Handshake{Channel: "ch", Ack: true, Session: "sess-0001", First: 1}, true},
+		{"ch tok +ack S_abcdefgh 18446744073709551615", Handshake{Channel: "ch", Token: "tok", Ack: true, Session: "S_abcdefgh", First: 18446744073709551615}, true},
+		{"ch +ack sess-0001 0", Handshake{}, false},
+		{"ch +ack sess-0001 01", Handshake{}, false},
+		{"ch +ack sess-0001 +1", Handshake{}, false},
+		{"ch +ack sess-0001 18446744073709551616", Handshake{}, false},
+		{"ch +ack short 1", Handshake{}, false},
+		{"ch +ack sess:0001 1", Handshake{}, false},
+		{"ch +ack " + strings.Repeat("s", MaxSession+1) + " 1", Handshake{}, false},
+		{"ch +ack sess-0001", Handshake{}, false},
+		{"ch +ack sess-0001 1 x", Handshake{}, false},
+		{"ch sess-0001 1", Handshake{}, false},
+		{"ch tok sess-0001 1 +ack", Handshake{}, false},
 		{"a ", Handshake{}, false},
 		{"a +tok", Handshake{}, false},
 		{"a t\x00k", Handshake{}, false},
@@ -95,10 +108,18 @@ func TestHandshakeErrorsHideToken(t *testing.T) {
 	}
 }
 
+func TestSessionMsgID(t *testing.T) {
+	t.Parallel()
+	if got := SessionMsgID("a.b", "sess-0001", 7); got != "a.b:sess-0001:7" {
+		t.Fatalf("SessionMsgID = %q", got)
+	}
+}
+
 func TestHandshakeLine(t *testing.T) {
 	t.Parallel()
 	for _, h := range []Handshake{
 		{Channel: "a"}, {Channel: "a", Token: "t.k"}, {Channel: "a", Ack: true}, {Channel: "a.b", Token: "x", Ack: true},
+		{Channel: "a", Ack: true, Session: "0123456789abcdef", First: 42}, {Channel: "a", Token: "x", Ack: true, Session: "abc-def_g", First: 1},
 	} {
 		line, err := h.Line()
 		if err != nil {
@@ -109,7 +130,9 @@ func TestHandshakeLine(t *testing.T) {
 			t.Fatalf("%+v -> %q -> %+v, %v", h, line, back, err)
 		}
 	}
-	for _, h := range []Handshake{{}, {Channel: "a b"}, {Channel: "+ack"}, {Channel: "a", Token: "t k"}} {
+	for _, h := range []Handshake{{}, {Channel: "a b"}, {Channel: "+ack"}, {Channel: "a", Token: "t k"},
+		{Channel: "a", Session: "0123456789", First: 1}, {Channel: "a", Ack: true, Session: "0123456789"},
+		{Channel: "a", Ack: true, Session: "short", First: 1}, {Channel: "a", Ack: true, First: 3}} {
 		if line, err := h.Line(); err == nil {
 			t.Errorf("%+v.Line() = %q, want an error", h, line)
 		}
@@ -119,7 +142,8 @@ func TestHandshakeLine(t *testing.T) {
 // FuzzHandshake: whatever ParseHandshake accepts, Line writes back to the
 // same line, and nothing accepted carries a space or a line break.
 func FuzzHandshake(f *testing.F) {
-	for _, s := range []string{"default", "a.b tok", "a tok +ack", "a +ack", "a b c", "a ", "\r", "+ack"} {
+	for _, s := range []string{"default", "a.b tok", "a tok +ack", "a +ack", "a b c", "a ", "\r", "+ack",
+		"a +ack sess-0001 1", "a tok +ack sess-0001 99", "a +ack s 1", "a +ack sess-0001 01"} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -127,7 +151,8 @@ func FuzzHandshake(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if strings.ContainsAny(h.Channel+h.Token, " \r\n") || h.Channel == "" || strings.HasPrefix(h.Token, "+") {
+		if strings.ContainsAny(h.Channel+h.Token, " \r\n") || strings.ContainsAny(h.Session, " \r\n:") || h.Channel == "" || strings.HasPrefix(h.Token, "+") ||
+			(h.Session != "") != (h.First > 0) || (h.Session != "" && !h.Ack) {
 			t.Fatalf("accepted %+v from %q", h, data)
 		}
 		line, err := h.Line()

@@ -1,7 +1,13 @@
-// Package wsframe encodes and parses RFC 6455 frame headers: the one place
-// where relay's own code (fanout's encode-once writer, its scan of the
-// library's control frames, the load generator's client) turns WebSocket
-// frames into bytes and back. It knows nothing of connections.
+// Package wsframe owns every WebSocket byte relay writes or parses (RFC
+// 6455): the frame codec (this file, shared with the load generator's
+// client), the server's opening handshake (accept.go), the connection with
+// its batch writer and close handshake (conn.go), the frame reader that
+// answers control frames and checks what clients send (read.go), and the
+// pings (ping.go). fanout keeps what a client is sent and when (its feed and
+// slow-consumer policy) and knows frames only as prepared byte strings.
+//
+// The name is historical: the package began as the frame codec alone, and
+// it keeps its import path so that code importing it need not change.
 package wsframe
 
 import (
