@@ -57,6 +57,11 @@ const (
 	jsPrefetchBytes = 1 << 20
 	// maxLast bounds ?last=.
 	maxLast = 1 << 20
+	// maxStreamReaders bounds a pod's clients reading from JetStream at
+	// once; the others wait their turn. Without it a storm of resumes the
+	// ring cannot serve (10,000 at once, say) is a storm of JetStream API
+	// requests, and the stream answers many of them too late.
+	maxStreamReaders = 32
 )
 
 // errResume is wrapped by parseResume's errors: a 4400.
@@ -504,6 +509,12 @@ func (c *client) readStream(ch *channel) bool {
 	floor0 := ch.ring.floor
 	ch.ringMu.Unlock()
 
+	select {
+	case h.readers <- struct{}{}:
+		defer func() { <-h.readers }()
+	case <-c.closing:
+		return false
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), jsTimeout)
 	defer cancel()
 	st, err := h.js.Stream(ctx, h.stream.Name())

@@ -88,6 +88,7 @@ type hub struct {
 	stream   *durable.Stream
 	js       jetstream.JetStream
 	ringSize int
+	readers  chan struct{} // a slot per client reading the stream (maxStreamReaders)
 
 	mu       sync.Mutex
 	channels map[string]*channel             // channels with at least one client (or one joining)

@@ -215,6 +215,7 @@ func New(o Options) (*Server, error) {
 			return nil, fmt.Errorf("fanout: jetstream: %w", err)
 		}
 		s.hub.stream, s.hub.js, s.hub.ringSize = o.Durable, js, o.DurableRing
+		s.hub.readers = make(chan struct{}, maxStreamReaders)
 	}
 	s.health = health.New(tierkit.NATSReady(o.NATS))
 	s.routes(page, o.MetricsHandler, !o.NoHealthRoutes)
