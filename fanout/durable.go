@@ -175,6 +175,14 @@ func (h *hub) consume(ch *channel) {
 		}
 		ch.ring = newRing(h.ringSize, floor)
 		cc, err := cons.Consume(ch.deliverDurable, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			// The ordered consumer recreates itself after most errors (a
+			// missed heartbeat, a reconnect). Without its stream it cannot:
+			// the channel's clients would wait forever, so they are told.
+			if errors.Is(err, jetstream.ErrStreamNotFound) {
+				n := ch.closeAll(websocket.StatusServiceRestart, reasonStreamRead, metrics.DisconnectUpstreamRead)
+				h.log.Warn("durable channel's stream is gone; closed its clients", "channel", ch.name, "clients", n, "err", err)
+				return
+			}
 			h.log.Debug("durable channel consumer", "channel", ch.name, "err", err)
 		}))
 		if err != nil {
@@ -291,7 +299,6 @@ func (ch *channel) position(c *client, rs resume) {
 		if rs.kind == resumeSince {
 			d.pos, d.start = rs.seq, resume{}
 		}
-		c.m.Replays.Inc(metrics.ReplayStream)
 		return
 	}
 	d.pos = pos
@@ -469,6 +476,7 @@ func (c *client) waitFits(f *message) bool {
 func (c *client) catchUp() {
 	defer c.wg.Done()
 	ch := c.dur.ch
+	counted := false // this catch-up's first fill from the ring is counted
 	for {
 		if !c.waitRoom() {
 			return
@@ -481,6 +489,10 @@ func (c *client) catchUp() {
 			return
 		}
 		fromRing := c.dur.start.kind == resumeNone && ch.ring.covers(c.dur.pos)
+		if fromRing && !counted && !c.dur.replay {
+			counted = true // (a resume's ring fill was counted by position)
+			c.m.Replays.Inc(metrics.ReplayRing)
+		}
 		if fromRing && ch.fillLocked(c) {
 			c.dur.running = false
 			c.mu.Unlock()
@@ -515,6 +527,7 @@ func (c *client) readStream(ch *channel) bool {
 	case <-c.closing:
 		return false
 	}
+	c.m.Replays.Inc(metrics.ReplayStream)
 	ctx, cancel := context.WithTimeout(context.Background(), jsTimeout)
 	defer cancel()
 	st, err := h.js.Stream(ctx, h.stream.Name())

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -365,4 +367,86 @@ func TestWatchResumeUsage(t *testing.T) {
 			t.Errorf("relay watch %v: %v, stderr %q; want exit %d and %q", tc.args, err, stderr.String(), tc.code, tc.stderr)
 		}
 	}
+}
+
+// TestDurableSlowWatcherTenPercent: `relay all` with a durable channel and
+// a small client budget (64 KiB). `relay send --rate 3000` writes 6,000
+// lines of 1 KB (6 MB: more than the kernel's socket buffers hold) while a
+// watcher with a 16 KiB receive buffer reads at 10% of that rate. It is not
+// cut: it falls behind, catches up from the ring and the stream
+// (relay_fanout_catchups_total moves, no slow consumer), and ends with every
+// line, in order, once.
+func TestDurableSlowWatcherTenPercent(t *testing.T) {
+	t.Parallel()
+	hs, httpAddr, ingestHTTP := freePort(t), freePort(t), freePort(t)
+	startRelay(t, []string{
+		"RELAY_INGEST_LISTENERS=" + hs + "=*/line",
+		"RELAY_FANOUT_ADDR=" + httpAddr,
+		"RELAY_INGEST_HTTP_ADDR=" + ingestHTTP,
+		"RELAY_DURABLE_CHANNELS=slow.>",
+		"RELAY_DATA_DIR=" + t.TempDir(),
+		"RELAY_FANOUT_CLIENT_QUEUE_BYTES=65536",
+		// Megabytes wait in socket buffers ahead of this reader; on a loaded
+		// machine one write may wait seconds for room. A single write held
+		// for the write timeout is the stuck-reader rule (1011), not this one.
+		"RELAY_FANOUT_WRITE_TIMEOUT=60s",
+	}, "all")
+	waitReady(t, "http://"+httpAddr+"/readyz", "http://"+ingestHTTP+"/readyz")
+
+	dialer := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var err error
+		rc.Control(func(fd uintptr) { err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 16<<10) })
+		return err
+	}}
+	client := &http.Client{Transport: &http.Transport{DialContext: dialer.DialContext}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	c, _, err := websocket.Dial(ctx, "ws://"+httpAddr+"/ws/slow.a", &websocket.DialOptions{HTTPClient: client})
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	waitFanoutConnections(t, "http://"+httpAddr+"/metrics", 1)
+
+	const n, rate = 6000, 3000
+	pad := strings.Repeat("x", 1000)
+	send := exec.Command(relayBin, "send", "--count", strconv.Itoa(n), "--rate", strconv.Itoa(rate),
+		"--template", "{{.N}} "+pad, hs, "slow.a")
+	sent := make(chan error, 1)
+	go func() {
+		out, err := send.CombinedOutput()
+		if err != nil {
+			err = fmt.Errorf("%w: %s", err, out)
+		}
+		sent <- err
+	}()
+	start := time.Now()
+	for i := 1; i <= n; i++ {
+		// 10% of the sender's rate: message i is read no earlier than i/(rate/10) s in.
+		if d := time.Until(start.Add(time.Duration(i) * time.Second / (rate / 10))); d > 0 {
+			time.Sleep(d)
+		}
+		rctx, rcancel := context.WithTimeout(context.Background(), 60*time.Second)
+		_, b, err := c.Read(rctx)
+		rcancel()
+		if err != nil {
+			t.Fatalf("message %d: %v (a slow watcher of a durable channel must not be cut)", i, err)
+		}
+		if want := strconv.Itoa(i) + " " + pad; string(b) != want {
+			t.Fatalf("message %d is %.12q…, want %.12q…", i, b, want)
+		}
+	}
+	if err := <-sent; err != nil {
+		t.Fatalf("relay send: %v", err)
+	}
+	body := scrape("http://" + httpAddr + "/metrics")
+	if v := metricSum(body, "relay_fanout_catchups_total"); v < 1 {
+		t.Errorf("relay_fanout_catchups_total = %v: the watcher never fell behind, so this showed nothing", v)
+	}
+	if v := metricSum(body, `relay_fanout_slow_consumers_total{kind="client"}`); v != 0 {
+		t.Errorf("slow consumers cut: %v", v)
+	}
+	t.Logf("read %d lines at 10%% of %d/s in %s; catch-ups %v, replays from the stream %v", n, rate,
+		time.Since(start).Round(time.Second), metricSum(body, "relay_fanout_catchups_total"),
+		metricSum(body, `relay_fanout_replays_total{source="stream"}`))
 }

@@ -188,7 +188,7 @@ func newFanout() *Fanout {
 			"kind", "Slow-consumer events (client: a WebSocket client's queue was full; nats: NATS dropped messages for a subscription),", SlowConsumerKinds()),
 		AuthRefused: newAuthRefused("fanout"),
 		Replays: newReasonCounter(prometheus.CounterOpts{Name: "relay_fanout_replays_total"},
-			"source", "Durable channels: replays (a resume, or a client catching up after falling behind) served,", ReplaySources()),
+			"source", "Durable channels: replays served to a client (a resume, or a catch-up after falling behind; one that moves from the stream to the ring counts once in each),", ReplaySources()),
 		CatchUps: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_fanout_catchups_total", Help: "Durable channels: clients that fell behind and were switched to catching up from the ring or the stream instead of being cut.",
 		}),
