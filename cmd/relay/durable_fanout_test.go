@@ -356,7 +356,7 @@ func TestWatchResumeUsage(t *testing.T) {
 	}{
 		{[]string{"--since", "0", "ws://" + httpAddr + "/ws/live"}, 3, "closed by server: 4400 bad resume: live is not a durable channel"},
 		{[]string{"--since", "1", "--last", "2", "ws://" + httpAddr + "/ws/hist.a"}, 2, "give --since or --last, not both"},
-		{[]string{"--last", "-5", "ws://" + httpAddr + "/ws/hist.a"}, 2, "--last must be 0 or more"},
+		{[]string{"--last", "-5", "ws://" + httpAddr + "/ws/hist.a"}, 2, `invalid value "-5" for flag -last: must be 0 or more`},
 	} {
 		cmd := exec.Command(relayBin, append([]string{"watch"}, tc.args...)...)
 		var stderr strings.Builder

@@ -121,8 +121,9 @@ func watch(args []string, stdout, stderr io.Writer) int {
 	binary := newChoice(fs, "binary", "raw", "how to print binary messages", "raw", "hex", "base64")
 	jsonOut := fs.Bool("json", false, "print one JSON object per message: time, type, size, text or base64 data")
 	envelope := fs.Bool("envelope", false, "use the relay.v1.json envelope: print each message's channel and seq (and events)")
-	since := fs.Int64("since", -1, "durable channels: start after this stream sequence (0: everything stored)")
-	last := fs.Int("last", -1, "durable channels: start with the channel's last N messages")
+	var since, last optCount
+	fs.Var(&since, "since", "durable channels: start after stream sequence `SEQ` (0: everything stored)")
+	fs.Var(&last, "last", "durable channels: start with the channel's last `N` messages")
 	seq := fs.Bool("seq", false, "print each message's stream sequence before it (durable channels; \"-\" on others)")
 	timeout := fs.Duration("timeout", 10*time.Second, "connect timeout")
 	origin := fs.String("origin", "", "Origin header to send (for servers that check it)")
@@ -143,11 +144,7 @@ func watch(args []string, stdout, stderr io.Writer) int {
 		return usageError(stderr, "watch", "--timeout must be more than 0, got %s", *timeout)
 	case *backoffMax <= 0:
 		return usageError(stderr, "watch", "--backoff-max must be more than 0, got %s", *backoffMax)
-	case *since < -1:
-		return usageError(stderr, "watch", "--since must be a stream sequence, 0 or more, got %d", *since)
-	case *last < -1:
-		return usageError(stderr, "watch", "--last must be 0 or more, got %d", *last)
-	case *since >= 0 && *last >= 0:
+	case since.set && last.set:
 		return usageError(stderr, "watch", "give --since or --last, not both")
 	}
 	u, err := url.Parse(pos[0])
@@ -163,7 +160,7 @@ func watch(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	w := &watcher{
 		url: pos[0], timeout: *timeout, want: *count, binary: *binary, json: *jsonOut, envelope: *envelope,
-		since: *since, last: *last, seq: *seq,
+		since: since.get(), last: int(min(last.get(), 1<<30)), seq: *seq,
 		out: bufio.NewWriterSize(stdout, 64<<10), stderr: stderr,
 		secrets: []string{token, u.Query().Get("token")},
 		header:  http.Header{},
@@ -561,4 +558,35 @@ func (w *watcher) sessionURL() string {
 	}
 	u.RawQuery = q.Encode()
 	return u.String()
+}
+
+// optCount is a flag taking a count or sequence, 0 or more, that may be
+// left unset (nothing is shown as its default).
+type optCount struct {
+	v   int64
+	set bool
+}
+
+func (o *optCount) String() string {
+	if o == nil || !o.set {
+		return ""
+	}
+	return strconv.FormatInt(o.v, 10)
+}
+
+func (o *optCount) Set(s string) error {
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || v < 0 {
+		return errors.New("must be 0 or more")
+	}
+	o.v, o.set = v, true
+	return nil
+}
+
+// get is the value, or -1 when unset.
+func (o *optCount) get() int64 {
+	if !o.set {
+		return -1
+	}
+	return o.v
 }
