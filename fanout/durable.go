@@ -400,6 +400,13 @@ func (c *client) startCatchUpLocked() {
 	go c.catchUp()
 }
 
+// isDurable reports whether the client watches a durable channel.
+func (c *client) isDurable() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.dur.ch != nil
+}
+
 // beDurable marks a client of a durable channel before it joins: not
 // live until position has placed it.
 func (c *client) beDurable() {

@@ -10,11 +10,14 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relaydev/relay/shared/config"
 	"github.com/relaydev/relay/shared/durable"
 	"github.com/relaydev/relay/shared/metrics"
+	"github.com/relaydev/relay/shared/natsconn"
 	rtest "github.com/relaydev/relay/shared/testutil"
 )
 
@@ -456,4 +459,75 @@ func TestDurableReplayBeyondQueueBound(t *testing.T) {
 			e.expectNext(t, c, "dur.q", "next")
 		})
 	}
+}
+
+// TestDurableClientsSurviveNATSRestart: when NATS goes away and comes back
+// (same address, same JetStream store), a core channel's client is closed
+// with 1012 (it may have missed messages), but a durable channel's client
+// stays: its channel's ordered consumer picks up after the last message it
+// delivered, so the client goes on with no gap and no duplicate.
+func TestDurableClientsSurviveNATSRestart(t *testing.T) {
+	dir := t.TempDir()
+	ns, err := natsconn.StartEmbedded(natsconn.EmbeddedOptions{Listen: "127.0.0.1:0", JetStreamDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ns.Addr().String()
+	stream, err := durable.New("relay", config.Durable{
+		DurableChannels: []string{"dur.>"}, DurableStream: "RELAY", DurableMaxAge: time.Hour,
+		DurableMaxBytes: 1 << 30, DurableReplicas: 1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	jsFor := func(url string) jetstream.JetStream {
+		nc, err := nats.Connect(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return js
+	}
+	js := jsFor(ns.ClientURL())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := stream.Ensure(ctx, js, testLogger(t)); err != nil {
+		t.Fatal(err)
+	}
+	var ns2 *server.Server
+	t.Cleanup(func() {
+		if ns2 != nil {
+			ns2.Shutdown()
+			ns2.WaitForShutdown()
+		}
+	})
+	e := &durEnv{env: startEnvOn(t, ns, func(o *Options) { o.Durable, o.DurableRing = stream, 64 }), js: js}
+	dur := e.dial("dur.n", nil)
+	core := e.dial("core", nil)
+	e.store("dur.n", "m", 1, 5)
+	expect(t, dur, "m", 1, 5)
+
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	if _, err := readErr(core, 30*time.Second); websocket.CloseStatus(err) != websocket.StatusServiceRestart {
+		t.Fatalf("core channel client: %v, want 1012", err)
+	}
+	ns2, err = natsconn.StartEmbedded(natsconn.EmbeddedOptions{Listen: addr, JetStreamDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, func() error {
+		if !e.nc.IsConnected() {
+			return errors.New("fanout not reconnected")
+		}
+		return nil
+	})
+	e.js = jsFor(ns2.ClientURL())
+	e.store("dur.n", "m", 6, 5)
+	expect(t, dur, "m", 6, 10)
+	e.expectNext(t, dur, "dur.n", "after")
 }

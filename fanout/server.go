@@ -568,7 +568,12 @@ func (s *Server) natsLost(err error) {
 	clients := make([]*client, 0, len(s.clients))
 	if !s.shuttingDown && s.cfg.CloseOnNATSLoss {
 		for c := range s.clients {
-			clients = append(clients, c)
+			// A durable channel's client misses nothing: its channel's
+			// ordered consumer resumes after the last message it delivered
+			// once NATS is back, and what was stored meanwhile follows.
+			if !c.isDurable() {
+				clients = append(clients, c)
+			}
 		}
 	}
 	s.mu.Unlock()
