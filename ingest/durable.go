@@ -123,7 +123,12 @@ func (st *storer) send(msg *nats.Msg) error {
 		return st.stopped()
 	}
 	st.pubMu.Lock()
-	f, err := st.js.PublishMsgAsync(msg)
+	// At RELAY_INGEST_DURABLE_IN_FLIGHT nats.go stalls the publish until an
+	// ack frees a slot (backpressure: this sender is not read meanwhile); its
+	// default gives up after 200 ms, which under load turned a full window
+	// into failed publishes that publish() then held and retried (5-7 of
+	// 12,000 in TestDurableInFlightBound under -race).
+	f, err := st.js.PublishMsgAsync(msg, jetstream.WithStallWait(ackTimeout))
 	if err != nil {
 		st.pubMu.Unlock()
 		st.bytes.Release(cost)
