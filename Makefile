@@ -21,6 +21,9 @@ lint:
 # Run each fuzz target for a short while.
 fuzz:
 	$(GO) test ./shared/subjects -run '^$$' -fuzz FuzzChannel -fuzztime 20s
+	$(GO) test ./shared/subjects -run '^$$' -fuzz FuzzWatch -fuzztime 20s
+	$(GO) test ./shared/auth -run '^$$' -fuzz FuzzCovers -fuzztime 20s
+	$(GO) test ./fanout -run '^$$' -fuzz FuzzEnvelope -fuzztime 20s
 	$(GO) test ./ingest -run '^$$' -fuzz FuzzLineFraming -fuzztime 20s
 	$(GO) test ./ingest -run '^$$' -fuzz FuzzLen32Framing -fuzztime 20s
 	$(GO) test ./ingest -run '^$$' -fuzz FuzzRawFraming -fuzztime 20s

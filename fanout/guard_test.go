@@ -413,7 +413,7 @@ func TestFanoutTLSAndRotation(t *testing.T) {
 // so that the RSS readings are this test's alone.
 func TestSlowlorisFanout(t *testing.T) {
 	e := startEnv(t, nil)
-	const n = 500
+	const n = 300
 	slowRound(t, e, n, 1)
 	fds, mem := openFDs(t), testutil.SettledMemory(t)
 	peak := slowRound(t, e, n, 2)
@@ -454,12 +454,12 @@ func slowRound(t *testing.T, e *env, n, round int) (peak testutil.Memory) {
 	time.Sleep(500 * time.Millisecond) // let the server read the partial headers
 	peak = testutil.SettledMemory(t)
 	// Closing early would be a bug, so the lower bound is strict; the upper
-	// bound allows a second for scheduling on a loaded 2-core machine.
+	// bound allows 2 s for scheduling on a loaded 2-core machine under -race.
 	var longest time.Duration
 	for range n {
 		d := <-took
 		longest = max(longest, d)
-		if d < readHeaderTimeout*9/10 || d > readHeaderTimeout*11/10+time.Second {
+		if d < readHeaderTimeout*9/10 || d > readHeaderTimeout*11/10+2*time.Second {
 			t.Errorf("closed after %s; ReadHeaderTimeout %s ±10%%", d, readHeaderTimeout)
 		}
 	}

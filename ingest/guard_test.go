@@ -454,7 +454,7 @@ func TestSlowlorisIngest(t *testing.T) {
 	cfg.ConnectRatePerIP = ""
 	cfg.MaxConnections = 1000
 	h := startIngest(t, nil, cfg)
-	const n = 250 // of each kind
+	const n = 150 // of each kind
 	slowIngestRound(t, h, n, idle, hs, 1)
 	fds, mem := openFDs(t), testutil.SettledMemory(t)
 	peak := slowIngestRound(t, h, n, idle, hs, 2)
@@ -501,7 +501,7 @@ func slowIngestRound(t *testing.T, h *harness, n int, idle, hs time.Duration, ro
 	time.Sleep(300 * time.Millisecond) // let the server take them all
 	peak = testutil.SettledMemory(t)
 	// Closing early would be a bug, so the lower bound is strict; the upper
-	// bound allows a second for scheduling on a loaded 2-core machine.
+	// bound allows 2 s for scheduling on a loaded 2-core machine under -race.
 	var longest time.Duration
 	for range 2 * n {
 		r := <-results
@@ -513,7 +513,7 @@ func slowIngestRound(t *testing.T, h *harness, n int, idle, hs time.Duration, ro
 		if r.reply != want {
 			t.Fatalf("reply %q", r.reply)
 		}
-		if r.took < timeout*9/10 || r.took > timeout*11/10+time.Second {
+		if r.took < timeout*9/10 || r.took > timeout*11/10+2*time.Second {
 			t.Errorf("closed after %s; timeout %s ±10%%", r.took, timeout)
 		}
 	}

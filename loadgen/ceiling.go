@@ -211,7 +211,7 @@ func (c *Ceiling) serveReceiver(conn net.Conn) {
 			continue
 		}
 		// Copied into one buffer and written once per 64 KiB, as relay's
-		// batchConn does: for small messages cheaper than writev's
+		// wsframe.WriteFrames does: for small messages cheaper than writev's
 		// per-iovec work.
 		bp := ceilingBufs.Get().(*[]byte)
 		buf := (*bp)[:0]

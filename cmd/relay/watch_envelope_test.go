@@ -160,3 +160,16 @@ func TestWatchWithoutEnvelopeIsPlain(t *testing.T) {
 		t.Fatalf("exit %d, stdout %q, stderr %s", code, w.stdout.String(), w.stderr.String())
 	}
 }
+
+// TestWatchEnvelopeNotSelected: a server without the envelope (it selects
+// no subprotocol) still works with --envelope: relay watch says so once and
+// prints the raw payloads.
+func TestWatchEnvelopeNotSelected(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(&closer{})
+	defer srv.Close()
+	out, errb, code := runBin(t, "", nil, "watch", "--envelope", "-n", "1", "ws"+strings.TrimPrefix(srv.URL, "http")+"/ws/x")
+	if code != 0 || out != "hello\n" || !strings.Contains(errb, "did not select relay.v1.json") {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errb)
+	}
+}
