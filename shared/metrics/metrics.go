@@ -124,7 +124,7 @@ func newIngest() *Ingest {
 		}),
 		AcksPending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "relay_ingest_acks_pending",
-			Help: "Durable messages published and not yet acknowledged by the stream (bounded by RELAY_INGEST_DURABLE_IN_FLIGHT).",
+			Help: "Durable messages published whose ack their connection has not yet taken (in order); the publishes still awaiting the stream are bounded by RELAY_INGEST_DURABLE_IN_FLIGHT.",
 		}),
 		AuthRefused: newAuthRefused("ingest"),
 		ControlMessages: newReasonCounter(prometheus.CounterOpts{Name: "relay_ingest_control_messages_total"},
