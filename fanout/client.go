@@ -73,6 +73,10 @@ type client struct {
 
 	idx int // position in channel.clients, guarded by channel.mu
 
+	// talk: the client may talk back (a control channel); nil: its data is
+	// refused. Set before serve, read by the reader only.
+	talk *talk
+
 	wake    chan struct{} // capacity 1: "the queue is not empty"
 	closing chan struct{} // closed by the first close
 
@@ -360,6 +364,8 @@ func (c *client) readEnded(send *wsframe.CloseError, err error) {
 		// RFC 6455: a frame that breaks the protocol (unmasked, reserved
 		// bits, unknown opcode, bad control frame) ends with 1002.
 		c.close(websocket.StatusCode(send.Code), send.Reason, disconnectProtocolError)
+	case send != nil && errors.Is(err, wsframe.ErrTooBig) && c.talk != nil:
+		c.talk.tooLarge(c) // 1009 with the maximum, counted (control.go)
 	case send != nil:
 		c.close(websocket.StatusCode(send.Code), send.Reason, disconnectClientData)
 	case errors.Is(err, wsframe.ErrPingTimeout):
@@ -380,6 +386,9 @@ func (c *client) readEnded(send *wsframe.CloseError, err error) {
 // nil, the payload never read; with dataLimit > 0 p is the whole message,
 // unmasked, valid only during the call.
 func (c *client) onData(op byte, p []byte) *wsframe.CloseError {
+	if c.talk != nil {
+		return c.talk.dataFrame(c, op, p) // a control channel: talking back (control.go)
+	}
 	return &wsframe.CloseError{Code: uint16(websocket.StatusUnsupportedData), Reason: reasonClientData}
 }
 

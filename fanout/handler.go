@@ -152,6 +152,10 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		log = s.log.With("channel", name, "remote", clientOf(r).addr.String())
 	}
 	c := newClient(name, s.limits, s.m, log)
+	c.talk = s.newTalk(name, id)
+	if c.talk != nil {
+		c.dataLimit = c.talk.readLimit()
+	}
 	c.envelope = wantsEnvelope(r)
 	if s.hub.durable(name) {
 		c.beDurable()
@@ -182,6 +186,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.attach(conn, s.pinger)
+	s.greetSenders(c, name)
 	if !id.Expires.IsZero() {
 		c.expireAt(id.Expires)
 	}

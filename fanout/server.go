@@ -101,6 +101,9 @@ type Options struct {
 	// NoHealthRoutes leaves /healthz and /readyz off the public address
 	// (RELAY_ADMIN_ADDR serves them); Ready still reports readiness.
 	NoHealthRoutes bool
+	// Control is talking back: which channels' clients may write to their
+	// senders, at what rate and size (RELAY_CONTROL_CHANNELS, ...).
+	Control config.Control
 }
 
 // Server is the fanout tier: one HTTP server for WebSockets, the demo page,
@@ -127,6 +130,10 @@ type Server struct {
 	upstream <-chan struct{}
 	guard    *guard
 	pinger   *wsframe.Pinger // pings every client (nil: RELAY_FANOUT_PING_INTERVAL=0)
+	mapper   subjects.Mapper
+	ctl      controlConfig // talking back
+	presence *presence     // sender counts from ingest
+	stop     chan struct{} // closed at shutdown: background loops end
 
 	active atomic.Int64 // upgrades in progress and connected clients, for MaxConnections
 	ran    atomic.Bool
@@ -186,7 +193,11 @@ func New(o Options) (*Server, error) {
 		upstream: o.Upstream,
 		// A client that does not answer a ping within the write timeout
 		// is closed with 1008.
-		pinger: wsframe.NewPinger(cfg.PingInterval, cfg.WriteTimeout),
+		pinger:   wsframe.NewPinger(cfg.PingInterval, cfg.WriteTimeout),
+		mapper:   mapper,
+		ctl:      controlConfig{patterns: o.Control.Patterns(), rate: o.Control.FanoutControlRate, max: o.Control.FanoutControlMax},
+		presence: newPresence(mapper, log),
+		stop:     make(chan struct{}),
 
 		auth:       o.Auth,
 		authCookie: cmp.Or(o.AuthCookie, DefaultAuthCookie),
@@ -216,6 +227,22 @@ func New(o Options) (*Server, error) {
 		}
 		s.hub.stream, s.hub.js, s.hub.ringSize = o.Durable, js, o.DurableRing
 		s.hub.readers = make(chan struct{}, maxStreamReaders)
+	}
+	if s.ctl.max <= 0 {
+		s.ctl.max = 65536
+	}
+	if mp := o.NATS.MaxPayload(); mp > 0 && int64(s.ctl.max) > mp {
+		ln.Close()
+		return nil, fmt.Errorf("fanout: RELAY_FANOUT_CONTROL_MAX_MESSAGE=%d does not fit the NATS server's max payload of %d bytes", s.ctl.max, mp)
+	}
+	s.presence.onChange = s.notifySenders
+	if err := s.presence.subscribe(o.NATS, cfg.WriteTimeout); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if len(s.ctl.patterns) > 0 && !o.Auth.Enabled() {
+		log.Warn("fanout: RELAY_CONTROL_CHANNELS with RELAY_AUTH=off: anyone who can reach the fanout may write to those channels' senders",
+			"patterns", s.ctl.patterns)
 	}
 	s.health = health.New(tierkit.NATSReady(o.NATS))
 	s.routes(page, o.MetricsHandler, !o.NoHealthRoutes)
@@ -332,6 +359,7 @@ func staticHandler() http.Handler {
 
 func (s *Server) routes(page []byte, metricsHandler http.Handler, healthRoutes bool) {
 	s.mux.HandleFunc("GET /ws/{channel}", s.serveWS)
+	s.mux.HandleFunc("GET /api/channels/{channel}", s.serveChannelInfo)
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-cache")
@@ -369,6 +397,12 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("fanout listening", "addr", s.ln.Addr().String(), "tls", s.guard.tls != nil)
 	served := make(chan error, 1)
 	go func() { served <- s.http.Serve(s.ln) }()
+	swept := make(chan struct{})
+	go func() {
+		defer close(swept)
+		s.presence.run(s.stop, s.hub.deliveredByChannel)
+	}()
+	defer func() { <-swept }()
 
 	var serveErr error
 	select {
@@ -391,6 +425,7 @@ func (s *Server) shutdown() {
 
 	// 1. Readiness fails and new upgrades are refused from here on.
 	s.health.SetDraining()
+	close(s.stop)
 	s.mu.Lock()
 	s.shuttingDown = true
 	clients := make([]*client, 0, len(s.clients))

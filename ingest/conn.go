@@ -72,6 +72,12 @@ type senderConn struct {
 	aborted  bool     // abortRead set a read deadline
 	expired  bool     // the token's exp set a read deadline: a timeout is the end
 
+	// wmu serializes every write to the sender (+OK, +ACK, -ERR lines and
+	// control messages); wpending is what a timed-out write left unwritten,
+	// sent before anything else so no line lands inside a control frame.
+	wmu      sync.Mutex
+	wpending []byte
+
 	msgs, bytes int
 	ledger      *ledger // which of msgs NATS has confirmed (core NATS channels)
 	st          *storer // durable channels: publishes with acks, counts what is stored
@@ -190,6 +196,10 @@ func (c *senderConn) serve() {
 	if c.idle != nil {
 		c.idle.on = true
 	}
+	// Counted (presence) and, on a control channel, written to from here
+	// until the pump ends; leaving is idempotent.
+	s.router.join(c, channel)
+	defer s.router.leave(c, channel)
 	if s.durable.Matches(channel) {
 		c.st = newStorer(c, channel, h)
 		if h.Ack {
@@ -198,6 +208,8 @@ func (c *senderConn) serve() {
 	}
 
 	err := c.pump(channel)
+	// Departure first: the control writer stops before the last line.
+	s.router.leave(c, channel)
 	if c.st != nil {
 		// The last acks are due before the sender hears how many are stored.
 		deadline := time.Now().Add(drainAcks)
@@ -309,11 +321,9 @@ func (c *senderConn) handshake() (handshake, auth.Identity, error) {
 		return handshake{}, id, err
 	}
 	c.setReadDeadline(time.Time{})
-	c.conn.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	if _, err := c.conn.Write(tcpproto.OKLine); err != nil {
+	if _, err := c.send(tcpproto.OKLine, s.cfg.HandshakeTimeout); err != nil {
 		return handshake{}, id, err
 	}
-	c.conn.SetWriteDeadline(time.Time{})
 	return h, id, nil
 }
 
@@ -473,14 +483,43 @@ func (c *senderConn) fail(reason metrics.IngestRefusal, err error, msg string, e
 // ingest half-closes and discards what still arrives for a moment (bounded
 // in time and bytes) before serve closes the connection.
 func (c *senderConn) errLine(msg string) {
-	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	if _, err := c.conn.Write(tcpproto.ErrLine(msg)); err != nil {
+	if _, err := c.send(tcpproto.ErrLine(msg), time.Second); err != nil {
 		return
 	}
 	if tc, ok := c.conn.(interface{ CloseWrite() error }); ok && tc.CloseWrite() == nil {
 		c.conn.SetReadDeadline(time.Now().Add(lingerTime))
 		io.Copy(io.Discard, io.LimitReader(c.conn, lingerBytes))
 	}
+}
+
+// send is the sender's one serialized writer. Within timeout it first
+// writes what an earlier timed-out write left (wpending), then b. It
+// reports whether b was taken: written, or partly written with the rest
+// pending (sent before anything else, so frames and lines are never
+// interleaved). When the pending bytes cannot be written in time, b is not
+// taken and err is the timeout: the caller keeps b and may try again.
+func (c *senderConn) send(b []byte, timeout time.Duration) (taken bool, err error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.mu.Lock()
+	conn := c.conn
+	c.mu.Unlock()
+	conn.SetWriteDeadline(time.Now().Add(timeout))
+	defer conn.SetWriteDeadline(time.Time{})
+	if len(c.wpending) > 0 {
+		n, err := conn.Write(c.wpending)
+		c.wpending = c.wpending[n:]
+		if err != nil {
+			return false, err
+		}
+		c.wpending = nil
+	}
+	n, err := conn.Write(b)
+	if err != nil && n > 0 && n < len(b) && isTimeout(err) {
+		c.wpending = append([]byte(nil), b[n:]...)
+		return true, nil
+	}
+	return err == nil, err
 }
 
 // lingerTime and lingerBytes bound errLine's gentle close.

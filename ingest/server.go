@@ -53,6 +53,9 @@ type Options struct {
 	Durable *durable.Stream
 	// Auth checks handshake tokens; nil or disabled lets everyone send.
 	Auth *auth.Authenticator
+	// Control is talking back: which channels' senders receive control
+	// messages, their queue, and the presence refresh interval.
+	Control config.Control
 }
 
 // Server is the ingest tier.
@@ -71,6 +74,7 @@ type Server struct {
 	httpLn  net.Listener
 	httpSrv *http.Server
 	guard   *guard
+	router  *router // presence and control messages of the senders here
 
 	slots    chan struct{} // one per allowed concurrent connection
 	refusals *tierkit.LogLimiter
@@ -150,6 +154,7 @@ func New(o Options) (*Server, error) {
 		stopConfirm: make(chan struct{}),
 		drained:     make(chan struct{}),
 	}
+	s.router = newRouter(o.NATS, mapper, o.Logger, o.Metrics, o.Control)
 	if o.Durable.Enabled() {
 		var err error
 		if s.js, err = newJetStream(o.NATS, o.Config.DurableInFlight); err != nil {
@@ -279,6 +284,7 @@ func (s *Server) Run(ctx context.Context) error {
 	errc := make(chan error, len(s.lns)+1)
 	var loops sync.WaitGroup
 	loops.Go(func() { s.k.run(s.stopConfirm) })
+	loops.Go(func() { s.router.run(s.stopConfirm) })
 	for _, ln := range s.lns {
 		s.log.Info("ingest listening", "addr", ln.Addr().String(), "channel", ln.spec.Channel, "framing", string(ln.spec.Framing))
 		loops.Go(func() {
@@ -333,6 +339,8 @@ func (s *Server) shutdown() {
 		waitTimeout(&s.wg, hardAt+time.Second)
 		timer.Stop()
 		s.hardCancel()
+		// The senders' departures, announced before NATS is flushed.
+		s.router.flush()
 
 		if !s.nc.IsConnected() {
 			s.log.Warn("ingest: NATS not connected at shutdown; messages published since its last confirmation may be lost")

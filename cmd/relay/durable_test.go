@@ -91,7 +91,8 @@ func TestSendSessionResendsAcrossSIGKILL(t *testing.T) {
 
 	const n = 20000
 	sender := startRelay(t, nil, "send", "--ack", "--session", "sess-kill-0001", "--retry-for", "2m",
-		"--count", fmt.Sprint(n), "--rate", "4000", "--template", "m {{.N}}", hs, "hist.s")
+		// 2,000 lines/s: 10 s in all, so the kill comes well before the end.
+		"--count", fmt.Sprint(n), "--rate", "2000", "--template", "m {{.N}}", hs, "hist.s")
 	testutil.Eventually(t, 60*time.Second, func() error {
 		if got := storedCount(t, "nats://"+natsAddr, "relay.ch.hist.s"); got < 3000 {
 			return fmt.Errorf("%d stored", got)

@@ -39,7 +39,7 @@ var commands = map[string]func(args []string, stdin io.Reader, stdout, stderr io
 	"ingest":  serveCmd("ingest"),
 	"fanout":  serveCmd("fanout"),
 	"send":    func(a []string, in io.Reader, out, errw io.Writer) int { return send(a, in, out, errw) },
-	"watch":   func(a []string, _ io.Reader, out, errw io.Writer) int { return watch(a, out, errw) },
+	"watch":   func(a []string, in io.Reader, out, errw io.Writer) int { return watch(a, in, out, errw) },
 	"bench":   func(a []string, _ io.Reader, out, errw io.Writer) int { return bench(a, out, errw) },
 	"token":   func(a []string, _ io.Reader, out, errw io.Writer) int { return token(a, out, errw) },
 	"config":  func(a []string, _ io.Reader, out, errw io.Writer) int { return configCmd(a, out, errw) },

@@ -55,14 +55,19 @@ messages keep being acknowledged (--retry-for without progress). ID: 8-64
 characters of A-Z a-z 0-9 _ -, unique to this sender on the channel (e.g.
 $(uuidgen)); resends are recognised within the stream's duplicate window (2m).
 
-Lines a line listener writes other than its replies (control messages on a
-control channel) are printed to stdout.
+Control messages (what WebSocket clients of a control channel send back,
+RELAY_CONTROL_CHANNELS) are printed to stdout as they arrive: on a line
+listener one per line, on len32 each frame's payload and a newline, on raw
+the bytes as they come. So relay send is an interactive nc:
+  relay send --timeout 1h localhost:7071 dev.42     # type lines, read commands
 
 Exit status:
   0  everything was sent and the server closed the connection without -ERR
      (with --ack: and its last +ACK counted every message sent)
   1  refused by the server (its -ERR reason is printed), no +OK in time,
      the connection failed, or the server did not confirm within --timeout
+     (with --session: a final refusal, or no message acknowledged for
+     --retry-for while reconnecting)
   2  bad usage
   130 interrupted
 `
@@ -335,6 +340,18 @@ func (s *sender) handshake(ctx context.Context, tcp *net.TCPConn, replies *bufio
 // nil on a clean close.
 func (s *sender) readReplies(replies *bufio.Reader, refused chan<- string) error {
 	for {
+		// Control messages come framed as the listener frames (line: a line
+		// that is not a reply; len32: a frame, whose first byte is 0 since
+		// they are under 16 MiB, never '+' or '-'; raw: bytes as they come).
+		if done, err := s.controlMessage(replies); done || err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			continue
+		}
 		line, err := replies.ReadString('\n')
 		if line != "" {
 			switch r := tcpproto.ParseReply(line); r.Kind {
@@ -359,6 +376,39 @@ func (s *sender) readReplies(replies *bufio.Reader, refused chan<- string) error
 			return err
 		}
 	}
+}
+
+// controlMessage prints a len32 or raw control message waiting in replies
+// to stdout (one per line) and reports whether it did; a reply line (or a
+// line listener's message) is left for the caller.
+func (s *sender) controlMessage(replies *bufio.Reader) (bool, error) {
+	switch s.framing {
+	case "len32":
+		b, err := replies.Peek(1)
+		if err != nil || b[0] != 0 {
+			return false, nil // a reply line, or the end: the caller sees it
+		}
+		var hdr [4]byte
+		if _, err := io.ReadFull(replies, hdr[:]); err != nil {
+			return true, err
+		}
+		msg := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+		if _, err := io.ReadFull(replies, msg); err != nil {
+			return true, err
+		}
+		s.stdout.Write(append(msg, '\n'))
+		return true, nil
+	case "raw":
+		b, err := replies.Peek(1)
+		if err != nil || b[0] == '-' || b[0] == '+' {
+			return false, nil
+		}
+		buf := make([]byte, replies.Buffered())
+		n, err := replies.Read(buf)
+		s.stdout.Write(buf[:n])
+		return true, err
+	}
+	return false, nil
 }
 
 // lineCounter counts the '\n's read through it, and whether bytes follow

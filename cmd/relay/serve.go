@@ -198,6 +198,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			MetricsHandler: publicMetrics,
 			Durable:        stream,
 			Auth:           authn,
+			Control:        cfg.Control(),
 		})
 		if err != nil {
 			nc.Close()
@@ -246,6 +247,7 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			QueryToken:     cfg.QueryToken,
 			Durable:        stream,
 			DurableRing:    cfg.DurableRing,
+			Control:        cfg.Control(),
 		})
 		if err != nil {
 			nc.Close()

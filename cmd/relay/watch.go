@@ -19,6 +19,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 )
@@ -69,6 +70,13 @@ exponential backoff with full jitter (a random wait up to 250ms, 500ms, 1s, ...
 4400, 4401, 4403, 4410): those exit. Messages sent while disconnected are
 missed.
 
+--talk (control channels, RELAY_CONTROL_CHANNELS): each line of stdin is
+sent to the channel's TCP senders (a text message, or binary when the line is
+not UTF-8); at the end of stdin watching goes on. With RELAY_AUTH=jwt the token
+needs the control permission for the channel (else the server closes 4403);
+on other channels the server closes with 1003.
+  relay watch --talk ws://127.0.0.1:8080/ws/dev.42
+
 Exit status:
   0  -n messages received; interrupted (Ctrl-C); or the server closed
      normally (1000) or went away (1001) without --reconnect
@@ -115,7 +123,7 @@ const (
 )
 
 // watch prints every message of a WebSocket URL on its own line.
-func watch(args []string, stdout, stderr io.Writer) int {
+func watch(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs := newFlags("watch")
 	count := fs.Int("n", 0, "exit 0 after this many messages (0: run until closed)")
 	binary := newChoice(fs, "binary", "raw", "how to print binary messages", "raw", "hex", "base64")
@@ -130,6 +138,7 @@ func watch(args []string, stdout, stderr io.Writer) int {
 	reconnect := fs.Bool("reconnect", false, "reconnect with backoff after a going-away, slow-consumer or service-restart close, or a lost connection")
 	backoffMax := fs.Duration("backoff-max", 30*time.Second, "with --reconnect: the longest wait between attempts")
 	tok := addTokenFlags(fs, "token to send as Authorization: Bearer")
+	talkBack := fs.Bool("talk", false, "talk back: send each line of stdin as a message to the channel's TCP senders (control channels, RELAY_CONTROL_CHANNELS)")
 	pos, code, ok := parseFlags(fs, watchUsage, args, stdout, stderr)
 	if !ok {
 		return code
@@ -171,6 +180,9 @@ func watch(args []string, stdout, stderr io.Writer) int {
 	if token != "" {
 		w.header.Set("Authorization", "Bearer "+token)
 	}
+	if *talkBack {
+		w.talk = readLines(stdin)
+	}
 	if !*reconnect {
 		return w.session(ctx).code
 	}
@@ -196,8 +208,54 @@ type watcher struct {
 	lastSeq  uint64
 	out      *bufio.Writer
 	stderr   io.Writer
-	secrets  []string // never printed
-	retrying bool     // a session after the first, with --reconnect
+	secrets  []string      // never printed
+	retrying bool          // a session after the first, with --reconnect
+	talk     <-chan []byte // --talk: stdin's lines, to send; nil without
+}
+
+// readLines hands stdin's lines (without \n) to whichever connection is up;
+// while none is, stdin is not read further. The channel closes at EOF.
+func readLines(stdin io.Reader) <-chan []byte {
+	lines := make(chan []byte)
+	go func() {
+		defer close(lines)
+		br := bufio.NewReaderSize(stdin, 64<<10)
+		for {
+			line, err := br.ReadBytes('\n')
+			if len(line) > 0 || err == nil {
+				lines <- bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return lines
+}
+
+// talkBack sends the lines of w.talk on conn until ctx ends or stdin does
+// (watching goes on). A line that is not UTF-8 goes as a binary message.
+func (w *watcher) talkBack(ctx context.Context, conn *websocket.Conn) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case line, ok := <-w.talk:
+			if !ok {
+				return
+			}
+			typ := websocket.MessageText
+			if !utf8.Valid(line) {
+				typ = websocket.MessageBinary
+			}
+			if err := conn.Write(ctx, typ, line); err != nil {
+				if ctx.Err() == nil {
+					w.printf("--talk: a line was not sent: %v", err)
+				}
+				return
+			}
+		}
+	}
 }
 
 // outcome is how one connection ended.
@@ -237,6 +295,11 @@ func (w *watcher) session(ctx context.Context) outcome {
 		w.printf("reconnected")
 	}
 	conn.SetReadLimit(64 << 20)
+	if w.talk != nil {
+		tctx, stopTalk := context.WithCancel(ctx)
+		defer stopTalk()
+		go w.talkBack(tctx, conn)
+	}
 	o := outcome{connected: true, status: -1}
 	enveloped := w.enveloped() && conn.Subprotocol() == subprotocolJSON
 	if w.enveloped() && !enveloped {

@@ -55,6 +55,10 @@ type Common struct {
 	NATSTLSCAFile    string `envconfig:"NATS_TLS_CA_FILE" default:"" desc:"CA bundle (PEM) to verify the NATS servers' certificates; setting any RELAY_NATS_TLS_* file requires TLS"`
 	NATSTLSCertFile  string `envconfig:"NATS_TLS_CERT_FILE" default:"" desc:"client certificate (PEM) for NATS servers that require one"`
 	NATSTLSKeyFile   string `envconfig:"NATS_TLS_KEY_FILE" default:"" desc:"key (PEM) of RELAY_NATS_TLS_CERT_FILE"`
+
+	// Talking back and presence (shared/config/control.go).
+	ControlChannels []string      `envconfig:"CONTROL_CHANNELS" default:"" desc:"comma-separated channel patterns (* one token, a final > the rest) on which WebSocket clients may talk back: their data frames are written to the channel's TCP senders (with RELAY_AUTH=jwt only holders of the control permission); empty = none (client data is refused with 1003 everywhere)"`
+	PresenceRefresh time.Duration `envconfig:"PRESENCE_REFRESH" default:"10s" desc:"how often ingest repeats each channel's sender count on <prefix>.ev.<channel> (arrivals and departures are announced within 20ms), so a fanout that restarts learns the counts; a count not repeated for 3 intervals is forgotten (an ingest that died)"`
 }
 
 // Ingest settings are read by 'relay ingest' and 'relay all'.
@@ -76,6 +80,7 @@ type Ingest struct {
 	ProxyTrusted        string  `envconfig:"INGEST_PROXY_TRUSTED" default:"" desc:"comma-separated CIDRs of proxies whose PROXY protocol header a ;proxy listener believes; needed by every ;proxy listener"`
 	TLSCertFile         string  `envconfig:"INGEST_TLS_CERT_FILE" default:"" desc:"certificate (PEM, with chain) of ;tls and ;mtls listeners; re-read when the file changes"`
 	TLSKeyFile          string  `envconfig:"INGEST_TLS_KEY_FILE" default:"" desc:"key (PEM) of RELAY_INGEST_TLS_CERT_FILE"`
+	IngestControlQueue  int     `envconfig:"INGEST_CONTROL_QUEUE" default:"256" desc:"control messages queued per TCP sender (and at most 1 MiB); a sender that does not read them has the newest dropped and counted (relay_ingest_control_messages_total{result=\"dropped\"}), never slowing other senders or its own sending"`
 	TLSClientCAFile     string  `envconfig:"INGEST_TLS_CLIENT_CA_FILE" default:"" desc:"CA bundle (PEM) that ;mtls listeners verify sender certificates against; re-read when the file changes"`
 }
 
@@ -104,6 +109,8 @@ type Fanout struct {
 	TrustedProxies      string   `envconfig:"FANOUT_TRUSTED_PROXIES" default:"" desc:"comma-separated CIDRs of proxies whose X-Forwarded-For/Forwarded/X-Forwarded-Proto headers or PROXY protocol header are believed; from anyone else the socket peer is the client"`
 	TLSCertFile         string   `envconfig:"FANOUT_TLS_CERT_FILE" default:"" desc:"certificate (PEM, with chain): serve https/wss on RELAY_FANOUT_ADDR; re-read when the file changes"`
 	TLSKeyFile          string   `envconfig:"FANOUT_TLS_KEY_FILE" default:"" desc:"key (PEM) of RELAY_FANOUT_TLS_CERT_FILE"`
+	FanoutControlRate   float64  `envconfig:"FANOUT_CONTROL_RATE" default:"100" desc:"most control messages per second one WebSocket client may send (burst: the same number, at least 1); past it the fanout reads that client more slowly (TCP pushes back), nothing is dropped. 0 = unlimited, else at least 1"`
+	FanoutControlMax    int      `envconfig:"FANOUT_CONTROL_MAX_MESSAGE" default:"65536" desc:"largest control message in bytes a WebSocket client may send; a larger one closes the client with 1009 (at most 16777215 and the NATS server's max payload)"`
 }
 
 // Durable settings say which channels are stored in NATS JetStream and how
@@ -301,6 +308,7 @@ func (c Config) Validate(role Role) error {
 	}
 
 	errs = append(errs, c.Durable.Validate(role))
+	errs = append(errs, c.Control().Validate(role))
 	errs = append(errs, c.Common.validateNet())
 	if role == RoleAll || role == RoleIngest {
 		errs = append(errs, c.Ingest.Validate())

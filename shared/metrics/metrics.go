@@ -79,6 +79,9 @@ type Ingest struct {
 	StoreRetries prometheus.Counter          // publishes retried after a failed or missing ack
 	AcksPending  prometheus.Gauge            // published, ack not yet in
 	AuthRefused  *ReasonCounter[AuthRefusal] // relay_auth_refused_total{tier="ingest"}
+	// Talking back: control messages written to senders, or dropped.
+	ControlMessages      *ReasonCounter[ControlResult]
+	ControlSubscriptions prometheus.Gauge // channels with senders here whose control subject ingest reads
 }
 
 func newIngest() *Ingest {
@@ -121,9 +124,14 @@ func newIngest() *Ingest {
 		}),
 		AcksPending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "relay_ingest_acks_pending",
-			Help: "Durable messages published and not yet acknowledged by the stream (bounded by RELAY_INGEST_DURABLE_IN_FLIGHT).",
+			Help: "Durable messages published whose ack their connection has not yet taken (in order); the publishes still awaiting the stream are bounded by RELAY_INGEST_DURABLE_IN_FLIGHT.",
 		}),
 		AuthRefused: newAuthRefused("ingest"),
+		ControlMessages: newReasonCounter(prometheus.CounterOpts{Name: "relay_ingest_control_messages_total"},
+			"result", "Control messages for TCP senders (one per sender per message),", ControlResults()),
+		ControlSubscriptions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_ingest_control_subscriptions", Help: "Control channels with at least one sender here, whose <prefix>.ctl.<channel> subject this ingest reads.",
+		}),
 	}
 }
 
@@ -140,7 +148,7 @@ func newAuthRefused(tier string) *ReasonCounter[AuthRefusal] {
 
 func (m *Ingest) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Messages, m.Bytes, m.Refused.vec, m.PublishRetries, m.Unpublished.vec, m.Held, m.Throttled, m.AuthRefused.vec,
-		m.Stored, m.StoreRetries, m.AcksPending}
+		m.Stored, m.StoreRetries, m.AcksPending, m.ControlMessages.vec, m.ControlSubscriptions}
 }
 
 // Fanout is the fanout tier's metrics.
@@ -158,6 +166,9 @@ type Fanout struct {
 	Replays          *ReasonCounter[ReplaySource]
 	CatchUps         prometheus.Counter
 	Gaps             prometheus.Counter
+	// Talking back.
+	ControlMessages  prometheus.Counter // client control messages published
+	ControlThrottled prometheus.Counter // pauses for RELAY_FANOUT_CONTROL_RATE
 }
 
 func newFanout() *Fanout {
@@ -195,9 +206,15 @@ func newFanout() *Fanout {
 		Gaps: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_fanout_gaps_total", Help: "Durable channels: resumes whose point was no longer stored (a gap event, or 4410 for a plain client).",
 		}),
+		ControlMessages: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_fanout_control_messages_total", Help: "Control messages WebSocket clients sent, published to <prefix>.ctl.<channel> for the channel's TCP senders.",
+		}),
+		ControlThrottled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_fanout_control_throttled_total", Help: "Times a WebSocket client over RELAY_FANOUT_CONTROL_RATE was read more slowly (paused before its next frame; nothing dropped).",
+		}),
 	}
 }
 
 func (m *Fanout) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Subscriptions, m.MessagesIn, m.Deliveries, m.BytesOut, m.Refused.vec, m.Disconnects.vec, m.SlowConsumers.vec, m.AuthRefused.vec, m.Replays.vec, m.CatchUps, m.Gaps}
+	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Subscriptions, m.MessagesIn, m.Deliveries, m.BytesOut, m.Refused.vec, m.Disconnects.vec, m.SlowConsumers.vec, m.AuthRefused.vec, m.Replays.vec, m.CatchUps, m.Gaps, m.ControlMessages, m.ControlThrottled}
 }

@@ -113,13 +113,17 @@ const (
 	DisconnectProtocolError    FanoutDisconnect = "protocol_error"     // the client broke RFC 6455 (1002)
 	DisconnectResumeExpired    FanoutDisconnect = "resume_expired"     // a plain client's resume point is no longer stored (4410)
 	DisconnectUpstreamRead     FanoutDisconnect = "stream_read_failed" // reading a durable channel's history from JetStream failed (1012)
+	DisconnectControlTooLarge  FanoutDisconnect = "control_too_large"  // a control message over RELAY_FANOUT_CONTROL_MAX_MESSAGE (1009)
+	DisconnectControlForbidden FanoutDisconnect = "control_forbidden"  // a control message without the control permission (4403)
+	DisconnectControlFailed    FanoutDisconnect = "control_failed"     // a control message could not be published (1011)
 )
 
 // FanoutDisconnects lists every FanoutDisconnect, in the order the help text shows them.
 func FanoutDisconnects() []FanoutDisconnect {
 	return []FanoutDisconnect{DisconnectClientClosed, DisconnectSlowConsumer, DisconnectNATSSlowConsumer,
 		DisconnectClientData, DisconnectWriteError, DisconnectPingTimeout, DisconnectShutdown, DisconnectNATSLost,
-		DisconnectProtocolError, DisconnectTokenExpired, DisconnectResumeExpired, DisconnectUpstreamRead}
+		DisconnectProtocolError, DisconnectTokenExpired, DisconnectResumeExpired, DisconnectUpstreamRead,
+		DisconnectControlTooLarge, DisconnectControlForbidden, DisconnectControlFailed}
 }
 
 // ReplaySource is a value of relay_fanout_replays_total{source}: where a
@@ -134,6 +138,18 @@ const (
 
 // ReplaySources lists every ReplaySource, in the order the help text shows them.
 func ReplaySources() []ReplaySource { return []ReplaySource{ReplayRing, ReplayStream} }
+
+// ControlResult is a value of relay_ingest_control_messages_total{result}:
+// what became of a control message for one TCP sender.
+type ControlResult string
+
+const (
+	ControlWritten ControlResult = "written" // written to the sender's socket
+	ControlDropped ControlResult = "dropped" // the sender's queue was full (it does not read): the newest is dropped
+)
+
+// ControlResults lists every ControlResult, in the order the help text shows them.
+func ControlResults() []ControlResult { return []ControlResult{ControlWritten, ControlDropped} }
 
 // SlowConsumerKind is a value of relay_fanout_slow_consumers_total{kind}.
 type SlowConsumerKind string

@@ -69,6 +69,7 @@ func TestReasonsAreListedExactly(t *testing.T) {
 		"ReplaySource":      {"relay_fanout_replays_total", "source", strs(ReplaySources(), r.Fanout.Replays)},
 		"NATSEvent":         {"relay_nats_events_total", "event", strs(NATSEventKinds(), events)},
 		"AuthRefusal":       {"relay_auth_refused_total", "reason", strs(AuthRefusals(), r.Fanout.AuthRefused)},
+		"ControlResult":     {"relay_ingest_control_messages_total", "result", strs(ControlResults(), r.Ingest.ControlMessages)},
 	}
 	if len(lists) != len(declared) {
 		t.Errorf("reasons.go declares reason types %v; this test checks %d of them", keys(declared), len(lists))

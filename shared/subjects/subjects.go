@@ -74,6 +74,7 @@ func validTokens(s string) string {
 // Mapper turns channels into subjects for one prefix.
 type Mapper struct {
 	prefix string // "<prefix>.ch."
+	root   string // "<prefix>."
 }
 
 // NewMapper returns a Mapper for prefix, which must pass ValidatePrefix.
@@ -81,7 +82,7 @@ func NewMapper(prefix string) (Mapper, error) {
 	if err := ValidatePrefix(prefix); err != nil {
 		return Mapper{}, err
 	}
-	return Mapper{prefix: prefix + ".ch."}, nil
+	return Mapper{prefix: prefix + ".ch.", root: prefix + "."}, nil
 }
 
 // Subject returns the subject for a channel already validated.
@@ -107,6 +108,45 @@ func (m Mapper) ChannelPart(subject string) string {
 
 // Wildcard returns the subject that matches every channel of this prefix.
 func (m Mapper) Wildcard() string { return m.prefix + ">" }
+
+// Talking back (docs/architecture.md): WebSocket clients' control messages
+// for a channel's TCP senders travel on <prefix>.ctl.<channel>, and ingest
+// announces the channel's senders (presence) on <prefix>.ev.<channel>.
+const (
+	controlToken = "ctl."
+	eventToken   = "ev."
+)
+
+// ControlSubject returns the subject of control messages to channel's
+// senders, for a channel already validated.
+func (m Mapper) ControlSubject(channel string) string { return m.root + controlToken + channel }
+
+// EventSubject returns the subject of channel's presence events, for a
+// channel already validated.
+func (m Mapper) EventSubject(channel string) string { return m.root + eventToken + channel }
+
+// Presence is the JSON payload of a <prefix>.ev.<channel> event: one
+// ingest pod's sender count for the channel. Counts are absolute, so a lost
+// or repeated event does no lasting harm; a fanout sums the pods' counts
+// and forgets a pod's count TTLMillis after its last event.
+type Presence struct {
+	Pod       string `json:"pod"`
+	Senders   int    `json:"senders"`
+	TTLMillis int64  `json:"ttl_ms"`
+}
+
+// EventWildcard matches the presence events of every channel.
+func (m Mapper) EventWildcard() string { return m.root + eventToken + ">" }
+
+// EventChannel returns the channel a presence event subject is about, and
+// false when the subject is not one of this prefix's valid event subjects.
+func (m Mapper) EventChannel(subject string) (string, bool) {
+	ch, ok := strings.CutPrefix(subject, m.root+eventToken)
+	if !ok || ValidateChannel(ch) != nil {
+		return "", false
+	}
+	return ch, true
+}
 
 // FormatHeader is the NATS header with which a publisher says how a payload
 // should travel to WebSocket clients: FormatText or FormatBinary. Without

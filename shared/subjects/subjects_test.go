@@ -86,5 +86,39 @@ func FuzzChannel(f *testing.F) {
 		if !ok || ch != name {
 			t.Fatalf("round trip of %q gave %q, %v", name, ch, ok)
 		}
+		if ch, ok := m.EventChannel(m.EventSubject(name)); !ok || ch != name {
+			t.Fatalf("event round trip of %q gave %q, %v", name, ch, ok)
+		}
+		// A channel's control and event subjects are never another
+		// channel's data subject.
+		if _, ok := m.Channel(m.ControlSubject(name)); ok {
+			t.Fatalf("control subject of %q reads as a data subject", name)
+		}
+		if _, ok := m.Channel(m.EventSubject(name)); ok {
+			t.Fatalf("event subject of %q reads as a data subject", name)
+		}
 	})
+}
+
+func TestControlAndEventSubjects(t *testing.T) {
+	t.Parallel()
+	m, err := NewMapper("relay.eu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.ControlSubject("dev.1"); got != "relay.eu.ctl.dev.1" {
+		t.Fatalf("ControlSubject = %q", got)
+	}
+	if got := m.EventSubject("dev.1"); got != "relay.eu.ev.dev.1" {
+		t.Fatalf("EventSubject = %q", got)
+	}
+	if got := m.EventWildcard(); got != "relay.eu.ev.>" {
+		t.Fatalf("EventWildcard = %q", got)
+	}
+	for subject, want := range map[string]string{"relay.eu.ev.dev.1": "dev.1", "relay.eu.ev.": "", "relay.eu.ch.dev": "", "relay.ev.dev": "", "relay.eu.ev.a..b": ""} {
+		got, ok := m.EventChannel(subject)
+		if got != want || ok != (want != "") {
+			t.Errorf("EventChannel(%q) = %q, %v; want %q", subject, got, ok, want)
+		}
+	}
 }

@@ -78,6 +78,10 @@
     tokenInput: $("token-input"),
     tokenState: $("token-state"),
     tokenForget: $("token-forget"),
+    talk: $("talk"),
+    talkInput: $("talk-input"),
+    senders: $("senders"),
+    sendersStat: $("senders-stat"),
   };
 
   const config = readConfig();
@@ -273,6 +277,7 @@
     disconnect();
     channel = name;
     pattern = isPattern(name);
+    ui.talk.hidden = ui.sendersStat.hidden = true; // until this channel's senders event
     ui.log.classList.toggle("with-channel", pattern);
     failures = 0;
     lastSeq = 0;
@@ -409,8 +414,15 @@
             : { event: `Resumed after #${r.after}: ${r.replayed} replayed, 0 missed`, kind: "ok" });
         }
         break;
+      case "senders":
+        // Sent on control channels only: the channel's TCP senders can be
+        // talked to, so show how many there are and the send box.
+        ui.senders.textContent = numberFormat.format(ev.count);
+        ui.sendersStat.hidden = false;
+        ui.talk.hidden = false;
+        break;
       default:
-        // "senders" needs nothing shown here yet.
+        // Other events need nothing shown here.
         break;
     }
   }
@@ -710,6 +722,16 @@
   document.addEventListener("visibilitychange", () => { if (!document.hidden) catchUp = true; });
   ui.retryNow.addEventListener("click", retryNow);
   ui.pause.addEventListener("click", () => setPaused(!paused));
+  // Talking back: the line goes to the channel's TCP senders (fanout
+  // publishes it to <prefix>.ctl.<channel>); shown in the log as sent.
+  ui.talk.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = ui.talkInput.value;
+    if (!ws || ws.readyState !== WebSocket.OPEN || text === "") return;
+    ws.send(text);
+    enqueue({ event: `Sent to senders: ${text}`, kind: "ok" });
+    ui.talkInput.value = "";
+  });
   ui.clear.addEventListener("click", () => { resetMessages(); });
   ui.log.addEventListener("scroll", () => {
     const log = ui.log;
