@@ -103,7 +103,7 @@ func TestSendSessionResendsAcrossSIGKILL(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.wait(t, 10*time.Second)
-	p = startRelay(t, env, "all")
+	startRelay(t, env, "all") // the same data dir: the stream comes back
 	waitReady(t, "http://"+ingestHTTP+"/readyz")
 
 	if code := sender.wait(t, 3*time.Minute); code != 0 {
