@@ -325,8 +325,11 @@ func TestAckedIsReplayable(t *testing.T) {
 	}
 	// And nothing more is stored than was acknowledged.
 	cmd = exec.Command(relayBin, "watch", "--since", strconv.FormatUint(last, 10), "-n", "1", "--timeout", "5s", "ws://"+httpAddr+"/ws/acked.x")
+	if err := cmd.Start(); err != nil { // started here: the Kill below must not race the start
+		t.Fatal(err)
+	}
 	done := make(chan error, 1)
-	go func() { _, err := cmd.Output(); done <- err }()
+	go func() { done <- cmd.Wait() }()
 	select {
 	case err := <-done:
 		t.Fatalf("a watcher resuming after the last acknowledged line got something more (%v)", err)
