@@ -7,7 +7,8 @@
 # the fanout load balancer:
 #   1. before scaling      (2 ingest, 2 fanout), plus the fixed :7070 listener,
 #      and a durable channel (JetStream, R3): `relay send --ack --session`
-#      is told every message is stored, receivers get them all
+#      is told every message is stored, receivers get them all, and (once
+#      relay watch has --last) a watcher connecting afterwards replays them
 #   2. after scaling fanout to 3 (the LB must use the new replica)
 #   3. after SIGKILL of the NATS node serving the most fanout connections
 #      (a stream through the kill itself is reported, not judged: core NATS
@@ -302,6 +303,17 @@ check_durable() {
 	await_batch "$tag" "$n" "$f1" "$f2"
 	report "$name" "$tag" "$n" "relay send --ack --session: all $n acknowledged as stored" "$f1" "$f2"
 	stop_watchers
+	# Replay, once the fanout side serves it (relay watch --last): a watcher
+	# that connects after the send gets the channel's last N messages from
+	# the stream (or the fanout's ring), in order, then exits (-n).
+	if grep -q -- '-last' <<<"$("$RELAY" watch --help 2>&1 || true)"; then
+		timeout "$WAIT" "$RELAY" watch --last "$n" -n "$n" "ws://127.0.0.1:$ws_port/ws/$ch" \
+			>"$WORK/$tag.replay" 2>"$WORK/$tag.replay.err" ||
+			die "$name: relay watch --last $n did not get $n messages: $(tail -n 2 "$WORK/$tag.replay.err")"
+		report "$name, replayed" "$tag" "$n" "relay watch --last $n, connected after the send" "$WORK/$tag.replay"
+	else
+		log "$name: replay not checked (this relay watch has no --last yet)"
+	fi
 	jsz=$(curl -fsS --max-time 5 "http://$(ip_of "$(cid "$node")"):8222/jsz?accounts=true&streams=true&config=true" | tr -d ' \n')
 	grep -q '"name":"RELAY"' <<<"$jsz" || die "$name: $node's /jsz shows no stream RELAY"
 	grep -q '"num_replicas":3' <<<"$jsz" || die "$name: stream RELAY is not at 3 replicas: $(grep -o '"num_replicas":[0-9]*' <<<"$jsz")"

@@ -101,6 +101,8 @@ type client struct {
 	stallMark  uint64
 	// expiry closes the client with 4401 at its token's exp.
 	expiry *time.Timer
+	// dur is the client's place in a durable channel (durable.go).
+	dur durableState
 
 	wg sync.WaitGroup // the writer
 
@@ -468,6 +470,7 @@ func (c *client) flush(final bool) error {
 
 	c.mu.Lock()
 	c.feed.done(batch)
+	c.drainedLocked()
 	c.mu.Unlock()
 	if err != nil {
 		return err

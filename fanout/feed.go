@@ -41,6 +41,13 @@ func (f *feed) push(msg *message) (ok, over bool) {
 	return true, f.over()
 }
 
+// fits reports whether msg can be queued without taking the feed past its
+// byte budget (or its message bound); an empty feed takes any message. A
+// durable channel's client is filled only this far: past it, it catches up.
+func (f *feed) fits(msg *message) bool {
+	return f.msgs == 0 || (f.bytes+cost(msg) <= f.lim.queueBytes && f.msgs < f.lim.queueMsgs)
+}
+
 // over reports whether the feed is over its byte budget
 // (RELAY_FANOUT_CLIENT_QUEUE_BYTES).
 func (f *feed) over() bool { return f.bytes > f.lim.queueBytes }

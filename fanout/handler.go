@@ -1,12 +1,14 @@
 package fanout
 
 import (
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"path"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 
@@ -25,6 +27,7 @@ const (
 	refusedSubscribeFailed = metrics.FanoutSubscribeFailed
 	refusedBadRequest      = metrics.FanoutBadRequest
 	refusedNATSDown        = metrics.FanoutNATSDown
+	refusedBadResume       = metrics.FanoutBadResume
 )
 
 // statusPatternResume (4400, bad request after the upgrade) closes a resume
@@ -134,6 +137,12 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.refuseAuth(w, r, err, name, id.Sub)
 		return
 	}
+	rs, err := s.resumeOf(r, name)
+	if err != nil {
+		// After the upgrade, like every refusal a browser must be able to read.
+		s.refuseUpgraded(w, r, StatusBadRequest, refusedBadResume, closeText(strings.TrimPrefix(err.Error(), "fanout: ")))
+		return
+	}
 	// One With per client: each is a copy of the handler that an idle
 	// connection keeps for its whole life.
 	var log *slog.Logger
@@ -148,11 +157,17 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		c.dataLimit = c.talk.readLimit()
 	}
 	c.envelope = wantsEnvelope(r)
+	if s.hub.durable(name) {
+		c.beDurable()
+	}
 	ch, err := s.hub.join(name, c)
 	if err != nil {
 		log.Warn("subscribe failed; upgrade refused", "err", err)
 		s.refuseUpgraded(w, r, websocket.StatusServiceRestart, refusedSubscribeFailed, reasonNATSDown)
 		return
+	}
+	if ch.durable {
+		ch.position(c, rs)
 	}
 
 	// Registered before the 101 goes out: a shutdown or a NATS loss from
@@ -193,6 +208,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 // 2 KiB stack a goroutine starts with.
 func (s *Server) serveClient(c *client, ch *channel, log *slog.Logger, release func()) {
 	start := time.Now()
+	c.startCatchUp()
 	c.serve()
 	s.clientGone(c, ch, log, release, start)
 }
@@ -211,6 +227,37 @@ func (s *Server) clientGone(c *client, ch *channel, log *slog.Logger, release fu
 	reason, delivered, bytes := c.stats()
 	log.Info("client disconnected", "reason", reason, "duration", time.Since(start).Round(time.Millisecond),
 		"messages", delivered, "bytes", bytes)
+}
+
+// closeText cuts a close reason to the 123 bytes a close frame has room
+// for, on a UTF-8 boundary.
+func closeText(s string) string {
+	const max = 123
+	if len(s) <= max {
+		return s
+	}
+	s = s[:max]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// resumeOf reads the resume parameters of an upgrade (?since=, ?last=,
+// ?since_time=): they apply to one durable channel, so on any other channel
+// (or a pattern) they are a bad request.
+func (s *Server) resumeOf(r *http.Request, name string) (resume, error) {
+	rs, err := parseResume(r.URL.Query())
+	if err != nil || rs.kind == resumeNone {
+		return rs, err
+	}
+	if strings.ContainsAny(name, "*>") {
+		return rs, fmt.Errorf("%w: since, last and since_time need one channel, not a pattern", errResume)
+	}
+	if !s.hub.durable(name) {
+		return rs, fmt.Errorf("%w: %s is not a durable channel (RELAY_DURABLE_CHANNELS): it has no history to resume from", errResume, name)
+	}
+	return rs, nil
 }
 
 // originAllowed applies the same-origin rule (scheme and host:port equal to

@@ -11,7 +11,9 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/relaydev/relay/shared/durable"
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/subjects"
 	"github.com/relaydev/relay/shared/wsframe"
@@ -82,6 +84,12 @@ type hub struct {
 	pendingBytes   int
 	confirmTimeout time.Duration // bound for the subscription's round trip to NATS
 
+	// Durable channels (durable.go): stream says which, js reads them.
+	stream   *durable.Stream
+	js       jetstream.JetStream
+	ringSize int
+	readers  chan struct{} // a slot per client reading the stream (maxStreamReaders)
+
 	mu       sync.Mutex
 	channels map[string]*channel             // channels with at least one client (or one joining)
 	subs     map[*nats.Subscription]*channel // for NATS slow-consumer reports
@@ -112,6 +120,15 @@ type channel struct {
 
 	mu      sync.RWMutex
 	clients []*client // client.idx is its index here (guarded by mu)
+
+	// A durable channel (durable.go) has an ordered consumer instead of
+	// sub, and a ring of its recent messages. ringMu guards the ring and
+	// orders a client's switch to live against the consumer's deliveries.
+	durable  bool
+	cons     jetstream.ConsumeContext
+	consName string
+	ringMu   sync.Mutex
+	ring     *ring
 }
 
 func newHub(nc *nats.Conn, mapper subjects.Mapper, m *metrics.Fanout, log *slog.Logger, pendingMsgs, pendingBytes int, confirmTimeout time.Duration) *hub {
@@ -128,6 +145,13 @@ func newHub(nc *nats.Conn, mapper subjects.Mapper, m *metrics.Fanout, log *slog.
 	}
 }
 
+// durable reports whether channel name is read from the durable
+// channels' stream. A pattern is not, even over durable channels: it is
+// watched live through core NATS (which carries durable messages too).
+func (h *hub) durable(name string) bool {
+	return h.js != nil && !subjects.IsPattern(name) && h.stream.Matches(name)
+}
+
 // join adds c to channel name, subscribing to its subject if c is the first
 // local client. It returns once the subscription is confirmed by the NATS
 // server, so every message published after join returns reaches c's queue.
@@ -138,14 +162,17 @@ func (h *hub) join(name string, c *client) (*channel, error) {
 	creator := ch == nil
 	if creator {
 		ch = &channel{h: h, name: name, subject: h.mapper.Subject(name), pattern: subjects.IsPattern(name),
-			ready: make(chan struct{})}
+			ready: make(chan struct{}), durable: h.durable(name)}
 		h.channels[name] = ch
 	}
 	ch.refs++
 	ch.add(c)
 	h.mu.Unlock()
 
-	if creator {
+	switch {
+	case creator && ch.durable:
+		h.consume(ch)
+	case creator:
 		h.subscribe(ch)
 	}
 	// The creator bounds subscribe by confirmTimeout, so this wait is bounded too.
@@ -209,6 +236,10 @@ func (h *hub) leave(ch *channel, c *client) {
 		delete(h.subs, ch.sub)
 	}
 	h.mu.Unlock()
+	if last && ch.cons != nil {
+		h.stopConsume(ch)
+		return
+	}
 	if !last || ch.sub == nil {
 		return
 	}

@@ -63,8 +63,13 @@ func testConfig() config.Fanout {
 // startEnv starts a Server with testConfig changed by edit (may be nil).
 func startEnv(t testing.TB, edit func(*Options)) *env {
 	t.Helper()
+	return startEnvOn(t, startNATS(t), edit)
+}
+
+// startEnvOn is startEnv against the NATS server ns.
+func startEnvOn(t testing.TB, ns *server.Server, edit func(*Options)) *env {
+	t.Helper()
 	log := testLogger(t)
-	ns := startNATS(t)
 	pub, err := nats.Connect(ns.ClientURL(), nats.Name("test-publisher"))
 	if err != nil {
 		t.Fatal(err)

@@ -23,9 +23,11 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relaydev/relay/shared/auth"
 	"github.com/relaydev/relay/shared/config"
+	"github.com/relaydev/relay/shared/durable"
 	"github.com/relaydev/relay/shared/health"
 	"github.com/relaydev/relay/shared/metrics"
 	"github.com/relaydev/relay/shared/netguard"
@@ -90,6 +92,12 @@ type Options struct {
 	AuthCookie string
 	// QueryToken also accepts ?token= (RELAY_AUTH_QUERY_TOKEN).
 	QueryToken bool
+	// Durable says which channels are durable (RELAY_DURABLE_CHANNELS):
+	// they are read from its JetStream stream, which must exist. Nil: none.
+	Durable *durable.Stream
+	// DurableRing is RELAY_DURABLE_RING: recent messages kept per durable
+	// channel.
+	DurableRing int
 	// NoHealthRoutes leaves /healthz and /readyz off the public address
 	// (RELAY_ADMIN_ADDR serves them); Ready still reports readiness.
 	NoHealthRoutes bool
@@ -211,6 +219,15 @@ func New(o Options) (*Server, error) {
 		s.ln = tls.NewListener(s.ln, s.guard.tls)
 	}
 	s.hub = newHub(o.NATS, mapper, o.Metrics, log, cfg.SubPendingMsgs, cfg.SubPendingBytes, cfg.WriteTimeout)
+	if o.Durable.Enabled() {
+		js, err := jetstream.New(o.NATS)
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("fanout: jetstream: %w", err)
+		}
+		s.hub.stream, s.hub.js, s.hub.ringSize = o.Durable, js, o.DurableRing
+		s.hub.readers = make(chan struct{}, maxStreamReaders)
+	}
 	if s.ctl.max <= 0 {
 		s.ctl.max = 65536
 	}
@@ -263,6 +280,9 @@ func validate(o Options) error {
 	errs := tierkit.Check(o.NATS, o.SubjectPrefix)
 	if err := o.Config.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if o.DurableRing < 0 {
+		errs = append(errs, fmt.Errorf("DurableRing=%d: must not be negative", o.DurableRing))
 	}
 	if len(errs) == 0 {
 		return nil
@@ -583,7 +603,12 @@ func (s *Server) natsLost(err error) {
 	clients := make([]*client, 0, len(s.clients))
 	if !s.shuttingDown && s.cfg.CloseOnNATSLoss {
 		for c := range s.clients {
-			clients = append(clients, c)
+			// A durable channel's client misses nothing: its channel's
+			// ordered consumer resumes after the last message it delivered
+			// once NATS is back, and what was stored meanwhile follows.
+			if !c.isDurable() {
+				clients = append(clients, c)
+			}
 		}
 	}
 	s.mu.Unlock()

@@ -160,7 +160,7 @@ func BenchmarkSenderThroughput(b *testing.B) {
 		data := []byte(line[:63])
 		start, cpu0 := time.Now(), processCPU()
 		for range b.N {
-			if _, err := js.PublishAsync("relay.ch.bench.bare", data); err != nil {
+			if _, err := js.PublishAsync("relay.ch.bench.bare", data, jetstream.WithStallWait(time.Minute)); err != nil {
 				b.Fatal(err)
 			}
 		}

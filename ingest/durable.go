@@ -123,7 +123,12 @@ func (st *storer) send(msg *nats.Msg) error {
 		return st.stopped()
 	}
 	st.pubMu.Lock()
-	f, err := st.js.PublishMsgAsync(msg)
+	// At RELAY_INGEST_DURABLE_IN_FLIGHT nats.go stalls the publish until an
+	// ack frees a slot (backpressure: this sender is not read meanwhile); its
+	// default gives up after 200 ms, which under load turned a full window
+	// into failed publishes that publish() then held and retried (5-7 of
+	// 12,000 in TestDurableInFlightBound under -race).
+	f, err := st.js.PublishMsgAsync(msg, jetstream.WithStallWait(ackTimeout))
 	if err != nil {
 		st.pubMu.Unlock()
 		st.bytes.Release(cost)
@@ -165,6 +170,12 @@ func (st *storer) message(subject string, data []byte, format nats.Header) *nats
 func (st *storer) run() {
 	defer close(st.done)
 	holding := false // pubMu held since a failed ack: keep the order
+	// resent: the last failed ack was cured by a resend just now. The acks
+	// of a window all fail together (a leader change, a reconnect); once the
+	// stream answers again the rest are resent at once, not each after a
+	// pause (that pause cost 100 ms per message: ~1,000 messages in flight
+	// at a leader change took 100 s to resend).
+	resent := false
 	defer func() {
 		if holding {
 			st.pubMu.Unlock()
@@ -177,7 +188,8 @@ func (st *storer) run() {
 				st.pubMu.Lock()
 				holding = true
 			}
-			err = st.retry(p, err)
+			err = st.retry(p, err, !resent)
+			resent = err == nil
 		}
 		st.bytes.Release(p.cost)
 		<-st.window
@@ -191,7 +203,7 @@ func (st *storer) run() {
 		st.c.s.m.Stored.Inc()
 		if holding && len(st.queue) == 0 {
 			st.pubMu.Unlock()
-			holding = false
+			holding, resent = false, false
 		}
 	}
 }
@@ -211,18 +223,19 @@ func (st *storer) await(p pending) error {
 // retry sends p again, with the same Nats-Msg-Id, until it is stored or
 // storeAttempts have failed. A message whose first ack was lost is then
 // stored once; a message the stream refuses (full with discard new, gone,
-// out of space) fails with errStore.
-func (st *storer) retry(p pending, err error) error {
+// out of space) fails with errStore. pause: wait before the first resend
+// too (not when the previous failed ack was just cured by a resend).
+func (st *storer) retry(p pending, err error, pause bool) error {
 	s := st.c.s
 	wait := retryWait
-	for range storeAttempts {
+	for attempt := range storeAttempts {
 		if errors.Is(err, nats.ErrDisconnected) || !s.nc.IsConnected() {
 			// The ack went with the connection: wait for NATS as a held
 			// publish does, then send again.
 			if werr := s.waitUpstream(time.Now().Add(s.cfg.OutageHold)); werr != nil {
 				return fmt.Errorf("%w: %s: %w", errHeld, p.msg.Subject, werr)
 			}
-		} else if sleepCtx(st.ctx, wait) != nil {
+		} else if (attempt > 0 || pause) && sleepCtx(st.ctx, wait) != nil {
 			return st.ctx.Err()
 		}
 		wait *= 2

@@ -175,6 +175,7 @@ func TestDurableClusterLeaderKilled(t *testing.T) {
 	})
 	t.Logf("new stream leader %s", streamLeader(t, js))
 	stopOnce()
+	stoppedAt := time.Now()
 
 	var got []*clusterSender
 	deadline := time.After(3 * time.Minute)
@@ -191,6 +192,7 @@ func TestDurableClusterLeaderKilled(t *testing.T) {
 			t.Fatal("a sender did not finish")
 		}
 	}
+	t.Logf("senders finished %s after they stopped writing", time.Since(stoppedAt).Round(100*time.Millisecond))
 	var acked, told uint64
 	var errs int
 	for _, cs := range got {

@@ -371,3 +371,51 @@ func TestDurableSessionResendStoredOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestDurableInFlightBound: with RELAY_INGEST_DURABLE_IN_FLIGHT below what
+// the senders' windows could hold, the process never has more publishes
+// awaiting their ack than the bound (a full window stops reading, as TCP
+// backpressure), and every sender still ends with every message stored.
+// (relay_ingest_acks_pending may read higher: it falls only when a
+// connection's storer has taken the ack, in order.)
+func TestDurableInFlightBound(t *testing.T) {
+	t.Parallel()
+	srv := testutil.JetStreamServer(t)
+	stream, js := durableStream(t, srv, "d.>")
+	cfg := defaultConfig("127.0.0.1:0=*/line")
+	cfg.DurableInFlight = 300 // each connection's own window is 256: four of them overrun it
+	h := startIngestWith(t, srv, cfg, stream)
+
+	stop := make(chan struct{})
+	peak := make(chan float64, 1)
+	go func() {
+		var m float64
+		defer func() { peak <- m }()
+		for {
+			m = max(m, float64(h.ing.js.PublishAsyncPending()))
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	const senders, n = 4, 3000
+	replies := make(chan []string, senders)
+	for i := range senders {
+		go func() { replies <- ackSession(t, h.addr(0), fmt.Sprintf("d.b%d +ack", i), numbered("m", 0, n)) }()
+	}
+	for range senders {
+		checkAcks(t, <-replies, n)
+	}
+	close(stop)
+	if p := <-peak; p > 300 {
+		t.Fatalf("publishes awaiting an ack peaked at %v, over the bound 300", p)
+	} else {
+		t.Logf("publishes awaiting an ack peaked at %v of 300; %v publishes held and retried", p, ptestutil.ToFloat64(h.m.PublishRetries))
+	}
+	for i := range senders {
+		data, _ := storedOn(t, js, fmt.Sprintf("relay.ch.d.b%d", i))
+		checkNumbered(t, data, "m", n)
+	}
+}

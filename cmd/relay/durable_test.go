@@ -91,7 +91,8 @@ func TestSendSessionResendsAcrossSIGKILL(t *testing.T) {
 
 	const n = 20000
 	sender := startRelay(t, nil, "send", "--ack", "--session", "sess-kill-0001", "--retry-for", "2m",
-		"--count", fmt.Sprint(n), "--rate", "4000", "--template", "m {{.N}}", hs, "hist.s")
+		// 2,000 lines/s: 10 s in all, so the kill comes well before the end.
+		"--count", fmt.Sprint(n), "--rate", "2000", "--template", "m {{.N}}", hs, "hist.s")
 	testutil.Eventually(t, 60*time.Second, func() error {
 		if got := storedCount(t, "nats://"+natsAddr, "relay.ch.hist.s"); got < 3000 {
 			return fmt.Errorf("%d stored", got)
@@ -102,7 +103,7 @@ func TestSendSessionResendsAcrossSIGKILL(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.wait(t, 10*time.Second)
-	p = startRelay(t, env, "all")
+	startRelay(t, env, "all") // the same data dir: the stream comes back
 	waitReady(t, "http://"+ingestHTTP+"/readyz")
 
 	if code := sender.wait(t, 3*time.Minute); code != 0 {

@@ -66,6 +66,8 @@ Exit status:
      (with --ack: and its last +ACK counted every message sent)
   1  refused by the server (its -ERR reason is printed), no +OK in time,
      the connection failed, or the server did not confirm within --timeout
+     (with --session: a final refusal, or no message acknowledged for
+     --retry-for while reconnecting)
   2  bad usage
   130 interrupted
 `

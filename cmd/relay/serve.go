@@ -245,6 +245,8 @@ func runRoleNotify(ctx context.Context, role config.Role, cfg config.Config, log
 			Auth:           authn,
 			AuthCookie:     cfg.Cookie,
 			QueryToken:     cfg.QueryToken,
+			Durable:        stream,
+			DurableRing:    cfg.DurableRing,
 			Control:        cfg.Control(),
 		})
 		if err != nil {

@@ -44,6 +44,17 @@ server's (the JetStream timestamp, or when the fanout received it):
 Events (replay done, a gap, the sender count) are printed on stderr, or with
 --json as the server's JSON object on stdout ({"event":"gap","from":5,"to":9});
 -n counts messages, not events.
+
+Durable channels (RELAY_DURABLE_CHANNELS) keep history: --since SEQ starts
+after stream sequence SEQ, --last N with the channel's last N messages, and
+both then go on live with no gap and no duplicate. --seq prints each
+message's stream sequence before it (tab-separated; "-" on core channels).
+With any of --since, --last or --seq the envelope is used underneath, so
+with --reconnect a new connection resumes after the last sequence printed:
+nothing stored is missed, nothing is printed twice; what is no longer
+stored is reported as a gap on stderr. A resume on a channel that is not
+durable is refused (4400, exit 3).
+  relay watch --reconnect --since 0 ws://127.0.0.1:8080/ws/orders
 The token (--token, --token-file or RELAY_TOKEN) is sent as
 "Authorization: Bearer TOKEN"; it is never printed.
 
@@ -120,6 +131,10 @@ func watch(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	binary := newChoice(fs, "binary", "raw", "how to print binary messages", "raw", "hex", "base64")
 	jsonOut := fs.Bool("json", false, "print one JSON object per message: time, type, size, text or base64 data")
 	envelope := fs.Bool("envelope", false, "use the relay.v1.json envelope: print each message's channel and seq (and events)")
+	var since, last optCount
+	fs.Var(&since, "since", "durable channels: start after stream sequence `SEQ` (0: everything stored)")
+	fs.Var(&last, "last", "durable channels: start with the channel's last `N` messages")
+	seq := fs.Bool("seq", false, "print each message's stream sequence before it (durable channels; \"-\" on others)")
 	timeout := fs.Duration("timeout", 10*time.Second, "connect timeout")
 	origin := fs.String("origin", "", "Origin header to send (for servers that check it)")
 	reconnect := fs.Bool("reconnect", false, "reconnect with backoff after a going-away, slow-consumer or service-restart close, or a lost connection")
@@ -140,6 +155,8 @@ func watch(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return usageError(stderr, "watch", "--timeout must be more than 0, got %s", *timeout)
 	case *backoffMax <= 0:
 		return usageError(stderr, "watch", "--backoff-max must be more than 0, got %s", *backoffMax)
+	case since.set && last.set:
+		return usageError(stderr, "watch", "give --since or --last, not both")
 	}
 	u, err := url.Parse(pos[0])
 	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss" && u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -154,6 +171,7 @@ func watch(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	defer stop()
 	w := &watcher{
 		url: pos[0], timeout: *timeout, want: *count, binary: *binary, json: *jsonOut, envelope: *envelope,
+		since: since.get(), last: int(min(last.get(), 1<<30)), seq: *seq,
 		out: bufio.NewWriterSize(stdout, 64<<10), stderr: stderr,
 		secrets: []string{token, u.Query().Get("token")},
 		header:  http.Header{},
@@ -183,6 +201,13 @@ type watcher struct {
 	binary   string
 	json     bool
 	envelope bool // offer relay.v1.json
+	// Resuming a durable channel: since (-1: not asked) or last (-1: not
+	// asked) for the first connection; lastSeq, the last sequence printed,
+	// for every later one. seq prints sequences.
+	since    int64
+	last     int
+	seq      bool
+	lastSeq  uint64
 	out      *bufio.Writer
 	stderr   io.Writer
 	secrets  []string      // never printed
@@ -256,10 +281,10 @@ func (w *watcher) printf(format string, a ...any) {
 func (w *watcher) session(ctx context.Context) outcome {
 	dialCtx, cancel := context.WithTimeout(ctx, w.timeout)
 	opts := &websocket.DialOptions{HTTPHeader: w.header}
-	if w.envelope {
+	if w.enveloped() {
 		opts.Subprotocols = []string{subprotocolJSON}
 	}
-	conn, resp, err := websocket.Dial(dialCtx, w.url, opts)
+	conn, resp, err := websocket.Dial(dialCtx, w.sessionURL(), opts)
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -278,8 +303,8 @@ func (w *watcher) session(ctx context.Context) outcome {
 		go w.talkBack(tctx, conn)
 	}
 	o := outcome{connected: true, status: -1}
-	enveloped := w.envelope && conn.Subprotocol() == subprotocolJSON
-	if w.envelope && !enveloped {
+	enveloped := w.enveloped() && conn.Subprotocol() == subprotocolJSON
+	if w.enveloped() && !enveloped {
 		w.printf("the server did not select %s: printing raw payloads without channel or seq", subprotocolJSON)
 	}
 	for w.want == 0 || w.got < w.want {
@@ -314,6 +339,9 @@ func (w *watcher) session(ctx context.Context) outcome {
 		}
 		w.got++
 		o.received++
+		if meta != nil && meta.Seq > 0 {
+			w.lastSeq = meta.Seq
+		}
 		if err := w.print(typ, data, meta); err != nil {
 			o.code = watchFailed // stdout closed (e.g. | head)
 			return o
@@ -424,9 +452,11 @@ func (w *watcher) print(typ websocket.MessageType, data []byte, meta *envelopeMe
 		w.out.WriteByte('\n')
 		return w.out.Flush()
 	}
-	if meta != nil {
-		w.out.WriteString(meta.Channel)
-		w.out.WriteByte('\t')
+	if meta != nil && (w.envelope || w.seq) {
+		if w.envelope {
+			w.out.WriteString(meta.Channel)
+			w.out.WriteByte('\t')
+		}
 		if meta.Seq > 0 {
 			w.out.WriteString(strconv.FormatUint(meta.Seq, 10))
 		} else {
@@ -474,7 +504,11 @@ func (w *watcher) reconnecting(ctx context.Context, backoffMax time.Duration) in
 		wait := rand.N(ceil)
 		attempt++
 		w.retrying = true
-		w.printf("reconnecting in %s (attempt %d); messages sent meanwhile are missed", wait.Round(time.Millisecond), attempt)
+		if w.lastSeq > 0 {
+			w.printf("reconnecting in %s (attempt %d); resuming after seq %d", wait.Round(time.Millisecond), attempt, w.lastSeq)
+		} else {
+			w.printf("reconnecting in %s (attempt %d); messages sent meanwhile are missed", wait.Round(time.Millisecond), attempt)
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -557,4 +591,67 @@ func (w *watcher) event(frame []byte) error {
 		w.printf("event: %s", bytes.TrimSpace(frame))
 	}
 	return nil
+}
+
+// enveloped reports whether the watcher asks for the envelope: to print
+// channels or sequences, or to know where to resume.
+func (w *watcher) enveloped() bool {
+	return w.envelope || w.seq || w.since >= 0 || w.last >= 0
+}
+
+// sessionURL is the URL of the next connection: after the last sequence
+// printed once there is one, else with --since or --last as given.
+func (w *watcher) sessionURL() string {
+	if w.lastSeq == 0 && w.since < 0 && w.last < 0 {
+		return w.url
+	}
+	u, err := url.Parse(w.url) // checked in watch
+	if err != nil {
+		return w.url
+	}
+	q := u.Query()
+	q.Del("since")
+	q.Del("last")
+	q.Del("since_time")
+	switch {
+	case w.lastSeq > 0:
+		q.Set("since", strconv.FormatUint(w.lastSeq, 10))
+	case w.since >= 0:
+		q.Set("since", strconv.FormatInt(w.since, 10))
+	case w.last >= 0:
+		q.Set("last", strconv.Itoa(w.last))
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// optCount is a flag taking a count or sequence, 0 or more, that may be
+// left unset (nothing is shown as its default).
+type optCount struct {
+	v   int64
+	set bool
+}
+
+func (o *optCount) String() string {
+	if o == nil || !o.set {
+		return ""
+	}
+	return strconv.FormatInt(o.v, 10)
+}
+
+func (o *optCount) Set(s string) error {
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || v < 0 {
+		return errors.New("must be 0 or more")
+	}
+	o.v, o.set = v, true
+	return nil
+}
+
+// get is the value, or -1 when unset.
+func (o *optCount) get() int64 {
+	if !o.set {
+		return -1
+	}
+	return o.v
 }

@@ -122,6 +122,7 @@ type Durable struct {
 	DurableMaxMsgs  int64         `envconfig:"DURABLE_MAX_MSGS_PER_CHANNEL" default:"10000" desc:"most messages kept per durable channel; the oldest go first (0 = no limit)"`
 	DurableMaxBytes int64         `envconfig:"DURABLE_MAX_BYTES" default:"1073741824" desc:"most bytes the stream keeps over all durable channels; the oldest messages go first (0 = no limit)"`
 	DurableReplicas int           `envconfig:"DURABLE_REPLICAS" default:"1" desc:"copies of the stream in the NATS cluster (1 to 5; at most the number of JetStream servers)"`
+	DurableRing     int           `envconfig:"DURABLE_RING" default:"1024" desc:"fanout: recent messages kept in memory per durable channel with local watchers, so resumes (?since=, ?last=, ?since_time=) and watchers catching up within them make no JetStream request (0 = none: every resume reads the stream; at most 1048576)"`
 	DataDir         string        `envconfig:"DATA_DIR" default:"relay-data" desc:"'relay all' only, with durable channels: directory of the embedded NATS server's JetStream store (created if missing; relative to the working directory), so history survives a restart"`
 }
 
@@ -406,6 +407,10 @@ func (i Ingest) Validate() error {
 	return errors.Join(errs...)
 }
 
+// maxDurableRing bounds RELAY_DURABLE_RING: a ring's slots are allocated
+// when a durable channel gets its first local watcher.
+const maxDurableRing = 1 << 20
+
 // Validate checks the durable settings and returns every problem joined.
 func (d Durable) Validate(role Role) error {
 	var errs []error
@@ -429,6 +434,9 @@ func (d Durable) Validate(role Role) error {
 	}
 	if d.DurableReplicas < 1 || d.DurableReplicas > 5 {
 		add("RELAY_DURABLE_REPLICAS=%d: must be between 1 and 5", d.DurableReplicas)
+	}
+	if d.DurableRing < 0 || d.DurableRing > maxDurableRing {
+		add("RELAY_DURABLE_RING=%d: must be between 0 and %d", d.DurableRing, maxDurableRing)
 	}
 	if role == RoleAll && len(d.DurableChannels) > 0 && strings.TrimSpace(d.DataDir) == "" {
 		add("RELAY_DATA_DIR: empty; 'relay all' with durable channels needs a directory for the JetStream store")

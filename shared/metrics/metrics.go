@@ -124,7 +124,7 @@ func newIngest() *Ingest {
 		}),
 		AcksPending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "relay_ingest_acks_pending",
-			Help: "Durable messages published and not yet acknowledged by the stream (bounded by RELAY_INGEST_DURABLE_IN_FLIGHT).",
+			Help: "Durable messages published whose ack their connection has not yet taken (in order); the publishes still awaiting the stream are bounded by RELAY_INGEST_DURABLE_IN_FLIGHT.",
 		}),
 		AuthRefused: newAuthRefused("ingest"),
 		ControlMessages: newReasonCounter(prometheus.CounterOpts{Name: "relay_ingest_control_messages_total"},
@@ -163,6 +163,9 @@ type Fanout struct {
 	Disconnects      *ReasonCounter[FanoutDisconnect] // client closes
 	SlowConsumers    *ReasonCounter[SlowConsumerKind]
 	AuthRefused      *ReasonCounter[AuthRefusal] // relay_auth_refused_total{tier="fanout"}
+	Replays          *ReasonCounter[ReplaySource]
+	CatchUps         prometheus.Counter
+	Gaps             prometheus.Counter
 	// Talking back.
 	ControlMessages  prometheus.Counter // client control messages published
 	ControlThrottled prometheus.Counter // pauses for RELAY_FANOUT_CONTROL_RATE
@@ -195,6 +198,14 @@ func newFanout() *Fanout {
 		SlowConsumers: newReasonCounter(prometheus.CounterOpts{Name: "relay_fanout_slow_consumers_total"},
 			"kind", "Slow-consumer events (client: a WebSocket client's queue was full; nats: NATS dropped messages for a subscription),", SlowConsumerKinds()),
 		AuthRefused: newAuthRefused("fanout"),
+		Replays: newReasonCounter(prometheus.CounterOpts{Name: "relay_fanout_replays_total"},
+			"source", "Durable channels: replays served to a client (a resume, or a catch-up after falling behind; one that moves from the stream to the ring counts once in each),", ReplaySources()),
+		CatchUps: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_fanout_catchups_total", Help: "Durable channels: clients that fell behind and were switched to catching up from the ring or the stream instead of being cut.",
+		}),
+		Gaps: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_fanout_gaps_total", Help: "Durable channels: resumes whose point was no longer stored (a gap event, or 4410 for a plain client).",
+		}),
 		ControlMessages: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_fanout_control_messages_total", Help: "Control messages WebSocket clients sent, published to <prefix>.ctl.<channel> for the channel's TCP senders.",
 		}),
@@ -205,5 +216,5 @@ func newFanout() *Fanout {
 }
 
 func (m *Fanout) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Subscriptions, m.MessagesIn, m.Deliveries, m.BytesOut, m.Refused.vec, m.Disconnects.vec, m.SlowConsumers.vec, m.AuthRefused.vec, m.ControlMessages, m.ControlThrottled}
+	return []prometheus.Collector{m.Connections, m.ConnectionsTotal, m.Subscriptions, m.MessagesIn, m.Deliveries, m.BytesOut, m.Refused.vec, m.Disconnects.vec, m.SlowConsumers.vec, m.AuthRefused.vec, m.Replays.vec, m.CatchUps, m.Gaps, m.ControlMessages, m.ControlThrottled}
 }

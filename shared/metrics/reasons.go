@@ -86,13 +86,15 @@ const (
 
 	FanoutUnauthorized FanoutRefusal = "unauthorized" // no, bad or expired token (closed 4401 after the upgrade)
 	FanoutForbidden    FanoutRefusal = "forbidden"    // valid token, channel not permitted (closed 4403)
+
+	FanoutBadResume FanoutRefusal = "bad_resume" // bad ?since=/?last=/?since_time=, or one on a channel that is not durable (closed 4400)
 )
 
 // FanoutRefusals lists every FanoutRefusal, in the order the help text shows them.
 func FanoutRefusals() []FanoutRefusal {
 	return []FanoutRefusal{FanoutBadChannel, FanoutBadOrigin, FanoutTooMany, FanoutDraining,
 		FanoutSubscribeFailed, FanoutBadRequest, FanoutNATSDown, FanoutBadHost, FanoutDenied, FanoutRateLimited, FanoutTooManyFromIP,
-		FanoutHeaderTimeout, FanoutUnauthorized, FanoutForbidden}
+		FanoutHeaderTimeout, FanoutUnauthorized, FanoutForbidden, FanoutBadResume}
 }
 
 // FanoutDisconnect is a value of relay_fanout_disconnects_total{reason}.
@@ -109,6 +111,8 @@ const (
 	DisconnectNATSLost         FanoutDisconnect = "nats_disconnected"  // fanout lost NATS (1012)
 	DisconnectTokenExpired     FanoutDisconnect = "token_expired"      // the token's exp passed (4401)
 	DisconnectProtocolError    FanoutDisconnect = "protocol_error"     // the client broke RFC 6455 (1002)
+	DisconnectResumeExpired    FanoutDisconnect = "resume_expired"     // a plain client's resume point is no longer stored (4410)
+	DisconnectUpstreamRead     FanoutDisconnect = "stream_read_failed" // reading a durable channel's history from JetStream failed (1012)
 	DisconnectControlTooLarge  FanoutDisconnect = "control_too_large"  // a control message over RELAY_FANOUT_CONTROL_MAX_MESSAGE (1009)
 	DisconnectControlForbidden FanoutDisconnect = "control_forbidden"  // a control message without the control permission (4403)
 	DisconnectControlFailed    FanoutDisconnect = "control_failed"     // a control message could not be published (1011)
@@ -118,8 +122,22 @@ const (
 func FanoutDisconnects() []FanoutDisconnect {
 	return []FanoutDisconnect{DisconnectClientClosed, DisconnectSlowConsumer, DisconnectNATSSlowConsumer,
 		DisconnectClientData, DisconnectWriteError, DisconnectPingTimeout, DisconnectShutdown, DisconnectNATSLost,
-		DisconnectProtocolError, DisconnectTokenExpired, DisconnectControlTooLarge, DisconnectControlForbidden, DisconnectControlFailed}
+		DisconnectProtocolError, DisconnectTokenExpired, DisconnectResumeExpired, DisconnectUpstreamRead,
+		DisconnectControlTooLarge, DisconnectControlForbidden, DisconnectControlFailed}
 }
+
+// ReplaySource is a value of relay_fanout_replays_total{source}: where a
+// durable channel's client was served what it had not seen yet (a resume,
+// or catching up after falling behind).
+type ReplaySource string
+
+const (
+	ReplayRing   ReplaySource = "ring"   // from the fanout's in-memory ring (no JetStream request)
+	ReplayStream ReplaySource = "stream" // from JetStream (a short-lived ordered consumer)
+)
+
+// ReplaySources lists every ReplaySource, in the order the help text shows them.
+func ReplaySources() []ReplaySource { return []ReplaySource{ReplayRing, ReplayStream} }
 
 // ControlResult is a value of relay_ingest_control_messages_total{result}:
 // what became of a control message for one TCP sender.

@@ -66,6 +66,7 @@ func TestReasonsAreListedExactly(t *testing.T) {
 		"FanoutRefusal":     {"relay_fanout_refused_total", "reason", strs(FanoutRefusals(), r.Fanout.Refused)},
 		"FanoutDisconnect":  {"relay_fanout_disconnects_total", "reason", strs(FanoutDisconnects(), r.Fanout.Disconnects)},
 		"SlowConsumerKind":  {"relay_fanout_slow_consumers_total", "kind", strs(SlowConsumerKinds(), r.Fanout.SlowConsumers)},
+		"ReplaySource":      {"relay_fanout_replays_total", "source", strs(ReplaySources(), r.Fanout.Replays)},
 		"NATSEvent":         {"relay_nats_events_total", "event", strs(NATSEventKinds(), events)},
 		"AuthRefusal":       {"relay_auth_refused_total", "reason", strs(AuthRefusals(), r.Fanout.AuthRefused)},
 		"ControlResult":     {"relay_ingest_control_messages_total", "result", strs(ControlResults(), r.Ingest.ControlMessages)},

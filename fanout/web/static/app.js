@@ -98,6 +98,10 @@
   let countdownTimer = 0;
   let stableTimer = 0;
   let token = takeToken(); // "" when none
+  // Durable channels: the stream sequence of the last message shown, so a
+  // reconnect resumes after it (?since=) and nothing stored is missed.
+  let lastSeq = 0;
+  let resuming = null; // {after, replayed, gap} while a resume's replay runs
 
   // Messages.
   let pending = []; // received, not yet rendered (bounded: see enqueue)
@@ -276,6 +280,7 @@
     ui.talk.hidden = ui.sendersStat.hidden = true; // until this channel's senders event
     ui.log.classList.toggle("with-channel", pattern);
     failures = 0;
+    lastSeq = 0;
     resetMessages();
     setTitles(name);
     showCommands(name);
@@ -328,7 +333,11 @@
     // The token travels as a subprotocol next to relay.v1.json (or relay.v1),
     // which the server selects: never in the URL, and never echoed back.
     const protocols = token ? [...SUBPROTOCOLS, BEARER + token] : SUBPROTOCOLS;
-    const sock = new WebSocket(wsURL(channel), protocols);
+    // After a reconnect a durable channel resumes where this page was
+    // (patterns are live only).
+    resuming = lastSeq && !pattern ? { after: lastSeq, replayed: 0, gap: null } : null;
+    const url = wsURL(channel) + (resuming ? `?since=${lastSeq}` : "");
+    const sock = new WebSocket(url, protocols);
     sock.binaryType = "arraybuffer";
     ws = sock;
     let opened = false;
@@ -360,6 +369,8 @@
         return;
       }
       received++;
+      if (env.seq) lastSeq = env.seq;
+      if (resuming) resuming.replayed++;
       enqueue({ n: received, t: envelopeTime(env.time), channel: env.channel, seq: env.seq, data: envelopeData(env) });
     };
     sock.onclose = (e) => {
@@ -367,6 +378,9 @@
       ws = null;
       clearTimeout(stableTimer);
       const why = closeText(e);
+      // The resume point was refused (4400: the channel is no longer
+      // durable) or is gone (4410): the next connection starts live.
+      if (e.code === 4400 || e.code === 4410) lastSeq = 0;
       if (AUTH_CLOSE.has(e.code)) {
         // Retrying with the same token gets the same answer: wait for the
         // user to give another one (or pick another channel).
@@ -387,7 +401,18 @@
   function onEvent(ev) {
     switch (ev.event) {
       case "gap":
+        if (resuming) resuming.gap = ev;
         enqueue({ event: `Missed messages ${ev.from}–${ev.to}: no longer stored`, kind: "bad" });
+        break;
+      case "live":
+        // A resume's replay is done: say whether anything was missed.
+        if (resuming) {
+          const r = resuming;
+          resuming = null;
+          enqueue(r.gap
+            ? { event: `Resumed after #${r.after}: ${r.replayed} replayed, missed ${r.gap.from}–${r.gap.to} (no longer stored)`, kind: "bad" }
+            : { event: `Resumed after #${r.after}: ${r.replayed} replayed, 0 missed`, kind: "ok" });
+        }
         break;
       case "senders":
         // Sent on control channels only: the channel's TCP senders can be
@@ -397,7 +422,7 @@
         ui.talk.hidden = false;
         break;
       default:
-        // "live" (replay done) needs nothing shown here yet.
+        // Other events need nothing shown here.
         break;
     }
   }
