@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"log/slog"
@@ -37,9 +38,9 @@ const (
 	// that times out keeps what it did not write ahead of everything else
 	// (senderConn.send), so frames are never cut; the writer tries again.
 	controlWriteSlice = time.Second
-	// controlQueueBytes bounds the bytes queued per sender, whatever
-	// RELAY_INGEST_CONTROL_QUEUE allows.
-	controlQueueBytes = 1 << 20
+	// defaultControlQueueBytes is RELAY_INGEST_CONTROL_QUEUE_BYTES's
+	// default, for Options that leave it 0.
+	defaultControlQueueBytes = 1 << 20
 	// presenceTTLFactor: a count not repeated for this many refresh
 	// intervals is forgotten by the fanouts (an ingest that died).
 	presenceTTLFactor = 3
@@ -48,14 +49,15 @@ const (
 // router tracks the channels with senders on this pod: their control
 // subscriptions and their presence.
 type router struct {
-	nc       *nats.Conn
-	mapper   subjects.Mapper
-	log      *slog.Logger
-	m        *metrics.Ingest
-	patterns []string // RELAY_CONTROL_CHANNELS
-	queueLen int
-	refresh  time.Duration
-	pod      string
+	nc         *nats.Conn
+	mapper     subjects.Mapper
+	log        *slog.Logger
+	m          *metrics.Ingest
+	patterns   []string // RELAY_CONTROL_CHANNELS
+	queueLen   int
+	queueBytes int
+	refresh    time.Duration
+	pod        string
 
 	mu    sync.Mutex
 	chans map[string]*senderSet
@@ -90,9 +92,10 @@ func newRouter(nc *nats.Conn, mapper subjects.Mapper, log *slog.Logger, m *metri
 	}
 	return &router{
 		nc: nc, mapper: mapper, log: log, m: m,
-		patterns: c.Patterns(),
-		queueLen: max(c.IngestControlQ, 1),
-		refresh:  refresh,
+		patterns:   c.Patterns(),
+		queueLen:   max(c.IngestControlQ, 1),
+		queueBytes: cmp.Or(c.IngestControlB, defaultControlQueueBytes),
+		refresh:    refresh,
 		// A restarted pod is a new pod: its predecessor's counts expire.
 		pod:   host + "-" + nuid.Next()[:8],
 		chans: map[string]*senderSet{},
@@ -125,7 +128,7 @@ func (r *router) join(c *senderConn, channel string) {
 	}
 	var w *ctlWriter
 	if set.sub != nil {
-		w = newCtlWriter(c, r.queueLen, r.m)
+		w = newCtlWriter(c, r.queueLen, r.queueBytes, r.m)
 	}
 	set.writers[c] = w
 	if w != nil {
@@ -290,11 +293,12 @@ func (r *router) flush() { r.announce(false) }
 // serialized writer (senderConn.send), so +ACK and -ERR lines never land
 // inside a control frame.
 type ctlWriter struct {
-	c        *senderConn
-	written  prometheus.Counter // relay_ingest_control_messages_total{result="written"}
-	dropped  prometheus.Counter // {result="dropped"}
-	framing  config.Framing
-	queueLen int
+	c          *senderConn
+	written    prometheus.Counter // relay_ingest_control_messages_total{result="written"}
+	dropped    prometheus.Counter // {result="dropped"}
+	framing    config.Framing
+	queueLen   int
+	queueBytes int
 
 	mu     sync.Mutex
 	queue  [][]byte
@@ -306,8 +310,8 @@ type ctlWriter struct {
 	done chan struct{}
 }
 
-func newCtlWriter(c *senderConn, queueLen int, m *metrics.Ingest) *ctlWriter {
-	w := &ctlWriter{c: c, framing: c.spec.Framing, queueLen: queueLen,
+func newCtlWriter(c *senderConn, queueLen, queueBytes int, m *metrics.Ingest) *ctlWriter {
+	w := &ctlWriter{c: c, framing: c.spec.Framing, queueLen: queueLen, queueBytes: queueBytes,
 		written: m.ControlMessages.With(metrics.ControlWritten), dropped: m.ControlMessages.With(metrics.ControlDropped),
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	go w.run()
@@ -318,7 +322,7 @@ func newCtlWriter(c *senderConn, queueLen int, m *metrics.Ingest) *ctlWriter {
 // dropped and counted. It never blocks.
 func (w *ctlWriter) enqueue(data []byte) {
 	w.mu.Lock()
-	if w.closed || len(w.queue) >= w.queueLen || (len(w.queue) > 0 && w.bytes+len(data) > controlQueueBytes) {
+	if w.closed || len(w.queue) >= w.queueLen || (len(w.queue) > 0 && w.bytes+len(data) > w.queueBytes) {
 		w.mu.Unlock()
 		w.dropped.Inc()
 		w.c.s.logRefusal("control_dropped", "ingest: control message dropped: the sender does not read them (queue full)",

@@ -80,7 +80,8 @@ type Ingest struct {
 	ProxyTrusted        string  `envconfig:"INGEST_PROXY_TRUSTED" default:"" desc:"comma-separated CIDRs of proxies whose PROXY protocol header a ;proxy listener believes; needed by every ;proxy listener"`
 	TLSCertFile         string  `envconfig:"INGEST_TLS_CERT_FILE" default:"" desc:"certificate (PEM, with chain) of ;tls and ;mtls listeners; re-read when the file changes"`
 	TLSKeyFile          string  `envconfig:"INGEST_TLS_KEY_FILE" default:"" desc:"key (PEM) of RELAY_INGEST_TLS_CERT_FILE"`
-	IngestControlQueue  int     `envconfig:"INGEST_CONTROL_QUEUE" default:"256" desc:"control messages queued per TCP sender (and at most 1 MiB); a sender that does not read them has the newest dropped and counted (relay_ingest_control_messages_total{result=\"dropped\"}), never slowing other senders or its own sending"`
+	IngestControlQueue  int     `envconfig:"INGEST_CONTROL_QUEUE" default:"256" desc:"control messages queued per TCP sender (and at most RELAY_INGEST_CONTROL_QUEUE_BYTES); a sender that does not read them has the newest dropped and counted (relay_ingest_control_messages_total{result=\"dropped\"}), never slowing other senders or its own sending"`
+	IngestControlBytes  int     `envconfig:"INGEST_CONTROL_QUEUE_BYTES" default:"1048576" desc:"bytes of control messages queued per TCP sender (1 KiB to 256 MiB); one message however large is always taken into an empty queue. Raise it for senders that take large bursts of control messages"`
 	TLSClientCAFile     string  `envconfig:"INGEST_TLS_CLIENT_CA_FILE" default:"" desc:"CA bundle (PEM) that ;mtls listeners verify sender certificates against; re-read when the file changes"`
 }
 

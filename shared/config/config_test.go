@@ -367,16 +367,16 @@ func TestClashingAddresses(t *testing.T) {
 func TestControlSettingsValidated(t *testing.T) {
 	t.Parallel()
 	c := Control{ControlChannels: []string{"dev.>", "a..b"}, PresenceRefresh: time.Millisecond,
-		FanoutControlRate: 0.5, FanoutControlMax: MaxControlMessage + 1, IngestControlQ: 0}
+		FanoutControlRate: 0.5, FanoutControlMax: MaxControlMessage + 1, IngestControlQ: 0, IngestControlB: 10}
 	err := c.Validate(RoleAll)
 	for _, want := range []string{"RELAY_CONTROL_CHANNELS", "RELAY_PRESENCE_REFRESH", "RELAY_FANOUT_CONTROL_RATE",
-		"RELAY_FANOUT_CONTROL_MAX_MESSAGE", "RELAY_INGEST_CONTROL_QUEUE"} {
+		"RELAY_FANOUT_CONTROL_MAX_MESSAGE", "RELAY_INGEST_CONTROL_QUEUE", "RELAY_INGEST_CONTROL_QUEUE_BYTES"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v does not name %s", err, want)
 		}
 	}
 	ok := Control{ControlChannels: []string{"dev.>"}, PresenceRefresh: 10 * time.Second, FanoutControlRate: 100,
-		FanoutControlMax: 65536, IngestControlQ: 256}
+		FanoutControlMax: 65536, IngestControlQ: 256, IngestControlB: 1 << 20}
 	if err := ok.Validate(RoleAll); err != nil {
 		t.Errorf("defaults refused: %v", err)
 	}

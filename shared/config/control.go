@@ -24,6 +24,7 @@ type Control struct {
 	FanoutControlRate float64
 	FanoutControlMax  int
 	IngestControlQ    int
+	IngestControlB    int // bytes
 }
 
 // Control gathers the talking-back settings.
@@ -34,6 +35,7 @@ func (c Config) Control() Control {
 		FanoutControlRate: c.FanoutControlRate,
 		FanoutControlMax:  c.FanoutControlMax,
 		IngestControlQ:    c.IngestControlQueue,
+		IngestControlB:    c.IngestControlBytes,
 	}
 }
 
@@ -62,6 +64,9 @@ func (c Control) Validate(role Role) error {
 	if role == RoleAll || role == RoleIngest {
 		if c.IngestControlQ < 1 || c.IngestControlQ > 1<<20 {
 			add("RELAY_INGEST_CONTROL_QUEUE=%d: must be between 1 and %d", c.IngestControlQ, 1<<20)
+		}
+		if c.IngestControlB < 1<<10 || c.IngestControlB > 256<<20 {
+			add("RELAY_INGEST_CONTROL_QUEUE_BYTES=%d: must be between 1024 (1 KiB) and %d (256 MiB)", c.IngestControlB, 256<<20)
 		}
 	}
 	return errors.Join(errs...)
