@@ -194,7 +194,7 @@ func TestBrowserPage(t *testing.T) {
 
 // findChromium returns the path of Debian's chromium. Without it the test
 // skips, unless RELAY_REQUIRE_E2E=1 (CI), where it fails.
-func findChromium(t *testing.T) string {
+func findChromium(t testing.TB) string {
 	t.Helper()
 	for _, name := range []string{"chromium", "chromium-browser"} {
 		if p, err := exec.LookPath(name); err == nil {
@@ -262,7 +262,7 @@ type browser struct {
 	problems []string // exceptions and console errors of the page
 }
 
-func newBrowser(t *testing.T, execPath string) *browser {
+func newBrowser(t testing.TB, execPath string) *browser {
 	t.Helper()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(execPath),
@@ -339,7 +339,7 @@ func (b *browser) checkProblems(t *testing.T) {
 }
 
 // do runs actions with a bound.
-func (b *browser) do(t *testing.T, actions ...chromedp.Action[chromedp.Void]) {
+func (b *browser) do(t testing.TB, actions ...chromedp.Action[chromedp.Void]) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(b.ctx, 60*time.Second)
 	defer cancel()

@@ -66,7 +66,7 @@ var nextPort atomic.Int32
 func init() { nextPort.Store(int32(20000 + os.Getpid()%500*24)) }
 
 // freePort returns a free 127.0.0.1 address for a relay process.
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	for range 1000 {
 		p := nextPort.Add(1)
@@ -112,7 +112,7 @@ func (s *syncBuffer) String() string {
 }
 
 // startRelay runs `relay args...` with env added to this environment.
-func startRelay(t *testing.T, env []string, args ...string) *proc {
+func startRelay(t testing.TB, env []string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(relayBin, args...)
 	cmd.Env = append(os.Environ(), env...)
@@ -150,7 +150,7 @@ func (p *proc) wait(t *testing.T, timeout time.Duration) int {
 	return 0
 }
 
-func waitReady(t *testing.T, urls ...string) {
+func waitReady(t testing.TB, urls ...string) {
 	t.Helper()
 	for _, u := range urls {
 		testutil.Eventually(t, 30*time.Second, func() error {
