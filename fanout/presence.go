@@ -75,6 +75,12 @@ func (p *presence) subscribe(nc *nats.Conn, timeout time.Duration) error {
 	if err := nc.FlushTimeout(timeout); err != nil {
 		p.log.Warn("presence subscription not confirmed yet", "err", err)
 	}
+	// Ask every ingest for its counts now (they answer within about a
+	// second) instead of reading 0 senders until the next refresh. Lost,
+	// it costs only that wait.
+	if err := nc.Publish(p.mapper.PresenceQuery(), nil); err != nil {
+		p.log.Debug("presence query not sent; counts come with the next refresh", "err", err)
+	}
 	return nil
 }
 

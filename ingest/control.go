@@ -65,6 +65,10 @@ type router struct {
 	// kick wakes run to announce them (after presenceBatch).
 	dirty map[string]struct{}
 	kick  chan struct{}
+	// query wakes run to announce every count at once: a fanout that has
+	// just started asked (subjects.PresenceQuery).
+	query    chan struct{}
+	querySub *nats.Subscription
 	// pubMu orders announcements: one publisher at a time, each with the
 	// counts as they are when it publishes.
 	pubMu sync.Mutex
@@ -101,6 +105,7 @@ func newRouter(nc *nats.Conn, mapper subjects.Mapper, log *slog.Logger, m *metri
 		chans: map[string]*senderSet{},
 		dirty: map[string]struct{}{},
 		kick:  make(chan struct{}, 1),
+		query: make(chan struct{}, 1),
 	}
 }
 
@@ -259,19 +264,61 @@ func appendPresence(b []byte, pod string, senders int, ttlMillis int64) []byte {
 	return append(b, '}')
 }
 
-// run announces changes (gathered for presenceBatch) and every count each
-// refresh interval until stop closes.
+// presenceQueryGap is the least time between two full announcements made
+// for fanouts' queries, however many fanouts start at once.
+const presenceQueryGap = time.Second
+
+// listenForQueries subscribes to the fanouts' presence queries. Without it
+// a fanout learns the counts at the next refresh.
+func (r *router) listenForQueries() {
+	sub, err := r.nc.Subscribe(r.mapper.PresenceQuery(), func(*nats.Msg) {
+		select {
+		case r.query <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		r.log.Warn("ingest: fanouts that start will learn sender counts at the next refresh", "err", err)
+		return
+	}
+	r.querySub = sub
+}
+
+// run announces changes (gathered for presenceBatch), every count each
+// refresh interval, and every count when a fanout asks (at most once per
+// presenceQueryGap), until stop closes.
 func (r *router) run(stop <-chan struct{}) {
+	r.listenForQueries()
+	defer func() {
+		if r.querySub != nil {
+			r.querySub.Unsubscribe()
+		}
+	}()
 	t := time.NewTicker(r.refresh)
 	defer t.Stop()
 	batch := time.NewTimer(0)
 	<-batch.C
+	var lastFull time.Time
 	for {
 		select {
 		case <-stop:
 			return
 		case <-t.C:
 			r.announce(true)
+			lastFull = time.Now()
+		case <-r.query:
+			// Wait out the gap rather than skip: the asking fanout may have
+			// subscribed just after the last full announcement.
+			if wait := presenceQueryGap - time.Since(lastFull); wait > 0 {
+				batch.Reset(wait)
+				select {
+				case <-stop:
+					return
+				case <-batch.C:
+				}
+			}
+			r.announce(true)
+			lastFull = time.Now()
 		case <-r.kick:
 			batch.Reset(presenceBatch)
 			select {

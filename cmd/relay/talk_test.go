@@ -149,15 +149,17 @@ func TestTalkBackEndToEnd(t *testing.T) {
 }
 
 // TestPresenceSurvivesFanoutRestart: split tiers; a fanout started after
-// the senders connected learns their count from ingest's refresh, and
-// departures reach it.
+// the senders connected learns their count at once: it asks
+// (<prefix>.evq) and ingest answers with all its counts. The periodic
+// refresh is set to 10 minutes here, so only the answer can explain it.
+// Departures reach it too.
 func TestPresenceSurvivesFanoutRestart(t *testing.T) {
 	t.Parallel()
 	srv := testutil.NATSServer(t)
 	natsURL := "RELAY_NATS_URL=" + srv.ClientURL()
 	hs, ingHTTP := freePort(t), freePort(t)
 	startRelay(t, []string{natsURL, "RELAY_INGEST_LISTENERS=" + hs + "=*/line", "RELAY_INGEST_HTTP_ADDR=" + ingHTTP,
-		"RELAY_PRESENCE_REFRESH=300ms", "RELAY_CONTROL_CHANNELS=dev.>"}, "ingest")
+		"RELAY_PRESENCE_REFRESH=10m", "RELAY_CONTROL_CHANNELS=dev.>"}, "ingest")
 	f1 := freePort(t)
 	fan := startRelay(t, []string{natsURL, "RELAY_FANOUT_ADDR=" + f1, "RELAY_CONTROL_CHANNELS=dev.>"}, "fanout")
 	waitReady(t, "http://"+ingHTTP+"/readyz", "http://"+f1+"/readyz")
@@ -167,7 +169,7 @@ func TestPresenceSurvivesFanoutRestart(t *testing.T) {
 	waitSenders(t, f1, "dev.9", 2)
 
 	// The fanout goes; a new one (another process, another port) starts
-	// with no state and learns the count from the refresh.
+	// with no state and asks for the counts.
 	fan.cmd.Process.Kill()
 	fan.wait(t, 10*time.Second)
 	f2 := freePort(t)

@@ -135,6 +135,12 @@ type Presence struct {
 	TTLMillis int64  `json:"ttl_ms"`
 }
 
+// PresenceQuery is the subject a fanout publishes to when it starts: every
+// ingest answers with all its counts at once, so a fanout that has just
+// started does not read 0 senders until the next periodic refresh. Its last
+// token is not ev, so it is not one of the channels' event subjects.
+func (m Mapper) PresenceQuery() string { return m.root + "evq" }
+
 // EventWildcard matches the presence events of every channel.
 func (m Mapper) EventWildcard() string { return m.root + eventToken + ">" }
 
