@@ -288,15 +288,7 @@ func TestDurableFanoutSIGKILLResume(t *testing.T) {
 // through `relay watch --since 0`.
 func TestAckedIsReplayable(t *testing.T) {
 	t.Parallel()
-	hs, httpAddr, ingestHTTP := freePort(t), freePort(t), freePort(t)
-	startRelay(t, []string{
-		"RELAY_INGEST_LISTENERS=" + hs + "=*/line",
-		"RELAY_FANOUT_ADDR=" + httpAddr,
-		"RELAY_INGEST_HTTP_ADDR=" + ingestHTTP,
-		"RELAY_DURABLE_CHANNELS=acked.>",
-		"RELAY_DATA_DIR=" + t.TempDir(),
-	}, "all")
-	waitReady(t, "http://"+httpAddr+"/readyz", "http://"+ingestHTTP+"/readyz")
+	hs, httpAddr, _ := startDurableAll(t, "acked.>")
 	const n = 700
 	sent := lines("a", n)
 	if out, err := sendAck(hs, "acked.x", sent); err != nil {
@@ -343,15 +335,7 @@ func TestAckedIsReplayable(t *testing.T) {
 // exit 3 with the server's reason) and are checked before connecting.
 func TestWatchResumeUsage(t *testing.T) {
 	t.Parallel()
-	hs, httpAddr, ingestHTTP := freePort(t), freePort(t), freePort(t)
-	startRelay(t, []string{
-		"RELAY_INGEST_LISTENERS=" + hs + "=*/line",
-		"RELAY_FANOUT_ADDR=" + httpAddr,
-		"RELAY_INGEST_HTTP_ADDR=" + ingestHTTP,
-		"RELAY_DURABLE_CHANNELS=hist.>",
-		"RELAY_DATA_DIR=" + t.TempDir(),
-	}, "all")
-	waitReady(t, "http://"+httpAddr+"/readyz")
+	_, httpAddr, _ := startDurableAll(t, "hist.>")
 	for _, tc := range []struct {
 		args   []string
 		code   int
@@ -381,20 +365,12 @@ func TestWatchResumeUsage(t *testing.T) {
 // line, in order, once.
 func TestDurableSlowWatcherTenPercent(t *testing.T) {
 	t.Parallel()
-	hs, httpAddr, ingestHTTP := freePort(t), freePort(t), freePort(t)
-	startRelay(t, []string{
-		"RELAY_INGEST_LISTENERS=" + hs + "=*/line",
-		"RELAY_FANOUT_ADDR=" + httpAddr,
-		"RELAY_INGEST_HTTP_ADDR=" + ingestHTTP,
-		"RELAY_DURABLE_CHANNELS=slow.>",
-		"RELAY_DATA_DIR=" + t.TempDir(),
+	hs, httpAddr, _ := startDurableAll(t, "slow.>",
 		"RELAY_FANOUT_CLIENT_QUEUE_BYTES=65536",
 		// Megabytes wait in socket buffers ahead of this reader; on a loaded
 		// machine one write may wait seconds for room. A single write held
 		// for the write timeout is the stuck-reader rule (1011), not this one.
-		"RELAY_FANOUT_WRITE_TIMEOUT=60s",
-	}, "all")
-	waitReady(t, "http://"+httpAddr+"/readyz", "http://"+ingestHTTP+"/readyz")
+		"RELAY_FANOUT_WRITE_TIMEOUT=60s")
 
 	dialer := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
 		var err error

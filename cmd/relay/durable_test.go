@@ -149,19 +149,28 @@ func storedCount(t *testing.T, url, subject string) int {
 	return int(info.State.Subjects[subject])
 }
 
+// startDurableAll starts `relay all` with one handshake listener, durable
+// channels matching pattern (a fresh data directory) and extra variables,
+// and waits until both tiers are ready.
+func startDurableAll(t *testing.T, pattern string, extra ...string) (hs, httpAddr, ingestHTTP string) {
+	t.Helper()
+	hs, httpAddr, ingestHTTP = freePort(t), freePort(t), freePort(t)
+	startRelay(t, append([]string{
+		"RELAY_INGEST_LISTENERS=" + hs + "=*/line",
+		"RELAY_FANOUT_ADDR=" + httpAddr,
+		"RELAY_INGEST_HTTP_ADDR=" + ingestHTTP,
+		"RELAY_DURABLE_CHANNELS=" + pattern,
+		"RELAY_DATA_DIR=" + t.TempDir(),
+	}, extra...), "all")
+	waitReady(t, "http://"+httpAddr+"/readyz", "http://"+ingestHTTP+"/readyz")
+	return hs, httpAddr, ingestHTTP
+}
+
 // TestSendAckRefusedOnCoreChannel: --ack on a channel that is not durable
 // exits 1 with the server's reason, before any data is sent.
 func TestSendAckRefusedOnCoreChannel(t *testing.T) {
 	t.Parallel()
-	hs, httpAddr, ingestHTTP := freePort(t), freePort(t), freePort(t)
-	startRelay(t, []string{
-		"RELAY_INGEST_LISTENERS=" + hs + "=*/line",
-		"RELAY_FANOUT_ADDR=" + httpAddr,
-		"RELAY_INGEST_HTTP_ADDR=" + ingestHTTP,
-		"RELAY_DURABLE_CHANNELS=hist.>",
-		"RELAY_DATA_DIR=" + t.TempDir(),
-	}, "all")
-	waitReady(t, "http://"+ingestHTTP+"/readyz")
+	hs, _, _ := startDurableAll(t, "hist.>")
 	out, err := sendAck(hs, "live", "x\n")
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
 		t.Fatalf("relay send --ack on a core channel: %v, want exit 1", err)
