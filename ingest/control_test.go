@@ -2,15 +2,12 @@ package ingest
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -43,42 +40,12 @@ func startControlIngestCfg(t testing.TB, srv *server.Server, cfg config.Ingest, 
 	if srv == nil {
 		srv = testutil.NATSServer(t)
 	}
-	reg := metrics.New()
-	s, err := New(Options{
-		Config:        cfg,
-		SubjectPrefix: "relay",
-		ShutdownGrace: 5 * time.Second,
-		NATS:          testutil.Connect(t, srv, nats.ReconnectBufSize(-1)),
-		Logger:        testutil.Logger(t),
-		Metrics:       reg.Ingest,
-		Control:       config.Control{ControlChannels: []string{"dev.>"}, IngestControlQ: queue, PresenceRefresh: refresh},
-		Durable:       stream,
+	return runIngest(t, srv, Options{
+		Config:  cfg,
+		NATS:    testutil.Connect(t, srv, nats.ReconnectBufSize(-1)),
+		Control: config.Control{ControlChannels: []string{"dev.>"}, IngestControlQ: queue, PresenceRefresh: refresh},
+		Durable: stream,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { done <- s.Run(ctx) }()
-	var once sync.Once
-	var runErr error
-	stopFn := func() error {
-		once.Do(func() {
-			cancel()
-			select {
-			case runErr = <-done:
-			case <-time.After(30 * time.Second):
-				runErr = errors.New("Run did not return")
-			}
-		})
-		return runErr
-	}
-	t.Cleanup(func() {
-		if err := stopFn(); err != nil {
-			t.Error(err)
-		}
-	})
-	return &harness{srv: srv, ing: s, m: reg.Ingest, stop: stopFn}
 }
 
 // presenceWatch collects presence events of channel.

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -69,18 +70,29 @@ func startIngestOpts(t testing.TB, srv *server.Server, cfg config.Ingest, a *aut
 	if srv == nil {
 		srv = testutil.NATSServer(t)
 	}
-	reg := metrics.New()
-	s, err := New(Options{
-		Config:        cfg,
-		SubjectPrefix: "relay",
-		ShutdownGrace: 5 * time.Second,
+	return runIngest(t, srv, Options{
+		Config: cfg,
 		// As relay connects ingest: no reconnect buffer (natsconn.Options.NoReconnectBuffer).
 		NATS:    testutil.Connect(t, srv, append([]nats.Option{nats.ReconnectBufSize(-1)}, natsOpts...)...),
-		Logger:  testutil.Logger(t),
-		Metrics: reg.Ingest,
 		Durable: stream,
 		Auth:    a,
 	})
+}
+
+// runIngest runs a Server with o (prefix "relay", a 5 s grace, the test's
+// logger and fresh metrics unless o sets them) on srv until the test ends;
+// harness.stop stops it earlier.
+func runIngest(t testing.TB, srv *server.Server, o Options) *harness {
+	t.Helper()
+	o.SubjectPrefix = cmp.Or(o.SubjectPrefix, "relay")
+	o.ShutdownGrace = cmp.Or(o.ShutdownGrace, 5*time.Second)
+	if o.Logger == nil {
+		o.Logger = testutil.Logger(t)
+	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.New().Ingest
+	}
+	s, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +117,7 @@ func startIngestOpts(t testing.TB, srv *server.Server, cfg config.Ingest, a *aut
 			t.Error(err)
 		}
 	})
-	return &harness{srv: srv, ing: s, m: reg.Ingest, stop: stop}
+	return &harness{srv: srv, ing: s, m: o.Metrics, stop: stop}
 }
 
 func (h *harness) addr(i int) string { return h.ing.Addrs()[i].String() }
